@@ -1,0 +1,207 @@
+"""Queues between the stages: the message format, and the in-process broker of the embedded default.
+
+A message carries one batch of items of one run, so ten thousand repositories travel as a
+hundred messages while every item keeps its own `first_item` / `last_item` / `last_job_item`
+flags, forwarded unchanged from stage to stage. A message in the single-item shape of the
+spec (the fields at top level, no `items`) is accepted too.
+
+Brokers only move bytes. What a delivery means (ack, retry later, dead-letter) is decided by
+`ghetl.workers.deliver`, so the in-process broker and RabbitMQ behave the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import config
+from .status import Event, StatusBus
+
+log = logging.getLogger(__name__)
+
+STAGE_QUEUES = ("transform", "embedding")
+FLAGS = ("first_item", "last_item", "last_job_item")
+ENVELOPE = ("tenant_id", "integration_id", "job_id", "step")
+
+
+class PoisonMessage(ValueError):
+    """A message that can never be processed: not JSON, or missing what every message needs."""
+
+
+@dataclass
+class Outcome:
+    """What to do with a delivery: "ack", "retry" (after a delay) or "dead" (dead-letter queue)."""
+
+    action: str
+    reason: str = ""
+
+
+def max_attempts() -> int:
+    return int(config.env_float("GHETL_MAX_ATTEMPTS", 5))
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds before attempt `attempt + 1`: doubling from GHETL_RETRY_DELAY (default 1 s), capped at a minute."""
+    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0) * 2 ** (attempt - 1))
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), default=str).encode()
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """Parse and normalise a message, or raise PoisonMessage saying what is wrong with it."""
+    try:
+        message = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PoisonMessage(f"message is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise PoisonMessage("message is not a JSON object")
+    missing = [k for k in ENVELOPE if k not in message]
+    if missing:
+        raise PoisonMessage(f"message lacks {', '.join(missing)}")
+    if "items" not in message:
+        message["items"] = [{k: message.get(k) for k in ("raw_data_id", "external_id", *FLAGS)}]
+    items = message["items"]
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        raise PoisonMessage("message 'items' must be a non-empty list of objects")
+    for item in items:
+        for flag in FLAGS:
+            item[flag] = bool(item.get(flag, False))
+        raw_id = item.get("raw_data_id")
+        if raw_id is not None and not isinstance(raw_id, int):
+            raise PoisonMessage(f"raw_data_id must be an integer or null, got {raw_id!r}")
+        if raw_id is None and item.get("external_id") is None and not item["last_job_item"]:
+            raise PoisonMessage("an item needs raw_data_id or external_id, or must be the completion item (last_job_item)")
+    return message
+
+
+def completion_item() -> dict[str, Any]:
+    """The item of a run with nothing to do: it still passes every stage so every circle ends."""
+    return {"raw_data_id": None, "external_id": None, "first_item": True, "last_item": True, "last_job_item": True}
+
+
+Deliver = Callable[[str, bytes, int], Outcome]
+
+
+class Broker(Protocol):
+    """What the pipeline needs from a message broker."""
+
+    url: str
+
+    def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
+        """Return only when the broker holds every message (durably, where it can)."""
+
+    def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
+        """Process deliveries of those stages until `stop` is set; block meanwhile."""
+
+    def publish_status(self, events: list[Event]) -> None: ...
+
+    def subscribe_status(self, callback: Callable[[Event], None]) -> Callable[[], None]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class DeadLetter:
+    stage: str
+    body: bytes
+    reason: str
+    attempts: int
+
+
+@dataclass
+class MemoryBroker:
+    """The embedded default: thread-safe queues and a status bus inside this process."""
+
+    url: str = "memory://"
+    status_bus: StatusBus = field(default_factory=StatusBus)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    published: int = 0
+
+    def __post_init__(self) -> None:
+        self._queues: dict[str, queue.Queue[tuple[bytes, int]]] = {s: queue.Queue() for s in STAGE_QUEUES}
+        self._lock = threading.Lock()
+
+    def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            self._queues[stage].put((encode(message), 1))
+        with self._lock:
+            self.published += len(messages)
+
+    def publish_raw(self, stage: str, body: bytes) -> None:
+        """Put bytes on a queue as they are (how tests and operators inject a bad message)."""
+        self._queues[stage].put((body, 1))
+
+    def pending(self, stage: str) -> int:
+        return self._queues[stage].qsize()
+
+    def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
+        threads = [
+            threading.Thread(target=self._loop, args=(stage, deliver, stop), name=f"ghetl-{stage}-{n}", daemon=True)
+            for stage in stages
+            for n in range(concurrency)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _loop(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:
+        q = self._queues[stage]
+        while not stop.is_set():
+            try:
+                body, attempt = q.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            outcome = deliver(stage, body, attempt)
+            if outcome.action == "retry":
+                timer = threading.Timer(retry_delay(attempt), q.put, args=((body, attempt + 1),))
+                timer.daemon = True
+                timer.start()
+            elif outcome.action == "dead":
+                with self._lock:
+                    self.dead_letters.append(DeadLetter(stage, body, outcome.reason, attempt))
+
+    def publish_status(self, events: list[Event]) -> None:
+        self.status_bus.publish(events)
+
+    def subscribe_status(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        return self.status_bus.subscribe(callback)
+
+    def close(self) -> None:
+        """Nothing to release: the queues live as long as the process."""
+
+
+_memory_broker: MemoryBroker | None = None
+
+
+def connect(url: str | None = None) -> Broker:
+    """The broker for a URL: `memory://` (one per process, shared) or `amqp://…` (RabbitMQ)."""
+    global _memory_broker
+    url = url or config.broker_url()
+    if url.startswith("memory://"):
+        if _memory_broker is None:
+            _memory_broker = MemoryBroker()
+        return _memory_broker
+    if url.startswith(("amqp://", "amqps://")):
+        from .rabbitmq import RabbitBroker
+
+        return RabbitBroker(url)
+    raise ValueError(f"GHETL_BROKER_URL must start with memory:// or amqp://, got '{url.split('://')[0]}://…'")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true or `timeout` seconds pass; used by waits and tests."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -1,0 +1,239 @@
+"""The `ghetl` command line: the contract in DESIGN.md, one sub-command per function.
+
+Every failure a user can cause ends in one line on stderr that says what to fix, and a
+non-zero exit; tracebacks are for bugs and appear only with --verbose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import broker as broker_mod
+from . import db, jobs, logs, sandbox, tenants
+from .github import GitHubError
+from .settings import SettingsError
+
+log = logging.getLogger("ghetl")
+
+EXPECTED_ERRORS = (
+    tenants.NotFound,
+    jobs.AlreadyRunning,
+    SettingsError,
+    GitHubError,
+    ValueError,
+    LookupError,
+    TimeoutError,
+    sa.exc.OperationalError,
+    ConnectionError,
+)
+
+
+def _engine() -> sa.Engine:
+    return db.engine()
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    version = db.init(_engine())
+    print(f"schema ready (version {version}) at {_engine().url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def cmd_tenant_add(args: argparse.Namespace) -> int:
+    with _engine().begin() as conn:
+        tenant_id, key = tenants.add_tenant(conn, args.name)
+    print(tenant_id)
+    print(f"status-stream key for tenant '{args.name}' (shown once, keep it): {key}", file=sys.stderr)
+    return 0
+
+
+def cmd_tenant_list(args: argparse.Namespace) -> int:
+    with _engine().connect() as conn:
+        for row in tenants.list_tenants(conn):
+            print(f"{row['id']}\t{row['name']}")
+    return 0
+
+
+def cmd_tenant_key(args: argparse.Namespace) -> int:
+    with _engine().begin() as conn:
+        key = tenants.rotate_key(conn, args.name)
+    print(key)
+    return 0
+
+
+def cmd_integration_add(args: argparse.Namespace) -> int:
+    with _engine().begin() as conn:
+        integration_id = tenants.add_integration(
+            conn, args.tenant, args.owner, api_url=args.api_url, token_env=args.token_env, settings=args.settings
+        )
+    print(integration_id)
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .sync import sync
+
+    result = sync(
+        args.tenant,
+        args.integration,
+        full=args.full,
+        progress=not args.json and not args.quiet,
+        workers=args.workers,
+        timeout=args.timeout,
+    )
+    if args.json:
+        print(json.dumps(result.as_dict(), default=str, indent=2))
+    else:
+        _print_summary(result.as_dict())
+    if result.overall != "FINISHED":
+        print(f"ghetl: error: sync {result.overall}: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    print(f"job {result['job_id']} {result['overall']} in {result['seconds']:.1f} s "
+          f"({'full' if result['full'] else 'incremental'} sync of tenant {result['tenant']})")
+    for step, counts in result["counts"].items():
+        print(f"  {step}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"  GitHub: {result['requests']} requests, {result['not_modified']} not modified (304), "
+          f"{result['rate_limit_points']} rate-limit points")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _engine().connect() as conn:
+        tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
+        rows = jobs.list_jobs(conn, tenant_id)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    for job in rows:
+        circles = "; ".join(
+            f"{step}: " + " ".join(f"{stage}={info[stage]}" for stage in ("extraction", "transform", "embedding"))
+            for step, info in job["status"]["steps"].items()
+        )
+        last = job["last_sync_date"].isoformat(timespec="seconds") if job["last_sync_date"] else "never"
+        line = f"{job['id']}\ttenant {job['tenant_id']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\tlast sync {last}"
+        if job["error_message"]:
+            line += f"\terror: {job['error_message']}"
+        print(line)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import search
+
+    frame = search(args.tenant, args.text, limit=args.limit)
+    if frame.empty:
+        print("no embedded repositories for this tenant yet; run: ghetl sync --tenant " + str(args.tenant))
+        return 0
+    print(frame.to_string(index=False, formatters={"score": "{:.3f}".format}))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .workers import Pipeline
+
+    stages = list(broker_mod.STAGE_QUEUES) if args.stage == "all" else [args.stage]
+    broker = broker_mod.connect()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("worker consuming %s from %s with concurrency %d", ", ".join(stages), logs.safe_url(broker.url), args.concurrency)
+    broker.consume(stages, Pipeline(_engine(), broker).deliver, concurrency=args.concurrency, stop=stop)
+    broker.close()
+    log.info("worker stopped after finishing its in-flight messages")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ghetl",
+        description="GitHub repository ETL: Extract -> Transform -> Embedding with live status. "
+        "Configured by GHETL_DATABASE_URL, GHETL_BROKER_URL, GITHUB_API_URL and GITHUB_TOKEN.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    add("init", cmd_init, "create or upgrade the database schema (safe to repeat)")
+
+    tenant = sub.add_parser("tenant", help="manage tenants", description="manage tenants")
+    tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
+    add("add", cmd_tenant_add, "create a tenant; prints its id (and its status-stream key on stderr)", tenant_sub).add_argument("name")
+    add("list", cmd_tenant_list, "list tenants", tenant_sub)
+    add("key", cmd_tenant_key, "issue a new status-stream key for a tenant (the old one stops working)", tenant_sub).add_argument("name")
+
+    integration = sub.add_parser("integration", help="manage GitHub integrations", description="manage GitHub integrations")
+    integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
+    p = add("add", cmd_integration_add, "add a GitHub integration (and its job) to a tenant; prints its id", integration_sub)
+    p.add_argument("--tenant", required=True, help="tenant name or id")
+    p.add_argument("--owner", required=True, help="GitHub organisation or user whose repositories to sync")
+    p.add_argument("--api-url", help="API root, e.g. https://ghe.example.com/api/v3 (default: $GITHUB_API_URL or https://api.github.com)")
+    p.add_argument("--token-env", default="GITHUB_TOKEN", help="environment variable that holds the token (default GITHUB_TOKEN)")
+    p.add_argument("--settings", help='JSON, e.g. \'{"repository_filter": "api in:name", "include_forks": false}\'')
+
+    p = add("sync", cmd_sync, "run the tenant's GitHub job to its end")
+    p.add_argument("--tenant", required=True, help="tenant name or id")
+    p.add_argument("--integration", type=int, help="integration id (needed when the tenant has several)")
+    p.add_argument("--full", action="store_true", help="every repository, not only those changed since the last sync")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--workers", type=int, default=1, help="consumer threads per stage on memory:// (default 1)")
+    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+
+    p = add("jobs", cmd_jobs, "show jobs with their status circles")
+    p.add_argument("--tenant", help="only this tenant's jobs")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = add("search", cmd_search, "find a tenant's repositories by meaning")
+    p.add_argument("--tenant", required=True, help="tenant name or id")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("text", help="what you are looking for, in your own words")
+
+    p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
+    p.add_argument("stage", choices=("transform", "embedding", "all"))
+    p.add_argument("--concurrency", type=int, default=1, help="consumers per stage in this process")
+
+    p = add("sandbox", lambda a: sandbox.run(a), "serve the local GitHub API sandbox")
+    sandbox.add_arguments(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.configure(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("ghetl: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        if args.verbose:
+            log.exception("failed")
+        print(f"ghetl: error: {logs.redact(_one_line(exc))}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, sa.exc.OperationalError):
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        return f"database unavailable or schema missing ({first}); check GHETL_DATABASE_URL and run: ghetl init"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

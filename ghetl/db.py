@@ -1,0 +1,313 @@
+"""The schema, the engine, and the two SQL shapes every stage needs (upsert, now).
+
+One schema serves SQLite and PostgreSQL: JSON becomes JSONB on PostgreSQL, timestamps are
+stored as UTC and always come back timezone-aware, and upserts use each dialect's own
+`INSERT ... ON CONFLICT` so a batch of rows is one statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from . import config
+
+SCHEMA_VERSION = 1
+OVERALL_STATES = ("READY", "RUNNING", "FINISHED", "FAILED")
+
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """A timestamp that is stored in UTC and read back timezone-aware on every dialect.
+
+    SQLite has no time zone type, so without this a value would come back naive and compare
+    wrongly with aware ones; naive values are refused on the way in for the same reason.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: ghetl stores timezone-aware UTC only")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+metadata = sa.MetaData()
+
+
+def _timestamps() -> list[sa.Column]:
+    return [
+        sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+    ]
+
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("stream_key_hash", sa.String(200)),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    *_timestamps(),
+)
+
+integrations = sa.Table(
+    "integrations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("provider", sa.String(50), nullable=False, default="github"),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("owner_type", sa.String(20)),
+    sa.Column("api_url", sa.String(500), nullable=False),
+    sa.Column("token_env", sa.String(200), nullable=False),
+    sa.Column("settings", JSON, nullable=False, default=dict),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    *_timestamps(),
+)
+
+etl_jobs = sa.Table(
+    "etl_jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False, index=True),
+    sa.Column("integration_id", sa.Integer, sa.ForeignKey("integrations.id"), nullable=False),
+    sa.Column("job_name", sa.String(100), nullable=False),
+    sa.Column("status", JSON, nullable=False),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("last_sync_date", UTCDateTime),
+    sa.Column("last_run_started_at", UTCDateTime),
+    sa.Column("last_run_finished_at", UTCDateTime),
+    sa.Column("heartbeat_at", UTCDateTime),
+    sa.Column("error_message", sa.Text),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    *_timestamps(),
+    sa.UniqueConstraint("tenant_id", "integration_id", "job_name", name="uq_etl_jobs_integration_job"),
+)
+etl_jobs.append_constraint(
+    sa.CheckConstraint(etl_jobs.c.status["overall"].as_string().in_(OVERALL_STATES), name="ck_etl_jobs_overall")
+)
+
+etl_job_runs = sa.Table(
+    "etl_job_runs",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("etl_jobs.id"), nullable=False, index=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("full", sa.Boolean, nullable=False, default=False),
+    sa.Column("cutoff", UTCDateTime),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("overall", sa.String(20), nullable=False, default="RUNNING"),
+    sa.Column("totals", JSON, nullable=False, default=dict),
+    sa.Column("stats", JSON, nullable=False, default=dict),
+    sa.Column("error_message", sa.Text),
+)
+
+raw_extraction_data = sa.Table(
+    "raw_extraction_data",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("integration_id", sa.Integer, sa.ForeignKey("integrations.id"), nullable=False),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("etl_jobs.id")),
+    sa.Column("run_id", sa.String(40), index=True),
+    sa.Column("entity_type", sa.String(100), nullable=False),
+    sa.Column("external_id", sa.String(100), nullable=False),
+    sa.Column("raw_data", JSON, nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, default="pending"),
+    sa.Column("failed_stage", sa.String(20)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    *_timestamps(),
+    sa.Index("ix_raw_extraction_data_run_status", "run_id", "status"),
+    sa.Index("ix_raw_extraction_data_entity", "tenant_id", "entity_type", "external_id"),
+)
+
+repositories = sa.Table(
+    "repositories",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("integration_id", sa.Integer, sa.ForeignKey("integrations.id"), nullable=False),
+    sa.Column("external_id", sa.String(100), nullable=False),
+    sa.Column("name", sa.String(300), nullable=False),
+    sa.Column("full_name", sa.String(500), nullable=False),
+    sa.Column("owner", sa.String(200)),
+    sa.Column("description", sa.Text),
+    sa.Column("url", sa.String(1000)),
+    sa.Column("is_private", sa.Boolean, nullable=False, default=False),
+    sa.Column("visibility", sa.String(20)),
+    sa.Column("fork", sa.Boolean, nullable=False, default=False),
+    sa.Column("archived", sa.Boolean, nullable=False, default=False),
+    sa.Column("topics", JSON, nullable=False, default=list),
+    sa.Column("license", sa.String(100)),
+    sa.Column("language", sa.String(100)),
+    sa.Column("default_branch", sa.String(300)),
+    sa.Column("stargazers_count", sa.Integer, nullable=False, default=0),
+    sa.Column("forks_count", sa.Integer, nullable=False, default=0),
+    sa.Column("open_issues_count", sa.Integer, nullable=False, default=0),
+    sa.Column("repo_created_at", UTCDateTime),
+    sa.Column("repo_updated_at", UTCDateTime),
+    sa.Column("pushed_at", UTCDateTime),
+    sa.Column("active", sa.Boolean, nullable=False, default=True),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    *_timestamps(),
+    sa.UniqueConstraint("tenant_id", "integration_id", "external_id", name="uq_repositories_external"),
+)
+
+embeddings = sa.Table(
+    "embeddings",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
+    sa.Column("integration_id", sa.Integer, sa.ForeignKey("integrations.id"), nullable=False),
+    sa.Column("table_name", sa.String(100), nullable=False),
+    sa.Column("external_id", sa.String(100), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("dimension", sa.Integer, nullable=False),
+    sa.Column("vector", sa.LargeBinary, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    *_timestamps(),
+    sa.UniqueConstraint(
+        "tenant_id", "integration_id", "table_name", "external_id", "model", name="uq_embeddings_record_model"
+    ),
+)
+
+http_cache = sa.Table(
+    "http_cache",
+    metadata,
+    sa.Column("integration_id", sa.Integer, sa.ForeignKey("integrations.id"), primary_key=True),
+    sa.Column("url", sa.String(1000), primary_key=True),
+    sa.Column("etag", sa.String(200)),
+    sa.Column("last_modified", sa.String(100)),
+    sa.Column("item_ids", JSON, nullable=False, default=list),
+    *_timestamps(),
+)
+
+schema_info = sa.Table(
+    "ghetl_schema",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("upgraded_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """WAL lets readers (notebooks, the status board) work while a sync writes; the pysqlite
+    driver's own transaction handling is switched off so that `_sqlite_begin` decides."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Take the write lock at BEGIN: a deferred transaction that reads and then writes can fail
+    with 'database is locked' without waiting when another thread committed in between."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine(url: str | None = None) -> Engine:
+    """One pooled engine per URL per process, so every stage shares connections."""
+    url = url or config.database_url()
+    if url not in _engines:
+        _engines[url] = _create_engine(url)
+    return _engines[url]
+
+
+def _create_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        eng = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+        sa.event.listen(eng, "connect", _sqlite_on_connect)
+        sa.event.listen(eng, "begin", _sqlite_begin)
+        return eng
+    return sa.create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection; needed after fork and in tests that drop databases."""
+    for eng in _engines.values():
+        eng.dispose()
+    _engines.clear()
+
+
+def init(eng: Engine) -> int:
+    """Create missing tables and add missing columns; safe to run any number of times.
+
+    Upgrades are additive (new tables, new nullable columns), which is what a release of ghetl
+    is allowed to need; nothing stored is rewritten or dropped.
+    """
+    metadata.create_all(eng)
+    with eng.begin() as conn:
+        _add_missing_columns(conn)
+        current = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
+        if current != SCHEMA_VERSION:
+            conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
+    return SCHEMA_VERSION
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+
+
+def upsert(
+    conn: Connection,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    keys: Iterable[str],
+    *,
+    changed_when: str | None = None,
+) -> None:
+    """Insert rows, or update the existing row with the same keys, in one statement.
+
+    With `changed_when` (a column name), an existing row is only touched when that column's
+    value differs, so a redelivered message writes nothing at all.
+    """
+    if not rows:
+        return
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    keys = list(keys)
+    stmt = insert(table).values(list(rows))
+    updated = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c != "created_at"}
+    if "updated_at" in table.c and "updated_at" not in updated:
+        updated["updated_at"] = utcnow()
+    where = None
+    if changed_when is not None:
+        where = table.c[changed_when].is_distinct_from(stmt.excluded[changed_when])
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=where))

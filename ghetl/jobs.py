@@ -1,0 +1,296 @@
+"""The job's life: create, start atomically, move each stage's circle, and finish exactly once.
+
+Completion is decided by counting, never by message order: after every committed batch,
+`advance` counts the run's items by processing status and moves each stage to `finished`
+only when nothing of that stage is pending and the stage before it has finished. Several
+workers may call it at once; the job row lock and conditional transitions make every change
+happen once, and redelivered messages cannot be counted twice because items are counted by
+their stored status, not by messages seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import steps
+from .db import etl_job_runs, etl_jobs, raw_extraction_data, utcnow
+from .status import STAGES, Event, job_event, stage_event
+
+STALE_AFTER = dt.timedelta(minutes=5)
+INCREMENTAL_OVERLAP = dt.timedelta(seconds=60)
+
+
+class AlreadyRunning(RuntimeError):
+    """Another run of the same job is in progress."""
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    job_id: int
+    tenant_id: int
+    integration_id: int
+    started_at: dt.datetime
+    full: bool
+    cutoff: dt.datetime | None
+
+
+def initial_status() -> dict[str, Any]:
+    return {
+        "overall": "READY",
+        "steps": {
+            step.name: {"order": step.order, "display_name": step.display_name, **{s: "idle" for s in STAGES}}
+            for step in steps.registry().values()
+        },
+    }
+
+
+def create_github_job(conn: Connection, tenant_id: int, integration_id: int) -> int:
+    return conn.execute(
+        etl_jobs.insert()
+        .values(tenant_id=tenant_id, integration_id=integration_id, job_name=steps.JOB_NAME, status=initial_status())
+        .returning(etl_jobs.c.id)
+    ).scalar_one()
+
+
+def get_job(conn: Connection, tenant_id: int, integration_id: int) -> dict[str, Any]:
+    row = conn.execute(
+        sa.select(etl_jobs).where(
+            etl_jobs.c.tenant_id == tenant_id,
+            etl_jobs.c.integration_id == integration_id,
+            etl_jobs.c.job_name == steps.JOB_NAME,
+        )
+    ).mappings().first()
+    if row is None:
+        raise LookupError(f"integration {integration_id} has no {steps.JOB_NAME} job; run: ghetl init")
+    return dict(row)
+
+
+def job_by_id(conn: Connection, job_id: int) -> dict[str, Any]:
+    return dict(conn.execute(sa.select(etl_jobs).where(etl_jobs.c.id == job_id)).mappings().one())
+
+
+def list_jobs(conn: Connection, tenant_id: int | None = None) -> list[dict[str, Any]]:
+    query = sa.select(etl_jobs).order_by(etl_jobs.c.id)
+    if tenant_id is not None:
+        query = query.where(etl_jobs.c.tenant_id == tenant_id)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def start(conn: Connection, job: dict[str, Any], *, full: bool) -> tuple[Run, list[Event]]:
+    """Claim the job for a new run with one conditional UPDATE, or raise AlreadyRunning.
+
+    A run whose process died stops refreshing `heartbeat_at`; after STALE_AFTER it no longer
+    blocks the job, so a crashed scheduler run cannot lock a tenant out forever.
+    """
+    now = utcnow()
+    run_id = uuid.uuid4().hex
+    status = initial_status()
+    status["overall"] = "RUNNING"
+    claimed = conn.execute(
+        etl_jobs.update()
+        .where(
+            etl_jobs.c.id == job["id"],
+            sa.or_(
+                etl_jobs.c.status["overall"].as_string() != "RUNNING",
+                etl_jobs.c.heartbeat_at.is_(None),
+                etl_jobs.c.heartbeat_at < now - STALE_AFTER,
+            ),
+        )
+        .values(status=status, run_id=run_id, last_run_started_at=now, heartbeat_at=now, error_message=None)
+    ).rowcount
+    if claimed != 1:
+        raise AlreadyRunning(f"job {job['id']} ({job['job_name']}) is already running; wait for it or check: ghetl jobs")
+    if job["run_id"]:
+        conn.execute(
+            etl_job_runs.update()
+            .where(etl_job_runs.c.run_id == job["run_id"], etl_job_runs.c.overall == "RUNNING")
+            .values(overall="FAILED", finished_at=now, error_message="superseded: its process stopped responding")
+        )
+    last = job["last_sync_date"]
+    cutoff = None if full or last is None else last - INCREMENTAL_OVERLAP
+    run = Run(run_id, job["id"], job["tenant_id"], job["integration_id"], now, full or last is None, cutoff)
+    conn.execute(
+        etl_job_runs.insert().values(
+            run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, cutoff=cutoff,
+            started_at=now, overall="RUNNING", stats={}, totals={},
+        )
+    )
+    return run, [job_event(run.tenant_id, run.job_id, run_id, "RUNNING")]
+
+
+def get_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(etl_job_runs).where(etl_job_runs.c.run_id == run_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def _lock_job(conn: Connection, job_id: int) -> dict[str, Any]:
+    """Read the job row under a lock (PostgreSQL FOR UPDATE; SQLite already holds the write lock)."""
+    return dict(conn.execute(sa.select(etl_jobs).where(etl_jobs.c.id == job_id).with_for_update()).mappings().one())
+
+
+def _move(job: dict[str, Any], run_id: str, step: str, stage: str, new: str, events: list[Event], **counts: Any) -> None:
+    """Change one circle in the locked job's status (in memory) and record the event."""
+    job["status"]["steps"][step][stage] = new
+    events.append(stage_event(job["tenant_id"], job["id"], run_id, step, stage, new, **counts))
+
+
+def _save_status(conn: Connection, job: dict[str, Any], **values: Any) -> None:
+    conn.execute(etl_jobs.update().where(etl_jobs.c.id == job["id"]).values(status=job["status"], **values))
+
+
+def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: str) -> list[Event]:
+    """Turn a stage's circle to running if it is still idle in this run."""
+    job = _lock_job(conn, job_id)
+    if job["run_id"] != run_id or job["status"]["steps"][step][stage] != "idle":
+        return []
+    job["status"] = copy.deepcopy(job["status"])
+    events: list[Event] = []
+    _move(job, run_id, step, stage, "running", events)
+    _save_status(conn, job)
+    return events
+
+
+def extraction_done(conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None) -> list[Event]:
+    """Record how many items the step has in this run; until then its later stages cannot finish."""
+    job = _lock_job(conn, run.job_id)
+    if job["run_id"] != run.run_id:
+        return []
+    row = get_run(conn, run.run_id)
+    values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": stats}
+    if error:
+        values["error_message"] = error
+    conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run.run_id).values(**values))
+    job["status"] = copy.deepcopy(job["status"])
+    events: list[Event] = []
+    if job["status"]["steps"][step]["extraction"] == "idle":
+        _move(job, run.run_id, step, "extraction", "running", events)
+    _move(job, run.run_id, step, "extraction", "failed" if error else "finished", events, processed=total, total=total)
+    _save_status(conn, job)
+    return events
+
+
+def update_stats(conn: Connection, run_id: str, stats: dict[str, Any]) -> None:
+    conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run_id).values(stats=stats))
+
+
+def heartbeat(conn: Connection, run: Run) -> None:
+    conn.execute(
+        etl_jobs.update().where(etl_jobs.c.id == run.job_id, etl_jobs.c.run_id == run.run_id).values(heartbeat_at=utcnow())
+    )
+
+
+def item_counts(conn: Connection, run_id: str) -> dict[str, dict[str, int]]:
+    """Per step, the run's items by processing status, plus failures by the stage they failed in."""
+    rows = conn.execute(
+        sa.select(
+            raw_extraction_data.c.entity_type, raw_extraction_data.c.status,
+            raw_extraction_data.c.failed_stage, sa.func.count(),
+        )
+        .where(raw_extraction_data.c.run_id == run_id)
+        .group_by(raw_extraction_data.c.entity_type, raw_extraction_data.c.status, raw_extraction_data.c.failed_stage)
+    ).all()
+    per_step: dict[str, dict[str, int]] = {}
+    for step, status, failed_stage, n in rows:
+        counts = per_step.setdefault(step, zero_counts())
+        counts[status] = counts.get(status, 0) + n
+        if status == "failed":
+            counts[f"failed_{failed_stage}"] = counts.get(f"failed_{failed_stage}", 0) + n
+    return per_step
+
+
+def zero_counts() -> dict[str, int]:
+    return {"pending": 0, "transformed": 0, "embedded": 0, "failed": 0, "failed_transform": 0, "failed_embedding": 0}
+
+
+def stage_progress(counts: dict[str, int]) -> dict[str, dict[str, int]]:
+    """How many items each stage has processed and how many are still waiting for it."""
+    return {
+        "transform": {
+            "processed": counts["transformed"] + counts["embedded"] + counts["failed"],
+            "pending": counts["pending"],
+            "failed": counts["failed_transform"],
+        },
+        "embedding": {
+            "processed": counts["embedded"] + counts["failed"],
+            "pending": counts["pending"] + counts["transformed"],
+            "failed": counts["failed_embedding"],
+        },
+    }
+
+
+def advance(conn: Connection, run_id: str) -> list[Event]:
+    """Finish every stage that is done and, when the last one is, the job; report progress."""
+    run = get_run(conn, run_id)
+    if run is None:
+        return []
+    job = _lock_job(conn, run["job_id"])
+    if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
+        return []
+    run = get_run(conn, run_id)
+    job["status"] = copy.deepcopy(job["status"])
+    counts_by_step = item_counts(conn, run_id)
+    events: list[Event] = []
+    for step, circles in job["status"]["steps"].items():
+        total = run["totals"].get(step)
+        progress = stage_progress(counts_by_step.get(step, zero_counts()))
+        upstream_done = circles["extraction"] in ("finished", "failed") and total is not None
+        for stage in ("transform", "embedding"):
+            p = progress[stage]
+            counts = {"processed": p["processed"], "total": total, "failed": p["failed"]}
+            if upstream_done and p["pending"] == 0 and circles[stage] in ("idle", "running"):
+                if circles[stage] == "idle":
+                    _move(job, run_id, step, stage, "running", events)
+                _move(job, run_id, step, stage, "finished", events, **counts)
+            elif circles[stage] == "running":
+                events.append(stage_event(job["tenant_id"], job["id"], run_id, step, stage, "running", **counts))
+            upstream_done = circles[stage] == "finished"
+    if all(c["embedding"] == "finished" for c in job["status"]["steps"].values()):
+        events += _finish(conn, job, run)
+    else:
+        _save_status(conn, job, heartbeat_at=utcnow())
+    return events
+
+
+def _finish(conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> list[Event]:
+    now = utcnow()
+    error = run["error_message"]
+    overall = "FAILED" if error else "FINISHED"
+    job["status"]["overall"] = overall
+    values: dict[str, Any] = {"last_run_finished_at": now, "error_message": error, "heartbeat_at": None}
+    if not error:
+        values["last_sync_date"] = run["started_at"]
+    _save_status(conn, job, **values)
+    conn.execute(
+        etl_job_runs.update().where(etl_job_runs.c.run_id == run["run_id"]).values(overall=overall, finished_at=now)
+    )
+    return [job_event(job["tenant_id"], job["id"], run["run_id"], overall, error=error)]
+
+
+def fail(conn: Connection, run: Run, message: str) -> list[Event]:
+    """End a run at once as FAILED (interrupted or crashed); circles still running turn failed."""
+    job = _lock_job(conn, run.job_id)
+    if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
+        return []
+    job["status"] = copy.deepcopy(job["status"])
+    events: list[Event] = []
+    for step, circles in job["status"]["steps"].items():
+        for stage in STAGES:
+            if circles[stage] in ("idle", "running"):
+                _move(job, run.run_id, step, stage, "failed", events)
+    job["status"]["overall"] = "FAILED"
+    now = utcnow()
+    _save_status(conn, job, last_run_finished_at=now, error_message=message, heartbeat_at=None)
+    conn.execute(
+        etl_job_runs.update()
+        .where(etl_job_runs.c.run_id == run.run_id)
+        .values(overall="FAILED", finished_at=now, error_message=message)
+    )
+    return events + [job_event(run.tenant_id, run.job_id, run.run_id, "FAILED", error=message)]

@@ -1,0 +1,42 @@
+"""Logging set-up: plain sentences on stderr, with tokens masked wherever they might slip in."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+_TOKEN_SHAPES = re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})\b")
+_SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|KEY)$")
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a log line: its password replaced by ***."""
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
+
+
+def redact(text: str) -> str:
+    """Mask GitHub token shapes and the values of secret-looking environment variables."""
+    text = _TOKEN_SHAPES.sub("[token]", text)
+    for name, value in os.environ.items():
+        if value and len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, "[token]")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = ()
+        return True
+
+
+def configure(verbose: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("httpx", "httpcore", "pika", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)

@@ -1,0 +1,85 @@
+"""The registry of steps: each step is one module holding every stage of one GitHub entity.
+
+A step module provides `extract` (pages of API payloads), `to_row` (one payload to one row),
+`upsert` (a batch of rows into its table) and `embed_text` (the text that represents a row).
+The worker loop, the broker and the status code only ever go through this registry, so adding
+pull requests means adding `steps/pull_requests.py` and one line below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import sqlalchemy as sa
+
+JOB_NAME = "GitHub"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    display_name: str
+    order: int
+    table: sa.Table
+    extract: Callable[[Any], Iterator[list[dict[str, Any]]]]
+    to_row: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+    upsert: Callable[[sa.Connection, list[dict[str, Any]]], None]
+    embed_text: Callable[[dict[str, Any]], str]
+
+    @property
+    def table_name(self) -> str:
+        return self.table.name
+
+
+def _from_module(module: ModuleType) -> Step:
+    return Step(
+        name=module.STEP_NAME,
+        display_name=module.DISPLAY_NAME,
+        order=module.ORDER,
+        table=module.TABLE,
+        extract=module.extract,
+        to_row=module.to_row,
+        upsert=module.upsert,
+        embed_text=module.embed_text,
+    )
+
+
+def _load() -> dict[str, Step]:
+    from . import repositories
+
+    steps = [_from_module(repositories)]
+    return {s.name: s for s in sorted(steps, key=lambda s: s.order)}
+
+
+_REGISTRY: dict[str, Step] | None = None
+
+
+def registry() -> dict[str, Step]:
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = _load()
+    return _REGISTRY
+
+
+def get(name: str) -> Step:
+    try:
+        return registry()[name]
+    except KeyError:
+        raise KeyError(f"unknown step '{name}'; known steps: {', '.join(registry())}") from None
+
+
+@dataclass
+class ExtractContext:
+    """What a step's `extract` gets: the run's client and settings, and where to report."""
+
+    client: Any
+    engine: sa.Engine
+    tenant_id: int
+    integration: dict[str, Any]
+    settings: dict[str, Any]
+    cutoff: Any
+    full: bool
+    stats: dict[str, int]

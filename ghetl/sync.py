@@ -1,0 +1,248 @@
+"""Running the GitHub job: claim it, extract, publish, and wait until every stage is done.
+
+Extraction happens in the process that runs the sync, because that is where the user's token
+is; the transform and embedding stages run wherever the broker's consumers are: threads of
+this process on `memory://`, `ghetl worker` processes on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from . import broker as broker_mod
+from . import db, jobs, steps, tenants
+from . import settings as settings_mod
+from .broker import Broker, MemoryBroker
+from .db import raw_extraction_data, utcnow
+from .github import GitHubClient, GitHubError
+from .progress import StageBars
+from .status import Event, stage_event
+from .workers import Pipeline
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 20.0
+
+
+@dataclass
+class SyncResult:
+    """What `ghetl sync --json` prints and what notebooks show as the run summary."""
+
+    tenant: str
+    job_id: int
+    run_id: str
+    overall: str
+    full: bool
+    counts: dict[str, dict[str, int]]
+    requests: int
+    not_modified: int
+    rate_limit_points: int
+    seconds: float
+    error: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sync(
+    tenant: str | int,
+    integration_id: int | None = None,
+    *,
+    full: bool = False,
+    engine: sa.Engine | None = None,
+    broker: Broker | None = None,
+    progress: bool = True,
+    workers: int = 1,
+    timeout: float | None = None,
+    on_event: Callable[[Event], None] | None = None,
+) -> SyncResult:
+    """Run the tenant's GitHub job to its end and return its summary.
+
+    Raises AlreadyRunning when another run holds the job; a run that ends FAILED is returned,
+    not raised (see `SyncResult.overall`), so callers choose how loud to be.
+    """
+    engine = engine or db.engine()
+    broker = broker or broker_mod.connect()
+    started = time.monotonic()
+    with engine.begin() as conn:
+        tenant_row = tenants.get_tenant(conn, tenant)
+        integration = tenants.get_integration(conn, tenant_row["id"], integration_id)
+        job = jobs.get_job(conn, tenant_row["id"], integration["id"])
+        settings = settings_mod.parse(integration["settings"])
+    token = os.environ.get(integration["token_env"])
+    if not token:
+        log.warning("no token in $%s: GitHub allows 60 unauthenticated requests an hour", integration["token_env"])
+    with engine.begin() as conn:
+        run, events = jobs.start(conn, job, full=full)
+    broker.publish_status(events)
+    log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
+
+    bars = StageBars(enabled=progress)
+    unsubscribe = broker.subscribe_status(_for_run(run.run_id, bars.update, on_event))
+    stop = threading.Event()
+    consumers = _start_consumers(broker, Pipeline(engine, broker), stop, workers)
+    client = GitHubClient(integration["api_url"], token)
+    try:
+        for step in steps.registry().values():
+            ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {})
+            _extract(engine, broker, run, step, ctx, job, last_step=step is list(steps.registry().values())[-1])
+        _wait_for_end(engine, run, timeout)
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        with engine.begin() as conn:
+            broker.publish_status(jobs.fail(conn, run, reason))
+        raise
+    finally:
+        client.close()
+        stop.set()
+        if consumers is not None:
+            consumers.join()
+        unsubscribe()
+        bars.close()
+    return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
+
+
+def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callable[[Event], None]:
+    def forward(event: Event) -> None:
+        if event.get("run_id") == run_id:
+            for callback in callbacks:
+                if callback is not None:
+                    callback(event)
+
+    return forward
+
+
+def _start_consumers(broker: Broker, pipeline: Pipeline, stop: threading.Event, workers: int) -> threading.Thread | None:
+    """On the in-process broker the stages run here, in threads; elsewhere `ghetl worker` runs them."""
+    if not isinstance(broker, MemoryBroker):
+        return None
+    thread = threading.Thread(
+        target=broker.consume,
+        args=(list(broker_mod.STAGE_QUEUES), pipeline.deliver),
+        kwargs={"concurrency": workers, "stop": stop},
+        name="ghetl-consumers",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def _extract(
+    engine: sa.Engine, broker: Broker, run: jobs.Run, step: steps.Step, ctx: steps.ExtractContext,
+    job: dict[str, Any], *, last_step: bool,
+) -> None:
+    """Store each page of payloads and publish it; the last page waits until the total is recorded.
+
+    Holding the last page back until `extraction_done` has committed guarantees that whichever
+    worker finishes the last item sees the run's total, so the run cannot stall unfinished.
+    """
+    envelope = {
+        "tenant_id": run.tenant_id, "integration_id": run.integration_id, "job_id": run.job_id,
+        "run_id": run.run_id, "step": step.name, "provider": "github",
+        "last_sync_date": job["last_sync_date"].isoformat() if job["last_sync_date"] else None,
+    }
+    total = 0
+    held: list[dict[str, Any]] | None = None
+    error = None
+    last_beat = time.monotonic()
+    with engine.begin() as conn:
+        broker.publish_status(jobs.stage_running(conn, run.run_id, run.job_id, step.name, "extraction"))
+    try:
+        for payloads in step.extract(ctx):
+            items = _store(engine, run, step, payloads)
+            if held:
+                broker.publish("transform", [{**envelope, "items": held}])
+            if total == 0:
+                items[0]["first_item"] = True
+            held = items
+            total += len(items)
+            broker.publish_status([stage_event(run.tenant_id, run.job_id, run.run_id, step.name, "extraction", "running", processed=total)])
+            if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+                with engine.begin() as conn:
+                    jobs.heartbeat(conn, run)
+                last_beat = time.monotonic()
+    except (GitHubError, httpx.HTTPError) as exc:
+        error = str(exc)
+        log.error("extraction stopped: %s; the %d repositories fetched so far are kept", error, total)
+    stats = {**ctx.client.stats.as_dict(), **ctx.stats}
+    with engine.begin() as conn:
+        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error))
+    if held:
+        held[-1].update(last_item=True, last_job_item=last_step)
+        broker.publish("transform", [{**envelope, "items": held}])
+    else:
+        broker.publish("transform", [{**envelope, "items": [broker_mod.completion_item()]}])
+    log.info("extraction of %s done: %d items published", step.name, total)
+
+
+def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert one page of raw payloads; return the items of its transform message."""
+    now = utcnow()
+    rows = [
+        {
+            "tenant_id": run.tenant_id, "integration_id": run.integration_id, "job_id": run.job_id,
+            "run_id": run.run_id, "entity_type": step.name, "external_id": str(p["id"]), "raw_data": p,
+            "status": "pending", "attempts": 0, "created_at": now, "updated_at": now,
+        }
+        for p in payloads
+    ]
+    with engine.begin() as conn:
+        ids = conn.execute(
+            raw_extraction_data.insert().returning(raw_extraction_data.c.id, sort_by_parameter_order=True), rows
+        ).scalars().all()
+    return [
+        {"raw_data_id": raw_id, "external_id": row["external_id"], "first_item": False, "last_item": False,
+         "last_job_item": False}
+        for raw_id, row in zip(ids, rows)
+    ]
+
+
+def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None) -> None:
+    """Poll the job until its run ended, keeping the heartbeat fresh meanwhile."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last_beat = time.monotonic()
+    while True:
+        with engine.connect() as conn:
+            job = jobs.job_by_id(conn, run.job_id)
+        if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the job did not finish within {timeout:.0f} s")
+        if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+            with engine.begin() as conn:
+                jobs.heartbeat(conn, run)
+            last_beat = time.monotonic()
+        time.sleep(0.05)
+
+
+def _result(engine: sa.Engine, tenant: str, run: jobs.Run, client: GitHubClient, seconds: float) -> SyncResult:
+    with engine.connect() as conn:
+        row = jobs.get_run(conn, run.run_id)
+        counts = jobs.item_counts(conn, run.run_id)
+    assert row is not None
+    per_stage = {}
+    for step in steps.registry():
+        c = counts.get(step, jobs.zero_counts())
+        per_stage[step] = {
+            "extracted": row["totals"].get(step, 0),
+            "transformed": c["transformed"] + c["embedded"] + c["failed_embedding"],
+            "embedded": c["embedded"],
+            "failed": c["failed"],
+        }
+    stats = client.stats.as_dict()
+    return SyncResult(
+        tenant=tenant, job_id=run.job_id, run_id=run.run_id, overall=row["overall"], full=run.full,
+        counts=per_stage, requests=stats["requests"], not_modified=stats["not_modified"],
+        rate_limit_points=stats["rate_limit_points"], seconds=round(seconds, 3), error=row["error_message"],
+        stats=row["stats"],
+    )

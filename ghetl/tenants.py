@@ -1,0 +1,126 @@
+"""Tenants and their GitHub integrations: creation, lookup, and the status-stream credential.
+
+Adding an integration also creates its GitHub job, so a tenant is ready to sync the moment the
+command returns. Tokens are never stored: an integration names the environment variable that
+holds its token, and the status-stream key is kept only as a hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import config, jobs, settings as settings_mod
+from .db import integrations, tenants
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
+
+
+class NotFound(LookupError):
+    """A tenant or integration that does not exist; the message says which."""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def add_tenant(conn: Connection, name: str) -> tuple[int, str]:
+    """Create a tenant; return its id and its status-stream key (shown once, stored hashed)."""
+    name = name.strip()
+    if not name:
+        raise ValueError("tenant name must not be empty")
+    if conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name)).first():
+        raise ValueError(f"tenant '{name}' already exists")
+    key = secrets.token_urlsafe(24)
+    tenant_id = conn.execute(
+        tenants.insert().values(name=name, stream_key_hash=hash_key(key)).returning(tenants.c.id)
+    ).scalar_one()
+    return tenant_id, key
+
+
+def rotate_key(conn: Connection, name: str) -> str:
+    """Replace a tenant's status-stream key, e.g. after it leaked; the old key stops working."""
+    tenant = get_tenant(conn, name)
+    key = secrets.token_urlsafe(24)
+    conn.execute(tenants.update().where(tenants.c.id == tenant["id"]).values(stream_key_hash=hash_key(key)))
+    return key
+
+
+def check_key(conn: Connection, tenant_id: int, key: str) -> bool:
+    stored = conn.execute(sa.select(tenants.c.stream_key_hash).where(tenants.c.id == tenant_id)).scalar()
+    return bool(stored) and hmac.compare_digest(stored, hash_key(key))
+
+
+def get_tenant(conn: Connection, name_or_id: str | int) -> dict[str, Any]:
+    column = tenants.c.id if isinstance(name_or_id, int) or str(name_or_id).isdigit() else tenants.c.name
+    value = int(name_or_id) if column is tenants.c.id else name_or_id
+    row = conn.execute(sa.select(tenants).where(column == value)).mappings().first()
+    if row is None:
+        raise NotFound(f"unknown tenant '{name_or_id}'; create it with: ghetl tenant add {name_or_id}")
+    return dict(row)
+
+
+def list_tenants(conn: Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(sa.select(tenants.c.id, tenants.c.name).order_by(tenants.c.id)).mappings()]
+
+
+def add_integration(
+    conn: Connection,
+    tenant: str | int,
+    owner: str,
+    *,
+    api_url: str | None = None,
+    token_env: str = config.DEFAULT_TOKEN_ENV,
+    settings: str | dict[str, Any] | None = None,
+) -> int:
+    """Create a GitHub integration and its job; refuse bad settings before anything is written."""
+    tenant_row = get_tenant(conn, tenant)
+    if not _OWNER.match(owner or ""):
+        raise ValueError(f"owner '{owner}' is not a GitHub user or organisation name")
+    if not _ENV_NAME.match(token_env or ""):
+        raise ValueError(f"--token-env must name an environment variable, got '{token_env}'")
+    api_url = (api_url or config.api_url()).rstrip("/")
+    if not api_url.startswith(("http://", "https://")):
+        raise ValueError(f"api url must start with http:// or https://, got '{api_url}'")
+    parsed = settings_mod.parse(settings)
+    stored = {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
+    integration_id = conn.execute(
+        integrations.insert()
+        .values(tenant_id=tenant_row["id"], owner=owner, api_url=api_url, token_env=token_env, settings=stored)
+        .returning(integrations.c.id)
+    ).scalar_one()
+    jobs.create_github_job(conn, tenant_row["id"], integration_id)
+    return integration_id
+
+
+def update_settings(conn: Connection, integration_id: int, settings: str | dict[str, Any]) -> dict[str, Any]:
+    parsed = settings_mod.parse(settings)
+    stored = {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
+    conn.execute(integrations.update().where(integrations.c.id == integration_id).values(settings=stored))
+    return parsed
+
+
+def get_integration(conn: Connection, tenant_id: int, integration_id: int | None = None) -> dict[str, Any]:
+    """The tenant's integration with that id, or its only active one when no id is given."""
+    query = sa.select(integrations).where(integrations.c.tenant_id == tenant_id, integrations.c.active.is_(True))
+    if integration_id is not None:
+        query = query.where(integrations.c.id == integration_id)
+    rows = [dict(r) for r in conn.execute(query.order_by(integrations.c.id)).mappings()]
+    if not rows:
+        which = f"integration {integration_id}" if integration_id is not None else "an active integration"
+        raise NotFound(f"tenant {tenant_id} has no {which}; add one with: ghetl integration add --tenant ... --owner ...")
+    if len(rows) > 1:
+        ids = ", ".join(str(r["id"]) for r in rows)
+        raise ValueError(f"tenant {tenant_id} has several integrations ({ids}); choose one with --integration ID")
+    return rows[0]
+
+
+def set_owner_type(conn: Connection, integration_id: int, owner_type: str) -> None:
+    conn.execute(integrations.update().where(integrations.c.id == integration_id).values(owner_type=owner_type))

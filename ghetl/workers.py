@@ -1,0 +1,273 @@
+"""The generic worker: what one delivery of a transform or embedding message does.
+
+For every message: decode it (a poison message goes straight to the dead-letter queue), turn
+its stage's circle to running, do the stage's work in one database transaction, publish the
+next stage's message only after that commit, then let `jobs.advance` count what is done.
+Everything step-specific comes from the step registry, so this file never changes when a step
+is added. A failing message is retried by the broker; on its last attempt its items are
+recorded as failed and the run goes on without them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from . import broker as broker_mod
+from . import embeddings, jobs, steps
+from .broker import Broker, Outcome, PoisonMessage
+from .db import embeddings as embeddings_table
+from .db import etl_jobs, raw_extraction_data, upsert, utcnow
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
+
+class Pipeline:
+    """Binds the stage handlers to one database, one broker and one embedder."""
+
+    def __init__(self, engine: sa.Engine, broker: Broker, embedder: embeddings.Embedder | None = None) -> None:
+        self.engine = engine
+        self.broker = broker
+        self._embedder = embedder
+        self._started: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> embeddings.Embedder:
+        """Loaded on first use, so a transform-only worker never loads a model."""
+        if self._embedder is None:
+            self._embedder = embeddings.get_embedder()
+        return self._embedder
+
+    def deliver(self, stage: str, body: bytes, attempt: int) -> Outcome:
+        """Handle one delivery and say whether to ack, retry or dead-letter it."""
+        try:
+            message = broker_mod.decode(body)
+            steps.get(message["step"])
+        except (PoisonMessage, KeyError) as exc:
+            log.error("dead-lettered a %s message that can never be processed: %s", stage, exc)
+            return Outcome("dead", str(exc))
+        try:
+            self.handle(stage, message)
+            return Outcome("ack")
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            if attempt >= broker_mod.max_attempts():
+                log.error("a %s message failed %d times, dead-lettered: %s", stage, attempt, reason)
+                self.record_failure(stage, message, reason)
+                return Outcome("dead", reason)
+            log.warning("a %s message failed (attempt %d), will retry: %s", stage, attempt, reason)
+            return Outcome("retry", reason)
+
+    def handle(self, stage: str, message: dict[str, Any]) -> None:
+        if "run_id" not in message or not message["run_id"]:
+            message["run_id"] = self._current_run(message["job_id"])
+        step = steps.get(message["step"])
+        self._mark_running(message, stage)
+        if stage == "transform":
+            forward = self._transform(step, message)
+            if forward:
+                self.broker.publish("embedding", [{**message, "table_name": step.table_name, "items": forward}])
+        elif stage == "embedding":
+            self._embed(step, message)
+        else:
+            raise ValueError(f"unknown stage '{stage}'")
+        self._advance(message["run_id"])
+
+    def _current_run(self, job_id: int) -> str:
+        with self.engine.connect() as conn:
+            run_id = conn.execute(sa.select(etl_jobs.c.run_id).where(etl_jobs.c.id == job_id)).scalar()
+        if not run_id:
+            raise PoisonMessage(f"job {job_id} has no run to attach this message to")
+        return run_id
+
+    def _mark_running(self, message: dict[str, Any], stage: str) -> None:
+        key = (message["run_id"], message["step"], stage)
+        with self._lock:
+            if key in self._started:
+                return
+            self._started.add(key)
+        with self.engine.begin() as conn:
+            events = jobs.stage_running(conn, message["run_id"], message["job_id"], message["step"], stage)
+        self.broker.publish_status(events)
+
+    def _advance(self, run_id: str) -> None:
+        with self.engine.begin() as conn:
+            events = jobs.advance(conn, run_id)
+        self.broker.publish_status(events)
+
+    def _transform(self, step: steps.Step, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Upsert the batch's rows; return the items to forward to embedding (failed ones stay behind)."""
+        ids = [i["raw_data_id"] for i in message["items"] if i["raw_data_id"] is not None]
+        ctx = {"tenant_id": message["tenant_id"], "integration_id": message["integration_id"]}
+        with self.engine.begin() as conn:
+            raws = {
+                r.id: r
+                for r in conn.execute(
+                    sa.select(raw_extraction_data.c.id, raw_extraction_data.c.external_id,
+                              raw_extraction_data.c.raw_data, raw_extraction_data.c.status)
+                    .where(raw_extraction_data.c.id.in_(ids))
+                )
+            }
+            rows: dict[int, dict[str, Any]] = {}
+            errors: dict[int, str] = {}
+            for raw_id in ids:
+                raw = raws.get(raw_id)
+                if raw is None:
+                    errors[raw_id] = "raw payload not found"
+                    continue
+                if raw.status == "failed":
+                    continue
+                try:
+                    rows[raw_id] = step.to_row(raw.raw_data, ctx)
+                except Exception as exc:
+                    errors[raw_id] = f"cannot map payload: {type(exc).__name__}: {exc}"
+            errors.update(_upsert_each_alone_on_failure(conn, step, rows))
+            ok = [i for i in rows if i not in errors]
+            _set_status(conn, ok, "transformed", only_from=("pending",))
+            _fail(conn, errors, "transform")
+        for raw_id, error in errors.items():
+            log.warning("repository payload %s failed in transform: %s", raw_id, error)
+        forward = []
+        for item in message["items"]:
+            raw_id = item["raw_data_id"]
+            if raw_id is None:
+                forward.append(item)
+            elif raw_id in rows and raw_id not in errors:
+                forward.append({**item, "external_id": rows[raw_id]["external_id"]})
+        return forward
+
+    def _embed(self, step: steps.Step, message: dict[str, Any]) -> None:
+        """Embed the batch's rows whose text changed; store vectors with the model name and hash."""
+        items = [i for i in message["items"] if i.get("external_id") is not None]
+        if not items:
+            return
+        embedder = self.embedder
+        table = step.table
+        scope = {
+            "tenant_id": message["tenant_id"],
+            "integration_id": message["integration_id"],
+            "table_name": step.table_name,
+        }
+        external_ids = [str(i["external_id"]) for i in items]
+        with self.engine.connect() as conn:
+            rows = {
+                r["external_id"]: dict(r)
+                for r in conn.execute(
+                    sa.select(table).where(
+                        table.c.tenant_id == scope["tenant_id"],
+                        table.c.integration_id == scope["integration_id"],
+                        table.c.external_id.in_(external_ids),
+                    )
+                ).mappings()
+            }
+            stored = dict(
+                conn.execute(
+                    sa.select(embeddings_table.c.external_id, embeddings_table.c.content_hash).where(
+                        *(embeddings_table.c[k] == v for k, v in scope.items()),
+                        embeddings_table.c.model == embedder.model,
+                        embeddings_table.c.external_id.in_(external_ids),
+                    )
+                ).all()
+            )
+        texts: dict[str, str] = {}
+        hashes: dict[str, str] = {}
+        for ext, row in rows.items():
+            text = step.embed_text(row)
+            hashes[ext] = embeddings.content_hash(embedder.model, text)
+            if stored.get(ext) != hashes[ext]:
+                texts[ext] = text
+        vectors = _checked(embedder.embed(list(texts.values())), len(texts), embedder.dimension) if texts else None
+        now = utcnow()
+        new_rows = [
+            {**scope, "external_id": ext, "model": embedder.model, "dimension": embedder.dimension,
+             "vector": embeddings.to_bytes(vectors[n]), "content_hash": hashes[ext], "created_at": now, "updated_at": now}
+            for n, ext in enumerate(texts)
+        ]
+        missing = {i["raw_data_id"]: "row to embed not found" for i in items
+                   if str(i["external_id"]) not in rows and i["raw_data_id"] is not None}
+        done = [i["raw_data_id"] for i in items if i["raw_data_id"] is not None and i["raw_data_id"] not in missing]
+        with self.engine.begin() as conn:
+            upsert(conn, embeddings_table, new_rows,
+                   ("tenant_id", "integration_id", "table_name", "external_id", "model"))
+            _set_status(conn, done, "embedded", only_from=("transformed",))
+            _fail(conn, missing, "embedding")
+
+    def record_failure(self, stage: str, message: dict[str, Any], reason: str) -> None:
+        """A message is being dead-lettered: its items fail, the run goes on without them."""
+        ids = [i["raw_data_id"] for i in message["items"] if i.get("raw_data_id") is not None]
+        try:
+            with self.engine.begin() as conn:
+                _fail(conn, {i: reason for i in ids}, stage)
+            completion = [i for i in message["items"] if i.get("raw_data_id") is None and i.get("last_job_item")]
+            if stage == "transform" and completion:
+                self.broker.publish("embedding", [{**message, "items": completion}])
+            if message.get("run_id"):
+                self._advance(message["run_id"])
+        except Exception:
+            log.exception("could not record the failure of a %s message; its items stay pending", stage)
+
+
+def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: dict[int, dict[str, Any]]) -> dict[int, str]:
+    """Upsert the batch in one statement; if the database refuses it, find the bad rows one by one.
+
+    Errors of the database itself (connection lost, timeout) are raised: the whole message is
+    then retried rather than its items blamed.
+    """
+    if not rows:
+        return {}
+    try:
+        with conn.begin_nested():
+            step.upsert(conn, list(rows.values()))
+        return {}
+    except TRANSIENT:
+        raise
+    except sa.exc.DBAPIError:
+        pass
+    errors = {}
+    for raw_id, row in rows.items():
+        try:
+            with conn.begin_nested():
+                step.upsert(conn, [row])
+        except TRANSIENT:
+            raise
+        except sa.exc.DBAPIError as exc:
+            errors[raw_id] = f"database refused the row: {str(exc.orig).splitlines()[0]}"
+    return errors
+
+
+def _checked(vectors: np.ndarray, count: int, dimension: int) -> np.ndarray:
+    """Refuse vectors that would poison search: wrong shape, NaN, or all zeros."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.shape != (count, dimension):
+        raise ValueError(f"embedder returned shape {vectors.shape}, expected {(count, dimension)}")
+    if not np.isfinite(vectors).all() or (np.linalg.norm(vectors, axis=1) == 0).any():
+        raise ValueError("embedder returned a zero or non-finite vector")
+    return vectors
+
+
+def _set_status(conn: sa.Connection, ids: list[int], status: str, *, only_from: tuple[str, ...]) -> None:
+    if ids:
+        conn.execute(
+            raw_extraction_data.update()
+            .where(raw_extraction_data.c.id.in_(ids), raw_extraction_data.c.status.in_(only_from))
+            .values(status=status)
+        )
+
+
+def _fail(conn: sa.Connection, errors: dict[int, str], stage: str) -> None:
+    """Mark items failed in a stage, unless they already got past it (a late duplicate)."""
+    before = ("pending",) if stage == "transform" else ("pending", "transformed")
+    for raw_id, error in errors.items():
+        conn.execute(
+            raw_extraction_data.update()
+            .where(raw_extraction_data.c.id == raw_id, raw_extraction_data.c.status.in_(before))
+            .values(status="failed", failed_stage=stage, error_message=error[:2000],
+                    attempts=raw_extraction_data.c.attempts + 1)
+        )
