@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Everything the test suite needs, into the venv whose bin directory is $1.
+# torch comes first, pinned to the CPU build that lies on this machine's disk: a plain
+# `torch` requirement pulled in by sentence-transformers would download a multi-GB CUDA build.
+set -euo pipefail
+BIN=${1:-.venv/bin}
+"$BIN/pip" install --quiet torch==2.13.0
+"$BIN/pip" install --quiet -e '.[test,semantic]'

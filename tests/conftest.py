@@ -1,0 +1,166 @@
+"""Shared fixtures: both back ends, a fresh GitHub sandbox, a tenant wired to it.
+
+Every test that takes `backend` runs twice: on the embedded default (a SQLite file in the
+test's tmp dir and a fresh in-process broker) and on the scale-out servers (a PostgreSQL
+database and RabbitMQ queues of its own, created for the test and dropped after it). When
+CI=true an unreachable server fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ghetl import db, tenants
+from ghetl.broker import Broker, MemoryBroker
+from ghetl.sandbox import Sandbox
+
+PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+AMQP_URL = os.environ.get("GHETL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+TOKEN = "ghp_sandboxTestToken000000000000000000001"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} unreachable: {exc}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: the scale-out tests must run)")
+    pytest.skip(message)
+
+
+@dataclass
+class Backend:
+    """One deployment for one test: its URLs, engine and broker."""
+
+    name: str
+    database_url: str
+    broker_url: str
+    engine: sa.Engine
+    broker: Broker
+    env: dict[str, str] = field(default_factory=dict)
+
+    def sync(self, tenant: str, **kwargs: Any) -> Any:
+        """Run a sync with this test's engine and broker, consumers in this process."""
+        from ghetl.sync import sync
+
+        kwargs.setdefault("progress", False)
+        kwargs.setdefault("run_workers", True)
+        kwargs.setdefault("timeout", 120)
+        return sync(tenant, engine=self.engine, broker=self.broker, **kwargs)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(sql), params).all()
+
+
+def _embedded(tmp_path: Any) -> Iterator[Backend]:
+    url = f"sqlite:///{tmp_path / 'ghetl.db'}"
+    engine = db.engine(url)
+    db.init(engine)
+    yield Backend("embedded", url, "memory://", engine, MemoryBroker(), {"GHETL_DATABASE_URL": url})
+    engine.dispose()
+    db._engines.pop(url, None)
+
+
+def _scaleout() -> Iterator[Backend]:
+    name = f"ghetl_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as exc:
+        _unavailable("PostgreSQL", exc)
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    env = {"GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix}
+    previous = os.environ.get("GHETL_QUEUE_PREFIX")
+    os.environ["GHETL_QUEUE_PREFIX"] = prefix
+    engine = db.engine(url)
+    db.init(engine)
+    from ghetl.rabbitmq import RabbitBroker
+
+    try:
+        broker = RabbitBroker(AMQP_URL)
+        broker.declare()
+    except Exception as exc:  # pika raises several unrelated types for a refused connection
+        engine.dispose()
+        _unavailable("RabbitMQ", exc)
+    try:
+        yield Backend("scaleout", url, AMQP_URL, engine, broker, env)
+    finally:
+        broker.delete_queues()
+        broker.close()
+        engine.dispose()
+        db._engines.pop(url, None)
+        if previous is None:
+            os.environ.pop("GHETL_QUEUE_PREFIX", None)
+        else:
+            os.environ["GHETL_QUEUE_PREFIX"] = previous
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["embedded", "scaleout"])
+def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
+    if request.param == "embedded":
+        yield from _embedded(tmp_path)
+    else:
+        yield from _scaleout()
+
+
+@pytest.fixture
+def embedded(tmp_path: Any) -> Iterator[Backend]:
+    """Only the embedded default, for tests about things the back end cannot change."""
+    yield from _embedded(tmp_path)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A GitHub sandbox with one organisation of 500 generated repositories."""
+    with Sandbox(orgs={"acme": 500}, users={"octocat": 12}, seed=11) as sb:
+        yield sb
+
+
+@pytest.fixture
+def make_sandbox() -> Iterator[Any]:
+    """A factory for sandboxes with other sizes or limits; all are stopped after the test."""
+    started: list[Sandbox] = []
+
+    def make(**kwargs: Any) -> Sandbox:
+        sb = Sandbox(**kwargs).start()
+        started.append(sb)
+        return sb
+
+    yield make
+    for sb in started:
+        sb.stop()
+
+
+@pytest.fixture
+def token(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
+    return TOKEN
+
+
+def add_tenant(backend: Backend, sandbox: Sandbox, *, name: str = "acme-corp", owner: str = "acme",
+               settings: Any = None, token_env: str = "GITHUB_TOKEN") -> str:
+    """A tenant with one integration pointing at the sandbox; returns the tenant's name."""
+    with backend.engine.begin() as conn:
+        tenants.add_tenant(conn, name)
+        tenants.add_integration(conn, name, owner, api_url=sandbox.url, token_env=token_env, settings=settings)
+    return name
+
+
+@pytest.fixture
+def tenant(backend: Backend, sandbox: Sandbox, token: str) -> str:
+    return add_tenant(backend, sandbox)

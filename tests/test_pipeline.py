@@ -1,0 +1,301 @@
+"""The core pipeline end to end, on both back ends: what lands, what the job says, what it costs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from ghetl import jobs, tenants
+from ghetl.broker import encode
+from ghetl.db import etl_jobs, raw_extraction_data, repositories
+from ghetl.workers import Pipeline
+
+from .conftest import add_tenant
+
+ALL_FINISHED = {"extraction": "finished", "transform": "finished", "embedding": "finished"}
+
+
+def job_row(backend):
+    with backend.engine.connect() as conn:
+        return dict(conn.execute(sa.select(etl_jobs)).mappings().one())
+
+
+def circles(job):
+    info = job["status"]["steps"]["github_repositories"]
+    return {stage: info[stage] for stage in ("extraction", "transform", "embedding")}
+
+
+def stored_ids(backend, active=True):
+    with backend.engine.connect() as conn:
+        return set(
+            conn.execute(sa.select(repositories.c.external_id).where(repositories.c.active.is_(active))).scalars()
+        )
+
+
+def test_full_sync_stores_exactly_the_org(backend, sandbox, tenant):
+    events = []
+    result = backend.sync(tenant, on_event=events.append)
+
+    expected = {str(r["id"]) for r in sandbox.repos("acme")}
+    assert len(expected) == 500
+    assert result.overall == "FINISHED"
+    assert stored_ids(backend) == expected
+    assert backend.scalar("select count(*) from repositories") == 500
+    assert backend.scalar("select count(*) from raw_extraction_data where status <> 'embedded'") == 0
+    assert backend.scalar("select count(*) from raw_extraction_data") == 500
+    assert backend.scalar("select count(distinct external_id) from embeddings where table_name = 'repositories'") == 500
+    assert result.counts["github_repositories"] == {"extracted": 500, "transformed": 500, "embedded": 500, "failed": 0}
+    assert result.requests == 6  # one owner lookup, then 500 repositories in pages of 100
+
+    job = job_row(backend)
+    assert job["status"]["overall"] == "FINISHED"
+    assert circles(job) == ALL_FINISHED
+    assert job["last_sync_date"] == job["last_run_started_at"]
+    assert job["last_run_finished_at"] > job["last_run_started_at"]
+    assert job["last_sync_date"].tzinfo is not None
+
+    for stage in ("extraction", "transform", "embedding"):
+        seq = [e["status"] for e in events if e.get("stage") == stage]
+        assert seq[0] == "running" and seq[-1] == "finished" and seq.count("finished") == 1, (stage, seq)
+    finished = [e for e in events if e["type"] == "stage" and e["status"] == "finished"]
+    assert all(e["processed"] == 500 and e["total"] == 500 for e in finished)
+    assert [e["overall"] for e in events if e["type"] == "job"] == ["RUNNING", "FINISHED"]
+
+
+def test_rows_carry_payload_fields_as_github_sent_them(backend, sandbox, tenant):
+    backend.sync(tenant)
+    repo = next(r for r in sandbox.repos("acme") if r.get("description") and r.get("topics") and r.get("license"))
+    with backend.engine.connect() as conn:
+        row = conn.execute(sa.select(repositories).where(repositories.c.external_id == str(repo["id"]))).mappings().one()
+    assert row["full_name"] == repo["full_name"]
+    assert row["description"] == repo["description"]
+    assert row["topics"] == repo["topics"]
+    assert row["license"] == repo["license"]["spdx_id"]
+    assert row["visibility"] == repo["visibility"]
+    assert row["stargazers_count"] == repo["stargazers_count"]
+    assert row["owner"] == "acme"
+    assert row["repo_updated_at"] == dt.datetime.fromisoformat(repo["updated_at"].replace("Z", "+00:00"))
+    assert row["repo_created_at"].tzinfo is not None
+
+
+def test_incremental_sync_processes_only_touched_repositories(backend, sandbox, tenant):
+    backend.sync(tenant)
+    touched = [r["full_name"] for r in sandbox.repos("acme")[100:103]]
+    for name in touched:
+        sandbox.touch(name, description=f"now about invoice reconciliation ({name})")
+    sandbox.reset_stats()
+
+    result = backend.sync(tenant)
+
+    assert result.overall == "FINISHED" and not result.full
+    assert result.counts["github_repositories"]["extracted"] == 3
+    with backend.engine.connect() as conn:
+        run_rows = conn.execute(
+            sa.select(raw_extraction_data.c.raw_data).where(raw_extraction_data.c.run_id == result.run_id)
+        ).scalars().all()
+        descriptions = dict(conn.execute(sa.select(repositories.c.full_name, repositories.c.description)).all())
+    assert sorted(r["full_name"] for r in run_rows) == sorted(touched)
+    assert all(descriptions[n] == f"now about invoice reconciliation ({n})" for n in touched)
+    assert result.requests == 1  # the first page holds the touched ones and then older ones: paging stops
+
+
+def test_nothing_changed_still_ends_every_stage(backend, sandbox, tenant):
+    backend.sync(tenant)
+    before = job_row(backend)
+    events = []
+
+    result = backend.sync(tenant, on_event=events.append)
+
+    after = job_row(backend)
+    assert result.overall == "FINISHED"
+    assert result.counts["github_repositories"]["extracted"] == 0
+    assert circles(after) == ALL_FINISHED
+    assert after["last_sync_date"] > before["last_sync_date"]
+    assert after["last_sync_date"] == after["last_run_started_at"]
+    for stage in ("extraction", "transform", "embedding"):
+        statuses = [e["status"] for e in events if e.get("stage") == stage]
+        assert statuses[0] == "running" and statuses[-1] == "finished", (stage, statuses)
+    assert backend.scalar("select count(*) from raw_extraction_data") == 500
+
+
+def test_rename_updates_the_same_row_and_delete_marks_inactive(backend, sandbox, tenant):
+    backend.sync(tenant)
+    repos = sandbox.repos("acme")
+    renamed, deleted = repos[10], repos[20]
+    sandbox.rename(renamed["full_name"], "brand-new-name")
+    sandbox.delete(deleted["full_name"])
+
+    result = backend.sync(tenant, full=True)
+
+    assert result.overall == "FINISHED"
+    with backend.engine.connect() as conn:
+        rows = {r.external_id: r for r in conn.execute(sa.select(repositories))}
+    assert len(rows) == 500
+    assert rows[str(renamed["id"])].full_name == "acme/brand-new-name"
+    assert rows[str(renamed["id"])].active
+    assert not rows[str(deleted["id"])].active
+    assert result.stats.get("deactivated") == 1
+
+
+def test_incremental_sync_picks_up_a_rename_by_id(backend, sandbox, tenant):
+    backend.sync(tenant)
+    repo = sandbox.repos("acme")[5]
+    sandbox.rename(repo["full_name"], "renamed-service")
+
+    backend.sync(tenant)
+
+    with backend.engine.connect() as conn:
+        names = conn.execute(
+            sa.select(repositories.c.full_name).where(repositories.c.external_id == str(repo["id"]))
+        ).scalars().all()
+    assert names == ["acme/renamed-service"]
+
+
+def test_redelivered_transform_message_changes_nothing(backend, sandbox, tenant):
+    result = backend.sync(tenant)
+    with backend.engine.connect() as conn:
+        raw = conn.execute(
+            sa.select(raw_extraction_data).where(raw_extraction_data.c.run_id == result.run_id).limit(3)
+        ).mappings().all()
+        before = conn.execute(sa.select(repositories.c.external_id, repositories.c.updated_at)).all()
+    message = {
+        "tenant_id": raw[0]["tenant_id"], "integration_id": raw[0]["integration_id"], "job_id": result.job_id,
+        "run_id": result.run_id, "step": "github_repositories", "provider": "github", "last_sync_date": None,
+        "items": [{"raw_data_id": r["id"], "external_id": r["external_id"], "first_item": False,
+                   "last_item": False, "last_job_item": False} for r in raw],
+    }
+    pipeline = Pipeline(backend.engine, backend.broker)
+
+    outcome = pipeline.deliver("transform", encode(message), 1)
+
+    assert outcome.action == "ack"
+    with backend.engine.connect() as conn:
+        after = conn.execute(sa.select(repositories.c.external_id, repositories.c.updated_at)).all()
+    assert sorted(after) == sorted(before)
+    assert backend.scalar("select count(*) from raw_extraction_data where status = 'embedded'") == 500
+    assert job_row(backend)["status"]["overall"] == "FINISHED"
+
+
+def test_two_starts_at_once_one_runs_one_is_refused(backend, sandbox, tenant):
+    with backend.engine.connect() as conn:
+        job = jobs.list_jobs(conn)[0]
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def claim():
+        barrier.wait()
+        try:
+            with backend.engine.begin() as conn:
+                jobs.start(conn, job, full=False)
+            outcomes.append("started")
+        except jobs.AlreadyRunning as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=claim) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert outcomes.count("started") == 1
+    refused = [o for o in outcomes if o != "started"]
+    assert len(refused) == 1 and "already running" in refused[0]
+    assert job_row(backend)["status"]["overall"] == "RUNNING"
+
+
+def test_a_stale_run_no_longer_blocks_the_job(backend, sandbox, tenant):
+    with backend.engine.begin() as conn:
+        job = jobs.list_jobs(conn)[0]
+        jobs.start(conn, job, full=False)
+        conn.execute(etl_jobs.update().values(heartbeat_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)))
+
+    result = backend.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert backend.scalar("select count(*) from etl_job_runs where overall = 'FAILED' and error_message like 'superseded%'") == 1
+
+
+def test_settings_narrow_the_repositories(backend, sandbox, token):
+    tenant = add_tenant(backend, sandbox, settings={"include_forks": False, "include_archived": False})
+
+    backend.sync(tenant)
+
+    expected = {str(r["id"]) for r in sandbox.repos("acme") if not r["fork"] and not r["archived"]}
+    assert 0 < len(expected) < 500
+    assert stored_ids(backend) == expected
+
+
+def test_name_patterns_select_by_name(backend, sandbox, token):
+    names = sorted(r["name"] for r in sandbox.repos("acme"))
+    prefix = names[0].split("-")[0]
+    tenant = add_tenant(backend, sandbox, settings={"name_patterns": [f"{prefix}-*"]})
+
+    backend.sync(tenant)
+
+    expected = {str(r["id"]) for r in sandbox.repos("acme") if r["name"].startswith(f"{prefix}-")}
+    assert expected and stored_ids(backend) == expected
+
+
+def test_a_user_account_is_listed_like_an_org(backend, sandbox, token):
+    tenant = add_tenant(backend, sandbox, name="solo", owner="octocat")
+
+    result = backend.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert stored_ids(backend) == {str(r["id"]) for r in sandbox.repos("octocat")}
+    with backend.engine.connect() as conn:
+        assert conn.execute(sa.text("select owner_type from integrations")).scalar() == "User"
+
+
+def test_rejected_token_fails_the_job_and_writes_no_repository(backend, make_sandbox, token):
+    sb = make_sandbox(orgs={"acme": 30}, tokens={"some-other-token"})
+    tenant = add_tenant(backend, sb)
+
+    result = backend.sync(tenant)
+
+    assert result.overall == "FAILED"
+    assert "token rejected" in result.error
+    job = job_row(backend)
+    assert job["status"]["overall"] == "FAILED" and job["error_message"] == result.error
+    assert circles(job)["extraction"] == "failed"
+    assert job["last_sync_date"] is None
+    assert backend.scalar("select count(*) from repositories") == 0
+    assert token not in json.dumps(job, default=str)
+
+
+def test_bad_settings_are_refused_before_anything_is_written(backend):
+    with backend.engine.begin() as conn:
+        tenants.add_tenant(conn, "t1")
+    for settings, key in (({"repository_filer": "x"}, "repository_filer"), ({"include_forks": "no"}, "include_forks"),
+                          ({"repository_filter": "org:other api"}, "repository_filter"), ("{not json", "JSON")):
+        with pytest.raises(ValueError, match=key):
+            with backend.engine.begin() as conn:
+                tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
+    assert backend.scalar("select count(*) from integrations") == 0
+    assert backend.scalar("select count(*) from etl_jobs") == 0
+
+
+def test_integration_add_creates_the_job_with_idle_circles(backend):
+    with backend.engine.begin() as conn:
+        tenants.add_tenant(conn, "t1")
+        tenants.add_integration(conn, "t1", "acme", api_url="http://x")
+    job = job_row(backend)
+    assert job["job_name"] == "GitHub"
+    assert job["status"] == {
+        "overall": "READY",
+        "steps": {"github_repositories": {"order": 1, "display_name": "GitHub Repositories",
+                                          "extraction": "idle", "transform": "idle", "embedding": "idle"}},
+    }
+
+
+def test_the_overall_check_constraint_refuses_unknown_states(backend):
+    with backend.engine.begin() as conn:
+        tenants.add_tenant(conn, "t1")
+        tenants.add_integration(conn, "t1", "acme", api_url="http://x")
+    with pytest.raises(sa.exc.IntegrityError):
+        with backend.engine.begin() as conn:
+            conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
