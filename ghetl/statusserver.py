@@ -1,0 +1,484 @@
+"""The live status stream: a WebSocket server that relays a tenant's status events to its clients.
+
+Protocol
+--------
+Connect to ``ws://HOST:PORT/?tenant=NAME_OR_ID[&job=JOB_ID]`` and present the tenant's
+status-stream key (``ghetl tenant add`` prints it, ``ghetl tenant key NAME`` issues a new one)
+either as the header ``Authorization: Bearer KEY`` or, for browsers that cannot set headers, as
+the query parameter ``key=KEY``. A refused connection is closed right after the handshake with
+one of these codes and a reason saying what to fix:
+
+=====  ==============================================================
+4400   the URL lacks ``tenant`` or ``job`` is not a number
+4401   no key was presented
+4403   the key is wrong for that tenant, or there is no such tenant
+4404   the tenant has no job with that id
+=====  ==============================================================
+
+The server then sends JSON text messages, each with a ``type``:
+
+``snapshot``
+    First, and again whenever the client must resynchronise. ``{"type": "snapshot",
+    "reason": "connect"|"overflow"|"requested", "tenant_id", "tenant", "job_id" (the filter or
+    null), "jobs": [{"job_id", "integration_id", "job_name", "run_id", "overall", "status" (the
+    status JSON of etl_jobs), "progress": {step: {stage: {"processed", "total", "failed"}}},
+    "last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message"}],
+    "timestamp"}``. A snapshot replaces everything a client knew.
+``stage``
+    A circle changed, or a stage made progress: ``{"type": "stage", "tenant_id", "job_id",
+    "run_id", "step", "stage" (extraction|transform|embedding), "status"
+    (idle|running|finished|failed), "processed", "total", "failed", "timestamp"}``.
+``job``
+    The job's overall state changed: ``{"type": "job", "tenant_id", "job_id", "run_id",
+    "overall" (RUNNING|FINISHED|FAILED), "error" (a message, never a token), "timestamp"}``.
+    A ``RUNNING`` job event with a new ``run_id`` starts a run: every circle of that job is
+    idle again.
+
+A client may send ``{"type": "snapshot"}`` to ask for a fresh snapshot; anything else it sends
+is ignored. Within a run the server never sends an event that moves a circle backwards (a
+late ``running`` after ``finished``), so a client can apply events as they come.
+
+Why it is built this way
+------------------------
+The broker calls the subscriber from worker threads (or its RabbitMQ consumer thread); that
+callback only hands the event to the server's event loop and returns, so no client can ever
+slow a worker. Each client has a bounded queue: a client too slow to keep up loses its backlog
+and receives a fresh snapshot instead, which is all it needs to be right again. Keepalive
+pings close connections whose peer stopped answering.
+
+Where events come from: `Broker.subscribe_status`. On RabbitMQ that is a fanout exchange every
+worker publishes to, so workers on any host are seen. On ``memory://`` the bus lives inside one
+process, so a server in a notebook kernel sees the syncs run in that kernel and nothing else;
+``ghetl status-server`` on ``memory://`` therefore also polls the database (``poll_interval``)
+and turns changes of the jobs' status JSON into the same events, so a ``ghetl sync`` in another
+terminal is followed too, at the poll's pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import sqlalchemy as sa
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request
+
+from . import jobs, tenants
+from .broker import Broker
+from .db import utcnow
+from .logs import redact
+from .status import STAGES, Event, job_event, stage_event
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8765
+QUEUE_SIZE = 1000
+CIRCLE_RANK = {"idle": 0, "running": 1, "finished": 2, "failed": 2}
+OVERALL_RANK = {"READY": 0, "RUNNING": 1, "FINISHED": 2, "FAILED": 2}
+
+
+@dataclass(frozen=True)
+class Resync:
+    """Queued in place of a client's backlog: send a fresh snapshot, for this reason."""
+
+    reason: str
+
+
+class Refused(Exception):
+    """A connection that will be closed after the handshake with this code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason.encode()[:123].decode(errors="ignore")
+
+
+def _json_default(value: Any) -> str:
+    return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else str(value)
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, default=_json_default, separators=(",", ":"))
+
+
+def job_progress(conn: sa.Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
+    """Processed/total/failed per step and stage for the job's current run, counted from the database."""
+    if not job["run_id"]:
+        return {}
+    run = jobs.get_run(conn, job["run_id"])
+    totals = run["totals"] if run else {}
+    counts_by_step = jobs.item_counts(conn, job["run_id"])
+    progress = {}
+    for step in job["status"]["steps"]:
+        counts = counts_by_step.get(step, jobs.zero_counts())
+        total = totals.get(step)
+        stages = jobs.stage_progress(counts)
+        extracted = sum(counts[s] for s in ("pending", "transformed", "embedded", "failed"))
+        progress[step] = {
+            "extraction": {"processed": extracted, "total": total, "failed": 0},
+            **{s: {"processed": p["processed"], "total": total, "failed": p["failed"]} for s, p in stages.items()},
+        }
+    return progress
+
+
+def snapshot(engine: sa.Engine, tenant: dict[str, Any], job_id: int | None, reason: str) -> dict[str, Any]:
+    """Everything a client needs to draw its tenant's jobs right now, read from `etl_jobs`."""
+    with engine.connect() as conn:
+        rows = [j for j in jobs.list_jobs(conn, tenant["id"]) if job_id is None or j["id"] == job_id]
+        listed = [
+            {
+                "job_id": j["id"], "integration_id": j["integration_id"], "job_name": j["job_name"],
+                "run_id": j["run_id"], "overall": j["status"]["overall"], "status": j["status"],
+                "progress": job_progress(conn, j), "last_sync_date": j["last_sync_date"],
+                "last_run_started_at": j["last_run_started_at"], "last_run_finished_at": j["last_run_finished_at"],
+                "error_message": redact(j["error_message"]) if j["error_message"] else None,
+            }
+            for j in rows
+        ]
+    return {"type": "snapshot", "reason": reason, "tenant_id": tenant["id"], "tenant": tenant["name"],
+            "job_id": job_id, "jobs": listed, "timestamp": utcnow()}
+
+
+@dataclass
+class _JobLine:
+    run_id: str | None
+    overall: str
+    circles: dict[tuple[str, str], str] = field(default_factory=dict)
+    past_runs: set[str] = field(default_factory=set)
+
+
+class CircleGuard:
+    """Drops events that would move a circle or the overall state backwards within a run.
+
+    Events reach the server from many threads and processes, and a client's first events may
+    predate its snapshot; without this a late `running` could repaint a finished circle blue.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, _JobLine] = {}
+
+    def reset(self, snap: dict[str, Any]) -> None:
+        self._jobs = {
+            j["job_id"]: _JobLine(
+                j["run_id"], j["overall"],
+                {(step, stage): info[stage] for step, info in j["status"]["steps"].items() for stage in STAGES},
+            )
+            for j in snap["jobs"]
+        }
+
+    def accept(self, event: Event) -> bool:
+        line = self._jobs.setdefault(event["job_id"], _JobLine(None, "READY"))
+        if event["run_id"] != line.run_id:
+            if event["run_id"] in line.past_runs:
+                return False
+            if line.run_id:
+                line.past_runs.add(line.run_id)
+            line.run_id, line.overall, line.circles = event["run_id"], "RUNNING", {}
+        if event["type"] == "job":
+            if OVERALL_RANK.get(event["overall"], 0) < OVERALL_RANK[line.overall]:
+                return False
+            line.overall = event["overall"]
+            return True
+        key = (event["step"], event["stage"])
+        if CIRCLE_RANK.get(event["status"], 0) < CIRCLE_RANK[line.circles.get(key, "idle")]:
+            return False
+        line.circles[key] = event["status"]
+        return True
+
+
+class Subscription:
+    """One client's view: which events it wants and its bounded backlog.
+
+    `offer` runs on the server's loop and never waits: when the backlog is full it is dropped
+    and replaced by one resynchronisation marker, so a stalled client costs a bounded amount of
+    memory and no time.
+    """
+
+    def __init__(self, tenant_id: int, job_id: int | None, size: int) -> None:
+        self.tenant_id = tenant_id
+        self.job_id = job_id
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
+        self.delivered = 0
+        self.dropped = 0
+        self.resyncs = 0
+
+    def wants(self, event: Event) -> bool:
+        return event.get("tenant_id") == self.tenant_id and (self.job_id is None or event.get("job_id") == self.job_id)
+
+    def offer(self, event: Event) -> None:
+        if not self.wants(event):
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.resync("overflow")
+
+    def resync(self, reason: str) -> None:
+        """Replace whatever is queued by one marker that makes the sender send a fresh snapshot."""
+        while not self.queue.empty():
+            if not isinstance(self.queue.get_nowait(), Resync):
+                self.dropped += 1
+        self.resyncs += 1
+        self.queue.put_nowait(Resync(reason))
+
+
+def _parse_request(request: Request) -> tuple[str, int | None, str | None]:
+    """The tenant, optional job id and key a client asked with, or Refused saying what is missing."""
+    query = {k: v[-1] for k, v in parse_qs(urlsplit(request.path).query).items()}
+    tenant = query.get("tenant", "").strip()
+    if not tenant:
+        raise Refused(4400, "missing tenant: connect to ws://HOST:PORT/?tenant=NAME_OR_ID")
+    job = query.get("job")
+    if job is not None and not job.isdigit():
+        raise Refused(4400, f"job must be a job id (a number), got '{job[:40]}'")
+    auth = request.headers.get("Authorization", "")
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else query.get("key")
+    return tenant, int(job) if job is not None else None, key or None
+
+
+class StatusServer:
+    """The WebSocket status stream, in a background thread (`start`/`stop`) or the foreground (`run`).
+
+    `port=0` picks a free port; `.url` is the address clients connect to once started.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        broker: Broker,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        *,
+        queue_size: int = QUEUE_SIZE,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        poll_interval: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.broker = broker
+        self.host = host
+        self.port = port
+        self.queue_size = queue_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.poll_interval = poll_interval
+        self._subscriptions: set[Subscription] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._listening = threading.Event()
+        self._failure: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        if not self._listening.is_set():
+            raise RuntimeError("the status server is not listening yet; call start() first")
+        return f"ws://{self.host}:{self.port}"
+
+    def subscriptions(self) -> list[Subscription]:
+        """The connected clients' subscriptions (for tests and operators: queue depth, drops)."""
+        return list(self._subscriptions)
+
+    def start(self, timeout: float = 10.0) -> StatusServer:
+        """Serve in a daemon thread; return once the socket listens, or raise why it cannot."""
+        self._thread = threading.Thread(target=self._serve_in_thread, name="ghetl-status-server", daemon=True)
+        self._thread.start()
+        if not self._listening.wait(timeout):
+            raise TimeoutError(f"the status server did not start listening within {timeout:.0f} s")
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection (code 1001), stop listening, and wait for the thread to end."""
+        if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGINT or SIGTERM (the CLI)."""
+        asyncio.run(self._serve(handle_signals=True))
+
+    def _serve_in_thread(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # handed to start(), which raises it in the caller's thread
+            self._failure = exc
+        finally:
+            self._listening.set()
+
+    def __enter__(self) -> StatusServer:
+        return self.start()
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop()
+
+    async def _serve(self, handle_signals: bool = False) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.add_signal_handler(sig, self._stopping.set)
+        try:
+            server = await serve(
+                self._handle, self.host, self.port,
+                ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_size=64 * 1024,
+            )
+        except OSError as exc:
+            raise OSError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); choose another --port") from None
+        unsubscribe = self.broker.subscribe_status(self._from_broker)
+        poller = asyncio.create_task(self._poll()) if self.poll_interval else None
+        self.port = server.sockets[0].getsockname()[1]
+        self._listening.set()
+        log.info("status stream listening on %s", self.url)
+        try:
+            await self._stopping.wait()
+        finally:
+            unsubscribe()
+            if poller is not None:
+                poller.cancel()
+            server.close()
+            await server.wait_closed()
+            log.info("status stream stopped")
+
+    def _from_broker(self, event: Event) -> None:
+        """Called on a worker's or the broker's thread: hand over and return at once."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._dispatch, event)
+        except RuntimeError:
+            pass
+
+    def _dispatch(self, event: Event) -> None:
+        if event.get("error"):
+            event = {**event, "error": redact(str(event["error"]))}
+        for subscription in self._subscriptions:
+            subscription.offer(event)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        try:
+            tenant, job_id = await asyncio.to_thread(self._authorise, ws.request)
+        except Refused as refused:
+            log.info("refused a status client: %s", refused.reason)
+            await ws.close(refused.code, refused.reason)
+            return
+        subscription = Subscription(tenant["id"], job_id, self.queue_size)
+        self._subscriptions.add(subscription)
+        sender = asyncio.create_task(self._send(ws, subscription, tenant))
+        log.info("status client connected for tenant %s (%d connected)", tenant["name"], len(self._subscriptions))
+        try:
+            async for message in ws:
+                if _asks_snapshot(message):
+                    subscription.resync("requested")
+        except ConnectionClosed:
+            pass
+        finally:
+            self._subscriptions.discard(subscription)
+            sender.cancel()
+            log.info("status client of tenant %s left", tenant["name"])
+
+    def _authorise(self, request: Request) -> tuple[dict[str, Any], int | None]:
+        name, job_id, key = _parse_request(request)
+        if key is None:
+            raise Refused(4401, "missing key: send 'Authorization: Bearer KEY' or ?key=KEY (ghetl tenant key NAME)")
+        with self.engine.connect() as conn:
+            try:
+                tenant = tenants.get_tenant(conn, name)
+            except tenants.NotFound:
+                tenant = None
+            if tenant is None or not tenants.check_key(conn, tenant["id"], key):
+                raise Refused(4403, f"wrong key for tenant '{name[:40]}' or no such tenant; issue a key: ghetl tenant key NAME")
+            if job_id is not None and not any(j["id"] == job_id for j in jobs.list_jobs(conn, tenant["id"])):
+                raise Refused(4404, f"tenant '{tenant['name'][:40]}' has no job {job_id}; see: ghetl jobs --tenant NAME")
+        return tenant, job_id
+
+    async def _send(self, ws: ServerConnection, subscription: Subscription, tenant: dict[str, Any]) -> None:
+        """Send the first snapshot, then the queued events; a resync marker sends a new snapshot."""
+        guard = CircleGuard()
+        item: Event | Resync = Resync("connect")
+        try:
+            while True:
+                if isinstance(item, Resync):
+                    snap = await asyncio.to_thread(snapshot, self.engine, tenant, subscription.job_id, item.reason)
+                    guard.reset(snap)
+                    await ws.send(encode(snap))
+                elif guard.accept(item):
+                    await ws.send(encode(item))
+                    subscription.delivered += 1
+                item = await subscription.queue.get()
+        except ConnectionClosed:
+            pass
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("status snapshot for tenant %s failed: %s", tenant["name"], str(exc).splitlines()[0])
+            await ws.close(1011, "the status database is unavailable; reconnect later")
+
+    async def _poll(self) -> None:
+        """Turn changes of `etl_jobs` made by other processes into events (memory:// fallback)."""
+        seen: dict[int, dict[str, Any]] | None = None
+        while True:
+            try:
+                current = await asyncio.to_thread(_job_states, self.engine)
+            except sa.exc.SQLAlchemyError as exc:
+                log.warning("status poll failed, will retry: %s", str(exc).splitlines()[0])
+            else:
+                if seen is not None:
+                    for event in changes(seen, current):
+                        self._dispatch(event)
+                seen = current
+            await asyncio.sleep(self.poll_interval or 1.0)
+
+
+def _asks_snapshot(message: str | bytes) -> bool:
+    try:
+        return json.loads(message).get("type") == "snapshot"
+    except (ValueError, AttributeError):
+        return False
+
+
+def _job_states(engine: sa.Engine) -> dict[int, dict[str, Any]]:
+    """Every job's status, run and error, with progress for the running ones."""
+    with engine.connect() as conn:
+        return {
+            j["id"]: {**j, "progress": job_progress(conn, j) if j["status"]["overall"] == "RUNNING" else {}}
+            for j in jobs.list_jobs(conn)
+        }
+
+
+def changes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> Iterator[Event]:
+    """The events that explain how the jobs went from `before` to `after` (two polls apart)."""
+    for job_id, job in after.items():
+        old = before.get(job_id)
+        if job["run_id"] is None or old is None:
+            continue
+        new_run = old["run_id"] != job["run_id"]
+        if new_run:
+            yield job_event(job["tenant_id"], job_id, job["run_id"], "RUNNING")
+        for step, circles in job["status"]["steps"].items():
+            old_circles = {} if new_run else old["status"]["steps"].get(step, {})
+            for stage in STAGES:
+                was, now = old_circles.get(stage, "idle"), circles[stage]
+                counts = job["progress"].get(step, {}).get(stage, {})
+                if now != was and now in ("finished", "failed") and was == "idle":
+                    yield stage_event(job["tenant_id"], job_id, job["run_id"], step, stage, "running")
+                old_counts = {} if new_run else old["progress"].get(step, {}).get(stage, {})
+                if now != was or (now == "running" and counts != old_counts):
+                    yield stage_event(job["tenant_id"], job_id, job["run_id"], step, stage, now, **counts)
+        overall = job["status"]["overall"]
+        if overall in ("FINISHED", "FAILED") and (new_run or old["status"]["overall"] != overall):
+            yield job_event(job["tenant_id"], job_id, job["run_id"], overall, error=job["error_message"])
