@@ -14,8 +14,10 @@ Key sets and key order follow the recordings in /work/shared/github-recordings:
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from .data import LICENSES, Owner, Repo
@@ -64,8 +66,8 @@ def site_for(api_url: str, prefix: str) -> Site:
 
 
 def iso(moment: datetime | None) -> str | None:
-    """GitHub's timestamp format: UTC, second precision, trailing Z."""
-    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """GitHub's timestamp format: UTC, second precision, trailing Z (moments are stored in UTC)."""
+    return None if moment is None else moment.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
 
 
 def legacy_node_id(kind: str, number: int) -> str:
@@ -174,6 +176,55 @@ def repository(repo: Repo, owner: Owner, site: Site, view: str, full: bool) -> d
     if full:
         body.update(_full_extras(repo, owner, site, view))
     return body
+
+
+def repository_json(repo: Repo, owner_json: str, site: Site, view: str) -> bytes:
+    """The listing item of ``repository(..., full=False)`` serialized about three times faster.
+
+    Only the fields that vary go through ``json.dumps``; the owner object (``owner_json``, the
+    serialized ``simple_user``) and the 36 URL templates are spliced in as text.  Repository and
+    owner names are restricted to ``[A-Za-z0-9._-]``, so they need no JSON escaping.  The tests
+    check that the result equals ``repository(...)`` key for key and in order.
+    """
+    full_name = repo.full_name
+    head = _dumps({"id": repo.id, "node_id": legacy_node_id("Repository", repo.id), "name": repo.name,
+                   "full_name": full_name, "private": repo.private})
+    middle = _dumps({"html_url": f"{site.web}/{full_name}", "description": repo.description, "fork": repo.fork,
+                     "url": f"{site.api}/repos/{full_name}"})
+    tail = {
+        "created_at": iso(repo.created_at), "updated_at": iso(repo.updated_at), "pushed_at": iso(repo.pushed_at),
+        "git_url": f"git://{site.host}/{full_name}.git", "ssh_url": f"git@{site.host.split(':')[0]}:{full_name}.git",
+        "clone_url": f"{site.web}/{full_name}.git", "svn_url": f"{site.web}/{full_name}",
+        "homepage": repo.homepage, "size": repo.size, "stargazers_count": repo.stargazers_count,
+        "watchers_count": repo.stargazers_count, "language": repo.language, "has_issues": repo.has_issues,
+        "has_projects": repo.has_projects, "has_downloads": True, "has_wiki": repo.has_wiki,
+        "has_pages": repo.has_pages, "has_discussions": repo.has_discussions, "forks_count": repo.forks_count,
+        "mirror_url": None, "archived": repo.archived, "disabled": False,
+        "open_issues_count": repo.open_issues_count, "license": license_object(repo.license, site),
+        "allow_forking": True, "is_template": repo.is_template, "web_commit_signoff_required": False,
+        "has_pull_requests": True, "pull_request_creation_policy": "all", "topics": repo.topics,
+        "visibility": repo.visibility, "forks": repo.forks_count, "open_issues": repo.open_issues_count,
+        "watchers": repo.stargazers_count, "default_branch": repo.default_branch,
+    }
+    if view != "anon":
+        tail["permissions"] = ADMIN if view == "admin" else READER
+    urls = _url_fragment(site.api).replace("{full_name}", full_name)
+    text = f'{head[:-1]},"owner":{owner_json},{middle[1:-1]},{urls},{_dumps(tail)[1:]}'
+    return text.encode()
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _dumps(value: dict[str, Any]) -> str:
+    return _ENCODER.encode(value)
+
+
+@lru_cache(maxsize=16)
+def _url_fragment(api: str) -> str:
+    """The serialized ``*_url`` members with a ``{full_name}`` marker where the full name goes."""
+    base = f"{api}/repos/{{full_name}}"
+    return ",".join(f'"{key}":"{base}{suffix}"' for key, suffix in REPO_URL_TEMPLATES)
 
 
 def _full_extras(repo: Repo, owner: Owner, site: Site, view: str) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""Command-line entry points: ``ghetl sandbox`` (wired in ghetl/cli.py) and ``python -m ghetl.sandbox``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from .sandbox import DEFAULT_PORT, Sandbox
+
+
+def _counts(text: str) -> dict[str, int]:
+    """'acme:500,globex:30' -> {'acme': 500, 'globex': 30}; a bare name gets 30 repositories."""
+    counts: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, number = part.partition(":")
+        try:
+            counts[name.strip()] = int(number) if number else 30
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME:COUNT, got {part!r}") from None
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the sandbox command, shared by ``ghetl sandbox`` and ``python -m ghetl.sandbox``."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    parser.add_argument("--orgs", type=_counts, default=None, metavar="NAME:COUNT,...",
+                        help='organizations and their repository counts, e.g. "acme:500,globex:30" (default acme:120)')
+    parser.add_argument("--users", type=_counts, default=None, metavar="NAME:COUNT,...",
+                        help='users and their repository counts, e.g. "octocat:12"')
+    parser.add_argument("--seed", type=int, default=7, help="seed of the generated data (default 7)")
+    parser.add_argument("--token", action="append", default=None, metavar="TOKEN",
+                        help="accepted token (repeatable); when given, other tokens get 401")
+    parser.add_argument("--core-limit", type=int, default=5000, help="authenticated core rate limit per hour")
+    parser.add_argument("--search-limit", type=int, default=30, help="authenticated search rate limit per minute")
+    parser.add_argument("--reset-seconds", type=int, default=3600, help="length of the core rate-limit window")
+    parser.add_argument("--path-prefix", default="", help='serve under a prefix like GHES, e.g. "/api/v3"')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; prints one line saying what is served where."""
+    sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
+                      core_limit=args.core_limit, search_limit=args.search_limit,
+                      reset_seconds=args.reset_seconds, path_prefix=args.path_prefix)
+    try:
+        sandbox.start(host=args.host, port=args.port)
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return 1
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    print(f"GitHub sandbox serving {sandbox.describe()} at {sandbox.url}", flush=True)
+    try:
+        stopping.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sandbox.stop()
+    print("GitHub sandbox stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m ghetl.sandbox",
+                                     description="Serve a local GitHub REST API sandbox with generated repositories.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,102 @@
+"""The HTTP control API under /_sandbox/, for a sandbox running as a separate process.
+
+Bodies mirror the Python calls: ``POST /_sandbox/touch {"repo": "acme/x", "description": "..."}``,
+``POST /_sandbox/inject {"fault": "status", "path": "page=2", "times": 2, "status": 502}``; a
+``mutate`` fault names a control operation to run instead of a callable:
+``{"fault": "mutate", "path": "page=2", "op": "touch", "args": {"repo": "acme/x"}}``.
+Control requests are free, never faulted and not recorded in ``requests``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import parse_qsl
+
+from .shapes import iso
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+ROOT = "/_sandbox"
+
+
+def control_path(path: str, prefix: str) -> str | None:
+    """The operation name when ``path`` is a control URL (at the root or under the GHES prefix)."""
+    for root in (ROOT, prefix + ROOT) if prefix else (ROOT,):
+        if path.startswith(root + "/"):
+            return path[len(root) + 1:].strip("/")
+    return None
+
+
+def handle(sb: Sandbox, method: str, op: str, query: str, body: bytes) -> tuple[int, Any]:
+    """Run one control operation; returns (status, JSON payload)."""
+    try:
+        args = json.loads(body) if body else {}
+    except ValueError:
+        return 400, {"error": "the body must be a JSON object"}
+    if not isinstance(args, dict):
+        return 400, {"error": "the body must be a JSON object"}
+    args.update(parse_qsl(query))
+    table = READS if method in ("GET", "HEAD") else WRITES
+    operation = table.get(op)
+    if operation is None:
+        return 404, {"error": f"no control operation {method} /_sandbox/{op}",
+                     "operations": {"GET": sorted(READS), "POST": sorted(WRITES)}}
+    try:
+        return 200, operation(sb, dict(args))
+    except KeyError as exc:
+        return 404, {"error": str(exc.args[0]) if exc.args else "not found"}
+    except (TypeError, ValueError) as exc:
+        return 400, {"error": str(exc)}
+
+
+def run_op(sb: Sandbox, op: str, args: dict[str, Any]) -> Any:
+    """Run a write operation by name; used by HTTP ``mutate`` faults."""
+    return WRITES[op](sb, dict(args))
+
+
+def _ref(args: dict[str, Any]) -> int | str:
+    if "repo" not in args:
+        raise ValueError('missing "repo" (an id or "owner/name")')
+    return args.pop("repo")
+
+
+def _info(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
+    owners = [{"login": o.login, "id": o.id, "type": o.kind, "repos": len(sb.store.repos_of(o.login)),
+               "created_at": iso(o.created_at)} for o in sb.store.owners()]
+    return {"url": sb.url, "viewer": sb.store.viewer.login, "owners": owners}
+
+
+def _inject(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
+    kind = args.pop("fault", None)
+    if kind is None:
+        raise ValueError('missing "fault"')
+    if kind == "mutate":
+        op, op_args = args.pop("op", None), args.pop("args", {})
+        if op not in WRITES or op in ("inject", "clear_faults", "reset_stats"):
+            raise ValueError('a mutate fault needs "op": one of touch, create, rename, transfer, delete, '
+                             'set_rate_limit')
+        args["action"] = lambda sandbox: run_op(sandbox, op, op_args)
+    sb.inject(kind, **args)
+    return {"ok": True}
+
+
+READS: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
+    "info": _info,
+    "requests": lambda sb, a: [r.as_dict() for r in sb.requests],
+    "repos": lambda sb, a: sb.repos(a["owner"]),
+    "repo": lambda sb, a: sb.repo(_ref(a)),
+    "themes": lambda sb, a: sb.themes_of(_ref(a)),
+}
+WRITES: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
+    "touch": lambda sb, a: sb.touch(_ref(a), **a),
+    "create": lambda sb, a: sb.create(a.pop("owner"), a.pop("name"), **a),
+    "rename": lambda sb, a: sb.rename(_ref(a), a["new_name"]),
+    "transfer": lambda sb, a: sb.transfer(_ref(a), a["new_owner"]),
+    "delete": lambda sb, a: sb.delete(_ref(a)) or {"ok": True},
+    "inject": _inject,
+    "clear_faults": lambda sb, a: sb.clear_faults() or {"ok": True},
+    "set_rate_limit": lambda sb, a: sb.set_rate_limit(**a) or {"ok": True},
+    "reset_stats": lambda sb, a: sb.reset_stats() or {"ok": True},
+}

@@ -1,0 +1,187 @@
+"""The Sandbox: a local, faithful GitHub REST API with generated data and fault injection.
+
+No machine here reaches github.com, so the demo, notebooks, tests and benchmarks talk to this
+instead.  It is driven from Python (``Sandbox(...).start()``) or over HTTP (``/_sandbox/...``,
+see ``control.py``) when it runs as its own process (``python -m ghetl.sandbox``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from .faults import Faults
+from .limits import RateLimits, SecondaryLimit
+from .records import RequestRecord
+from .server import SandboxHTTPServer
+from .shapes import site_for
+from .state import Store
+
+log = logging.getLogger("ghetl.sandbox")
+
+DEFAULT_ORGS = {"acme": 120}
+DEFAULT_PORT = 8765
+
+
+class Sandbox:
+    """A GitHub API sandbox serving generated organizations and users.
+
+    ``tokens``: when given, only these tokens authenticate and others get 401 Bad credentials;
+    when None, any token is accepted.  Every token acts as the same user (the first of ``users``,
+    or ``sandbox-admin``), who administers every organization, but gets its own rate-limit
+    buckets.  ``secondary_limit=(requests, seconds)`` turns on a per-token secondary limit.
+    ``path_prefix="/api/v3"`` serves everything below that prefix, like GitHub Enterprise Server.
+    """
+
+    def __init__(self, orgs: dict[str, int] | None = None, users: dict[str, int] | None = None,
+                 seed: int = 7, tokens: Iterable[str] | None = None, core_limit: int = 5000,
+                 search_limit: int = 30, reset_seconds: int = 3600,
+                 secondary_limit: tuple[int, float] | None = None, path_prefix: str = "") -> None:
+        self.prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
+        self.tokens = None if tokens is None else frozenset(tokens)
+        self.limits = RateLimits(core_limit, search_limit, reset_seconds)
+        self.secondary = None if secondary_limit is None else SecondaryLimit(*secondary_limit)
+        self.faults = Faults()
+        self.host = "127.0.0.1"
+        self.port = DEFAULT_PORT
+        self.store = Store(DEFAULT_ORGS if orgs is None else dict(orgs), dict(users or {}), seed,
+                           site_for(self._url(), self.prefix))
+        self.token_expiration = (datetime.now(timezone.utc) + timedelta(days=30)).strftime(
+            "%Y-%m-%d %H:%M:%S UTC")
+        self._requests: list[RequestRecord] = []
+        self._requests_lock = threading.Lock()
+        self._server: SandboxHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The API root, playing the role of https://api.github.com (or https://HOST/api/v3)."""
+        return self._url()
+
+    def _url(self) -> str:
+        return f"http://{self.host}:{self.port}{self.prefix}"
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Sandbox:
+        """Serve in a background thread; port 0 picks a free port."""
+        if self._server is not None:
+            raise RuntimeError("the sandbox is already running")
+        self._server = SandboxHTTPServer((host, port), self)
+        self.host, self.port = host, self._server.server_address[1]
+        self.store.set_site(site_for(self.url, self.prefix))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="github-sandbox", daemon=True)
+        self._thread.start()
+        log.info("GitHub sandbox listening at %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+        log.info("GitHub sandbox stopped")
+
+    def serve_forever(self) -> None:
+        """Block until ``stop`` is called from another thread (or a signal handler)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> Sandbox:
+        return self.start() if self._server is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ----- data --------------------------------------------------------------------------
+
+    def repos(self, owner: str) -> list[dict[str, Any]]:
+        """Current full-repository dicts of ``owner`` (deleted and transferred-away ones excluded)."""
+        with self.store.lock:
+            return [self.store.full(r, "admin") for r in self.store.repos_of(owner)]
+
+    def repo(self, id_or_full_name: int | str) -> dict[str, Any]:
+        with self.store.lock:
+            return self.store.full(self.store.resolve(id_or_full_name), "admin")
+
+    def themes_of(self, id_or_full_name: int | str) -> list[str]:
+        """The theme(s) a generated repository's name and description were built from."""
+        return list(self.store.resolve(id_or_full_name).themes)
+
+    # ----- mutations ---------------------------------------------------------------------
+
+    def create(self, owner: str, name: str, **fields: Any) -> dict[str, Any]:
+        repo = self.store.create(owner, name, **fields)
+        log.info("created repository %s", repo.full_name)
+        return self.repo(repo.id)
+
+    def touch(self, id_or_full_name: int | str, **changes: Any) -> dict[str, Any]:
+        """Set updated_at and pushed_at to now and apply field changes (e.g. description=...)."""
+        repo = self.store.touch(id_or_full_name, **changes)
+        log.info("touched repository %s", repo.full_name)
+        return self.repo(repo.id)
+
+    def rename(self, id_or_full_name: int | str, new_name: str) -> dict[str, Any]:
+        """The old full name then answers 301 to /repositories/{id}."""
+        repo = self.store.rename(id_or_full_name, new_name)
+        log.info("renamed repository %s to %s", id_or_full_name, repo.full_name)
+        return self.repo(repo.id)
+
+    def transfer(self, id_or_full_name: int | str, new_owner: str) -> dict[str, Any]:
+        """The repository leaves the old owner's listing; its old URL answers 301."""
+        repo = self.store.transfer(id_or_full_name, new_owner)
+        log.info("transferred repository %s to %s", id_or_full_name, repo.full_name)
+        return self.repo(repo.id)
+
+    def delete(self, id_or_full_name: int | str) -> None:
+        """Afterwards the repository answers 404, by name and by id."""
+        repo = self.store.delete(id_or_full_name)
+        log.info("deleted repository %s", repo.full_name)
+
+    # ----- faults and limits -------------------------------------------------------------
+
+    def inject(self, fault: str, *, path: str = ".*", times: int = 1, **options: Any) -> None:
+        """Make the next ``times`` requests whose path+query matches ``path`` fail with ``fault``.
+
+        status (status=502, body=...), html (status=200 or 5xx, HTML body labelled JSON), reset,
+        delay (seconds=...), secondary (status=403|429, retry_after=N or none), incomplete (search),
+        mutate (action=callable taking the sandbox, run before the matching request).
+        """
+        self.faults.add(fault, path, times, **options)
+        log.info("injected fault %s for %d request(s) matching %s", fault, times, path)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def set_rate_limit(self, resource: str = "core", limit: int | None = None, remaining: int | None = None,
+                       reset_in: float | None = None) -> None:
+        """Force every caller's ``resource`` bucket (and those created later) into this state."""
+        if resource not in ("core", "search"):
+            raise ValueError("resource must be core or search")
+        self.limits.set(resource, limit, remaining, reset_in)
+
+    # ----- request log -------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._requests_lock:
+            return list(self._requests)
+
+    def record(self, entry: RequestRecord) -> None:
+        with self._requests_lock:
+            self._requests.append(entry)
+
+    def reset_stats(self) -> None:
+        with self._requests_lock:
+            self._requests.clear()
+
+    def describe(self) -> str:
+        """One line naming what is served, e.g. 'acme (500 repos), octocat (12 repos)'."""
+        return ", ".join(f"{o.login} ({len(self.store.repos_of(o.login))} repos)" for o in self.store.owners()
+                         if o is not self.store.viewer or self.store.repos_of(o.login))
+

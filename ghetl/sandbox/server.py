@@ -1,0 +1,329 @@
+"""HTTP front of the sandbox: a stdlib ThreadingHTTPServer that speaks like api.github.com.
+
+Per request, in GitHub's order of concerns: injected faults (infrastructure fails before GitHub
+sees anything), authentication, secondary then primary rate limit, the endpoint itself, then
+conditional requests (an authenticated 304 gives its rate-limit unit back).  Headers follow the
+2025/2026 recordings (get-repository.pygithub-*.json).  Responses are written in one send with
+TCP_NODELAY so that 100 pages of 100 repositories stream in about a second over loopback.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import socket
+import struct
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from . import control, errors
+from .records import RequestRecord
+from .routes import Call, Reply, route_for
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
+
+log = logging.getLogger("ghetl.sandbox")
+
+API_VERSION = "2022-11-28"
+GHES_VERSION = "3.14.0"
+JSON_TYPE = "application/json; charset=utf-8"
+EXPOSE_HEADERS = ("ETag, Link, Location, Retry-After, X-GitHub-OTP, X-RateLimit-Limit, X-RateLimit-Remaining, "
+                  "X-RateLimit-Used, X-RateLimit-Resource, X-RateLimit-Reset, X-OAuth-Scopes, "
+                  "X-Accepted-OAuth-Scopes, X-Poll-Interval, X-GitHub-Media-Type, X-GitHub-SSO, "
+                  "X-GitHub-Request-Id, Deprecation, Sunset")
+SECURITY_HEADERS = (
+    ("Access-Control-Expose-Headers", EXPOSE_HEADERS),
+    ("Access-Control-Allow-Origin", "*"),
+    ("Strict-Transport-Security", "max-age=31536000; includeSubdomains; preload"),
+    ("X-Frame-Options", "deny"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-XSS-Protection", "0"),
+    ("Referrer-Policy", "origin-when-cross-origin, strict-origin-when-cross-origin"),
+    ("Content-Security-Policy", "default-src 'none'"),
+)
+VARY_AUTHENTICATED = "Accept, Authorization, Cookie, X-GitHub-OTP,Accept-Encoding, Accept, X-Requested-With"
+VARY_ANONYMOUS = "Accept,Accept-Encoding, Accept, X-Requested-With"
+VARY_PLAIN = "Accept-Encoding, Accept, X-Requested-With"
+TOKEN_SCOPES = "read:org, repo"
+REASONS = {429: "Too Many Requests"}
+
+
+class SandboxHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        super().__init__(address, Handler)
+
+
+def request_id() -> str:
+    """Shaped like GitHub's, e.g. B6D4:4D93:FECF60:106E791:677CD87F."""
+    r = random.getrandbits
+    return f"{r(16):04X}:{r(16):04X}:{r(24):06X}:{r(28):07X}:{int(time.time()):08X}"
+
+
+def caller_key(token: str | None, client_ip: str) -> str:
+    """Buckets are keyed by a digest so the token itself is never stored."""
+    if token is None:
+        return f"ip:{client_ip}"
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def etag_for(body: bytes) -> str:
+    return 'W/"' + hashlib.sha256(body).hexdigest() + '"'
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """Weak comparison, as GitHub accepts both W/"x" and "x" back in If-None-Match."""
+    wanted = etag.removeprefix("W/")
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or wanted in tags
+
+
+def not_modified_since(header: str, last_modified: datetime) -> bool:
+    try:
+        since = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    return last_modified <= since
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "github.com"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    server: SandboxHTTPServer
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PATCH(self) -> None:
+        self._serve()
+
+    def do_PUT(self) -> None:
+        self._serve()
+
+    def do_DELETE(self) -> None:
+        self._serve()
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    # ----- dispatch ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        sb = self.server.sandbox
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        body = self._read_body()
+        control_path = control.control_path(path, sb.prefix)
+        if control_path is not None:
+            status, payload = control.handle(sb, self.command, control_path, split.query, body)
+            self._write(status, [("Content-Type", JSON_TYPE)], json.dumps(payload).encode())
+            return
+        api_path = self._api_path(path, sb.prefix)
+        pairs = parse_qsl(split.query, keep_blank_values=True)
+        params = dict(pairs)
+        token = self._token()
+        client_ip = self.client_address[0]
+        call = Call(self.command, self.path, api_path or path, pairs, params, bool(token),
+                    caller_key(token or None, client_ip), client_ip)
+        rid = request_id()
+        record = {"method": self.command, "path": call.path, "query": params, "request_id": rid,
+                  "authenticated": call.authenticated, "time": time.time()}
+        fault = sb.faults.take(self.path, ("status", "html", "reset", "delay", "secondary", "mutate"))
+        if fault is not None:
+            if fault.kind == "mutate":
+                log.info("running a mutation before %s %s", self.command, call.path)
+                fault.action(sb)
+            elif fault.kind == "delay":
+                time.sleep(float(fault.options.get("seconds", 1.0)))
+            else:
+                self._fault(sb, call, fault, rid, record)
+                return
+        if token is not None and (token == "" or (sb.tokens is not None and token not in sb.tokens)):
+            bucket = sb.limits.peek(caller_key(None, client_ip), "core", False)
+            self._respond(sb, call, Reply(401, errors.bad_credentials()), bucket, rid,
+                          {**record, "authenticated": False, "resource": "core"})
+            return
+        route, groups = route_for(api_path) if api_path is not None and self.command in ("GET", "HEAD") \
+            else (None, ())
+        resource = route.resource if route else "core"
+        record["resource"] = resource
+        if route is not None and route.free:
+            reply = route.handler(sb, call, *groups)
+            bucket = sb.limits.peek(call.caller, "core", call.authenticated)
+            self._respond(sb, call, reply, bucket, rid, record)
+            return
+        if sb.secondary is not None:
+            retry_after = sb.secondary.check(call.caller)
+            if retry_after is not None:
+                bucket = sb.limits.peek(call.caller, resource, call.authenticated)
+                self._respond(sb, call, self._secondary_reply(403, retry_after, rid), bucket, rid, record)
+                return
+        charged, bucket = sb.limits.try_charge(call.caller, resource, call.authenticated)
+        if not charged:
+            who = str(sb.store.viewer.id) if call.authenticated else client_ip
+            moment = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            body = errors.primary_rate_limit(who, rid, moment, call.authenticated, 403)
+            log.info("rate limit exhausted for the %s bucket", resource)
+            self._respond(sb, call, Reply(403, body), bucket, rid, record)
+            return
+        reply = route.handler(sb, call, *groups) if route else Reply(404, errors.not_found())
+        self._respond(sb, call, reply, bucket, rid, {**record, "charged": True})
+
+    def _api_path(self, path: str, prefix: str) -> str | None:
+        """The path below the API root, or None when the request is outside a GHES prefix."""
+        if not prefix:
+            return path
+        if path == prefix or path.startswith(prefix + "/"):
+            return path[len(prefix):] or "/"
+        return None
+
+    def _token(self) -> str | None:
+        """The token from ``Authorization: Bearer T`` or ``token T``; '' when the header is malformed."""
+        header = self.headers.get("Authorization")
+        if header is None:
+            return None
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() in ("bearer", "token") and token.strip():
+            return token.strip()
+        return ""
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    # ----- faults ----------------------------------------------------------------------------
+
+    def _fault(self, sb: Sandbox, call: Call, fault, rid: str, record: dict) -> None:
+        options = fault.options
+        record = {**record, "fault": fault.kind}
+        if options.get("seconds"):
+            time.sleep(float(options["seconds"]))
+        if fault.kind == "reset":
+            log.info("dropping the connection for %s %s", call.method, call.path)
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            sb.record(RequestRecord(status=None, **record))
+            return
+        if fault.kind == "secondary":
+            bucket = sb.limits.peek(call.caller, "search" if call.path.startswith("/search/") else "core",
+                                    call.authenticated)
+            reply = self._secondary_reply(int(options.get("status", 403)), options.get("retry_after"), rid)
+            self._respond(sb, call, reply, bucket, rid, record)
+            return
+        status = int(options.get("status", 503 if fault.kind == "html" else 502))
+        if fault.kind == "html":
+            payload = str(options.get("body") or errors.html_page(status)).encode()
+        else:
+            custom = options.get("body")
+            payload = custom.encode() if isinstance(custom, str) else json.dumps(
+                custom if custom is not None else errors.server_error(status)).encode()
+        headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", JSON_TYPE),
+                   ("Content-Length", str(len(payload))), ("Server", "github.com"), ("X-GitHub-Request-Id", rid)]
+        self._write(status, headers, payload)
+        sb.record(RequestRecord(status=status, **record))
+
+    def _secondary_reply(self, status: int, retry_after: int | None, rid: str) -> Reply:
+        headers = [] if retry_after is None else [("Retry-After", str(int(retry_after)))]
+        return Reply(status, errors.secondary_rate_limit(rid), headers=headers)
+
+    # ----- writing ---------------------------------------------------------------------------
+
+    def _respond(self, sb: Sandbox, call: Call, reply: Reply, bucket, rid: str, record: dict) -> None:
+        payload = reply.payload()
+        etag = etag_for(payload) if reply.etag and reply.status == 200 else None
+        status = reply.status
+        if etag and self._not_modified(etag, reply):
+            status = 304
+            if record.get("charged") and call.authenticated:
+                bucket = sb.limits.refund(call.caller, bucket.resource, True)
+                record = {**record, "charged": False}
+        headers = self._headers(sb, call, reply, status, etag, bucket, rid)
+        body = b"" if status == 304 else payload
+        if status != 304:
+            headers.insert(-2, ("Content-Length", str(len(body))))
+        self._write(status, headers, b"" if self.command == "HEAD" else body)
+        sb.record(RequestRecord(status=status, per_page=reply.per_page, **record))
+
+    def _not_modified(self, etag: str, reply: Reply) -> bool:
+        if_none_match = self.headers.get("If-None-Match")
+        if if_none_match is not None:
+            return etag_matches(if_none_match, etag)
+        if_modified_since = self.headers.get("If-Modified-Since")
+        return bool(if_modified_since and reply.last_modified
+                    and not_modified_since(if_modified_since, reply.last_modified))
+
+    def _headers(self, sb: Sandbox, call: Call, reply: Reply, status: int, etag: str | None, bucket,
+                 rid: str) -> list[tuple[str, str]]:
+        headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", JSON_TYPE)]
+        if reply.cache == "max-age":
+            scope = "private" if call.authenticated else "public"
+            headers.append(("Cache-Control", f"{scope}, max-age=60, s-maxage=60"))
+            headers.append(("Vary", VARY_AUTHENTICATED if call.authenticated else VARY_ANONYMOUS))
+        elif reply.cache == "no-cache":
+            headers.append(("Cache-Control", "no-cache"))
+            headers.append(("Vary", VARY_AUTHENTICATED if call.authenticated and status == 200 else VARY_PLAIN))
+        else:
+            headers.append(("Vary", VARY_PLAIN))
+        if etag:
+            headers.append(("ETag", etag))
+        if reply.last_modified is not None and status in (200, 304):
+            headers.append(("Last-Modified", email.utils.format_datetime(reply.last_modified, usegmt=True)))
+        if call.authenticated:
+            headers.append(("X-OAuth-Scopes", TOKEN_SCOPES))
+            headers.append(("X-Accepted-OAuth-Scopes", reply.scopes))
+            headers.append(("github-authentication-token-expiration", sb.token_expiration))
+        if reply.location:
+            headers.append(("Location", reply.location))
+        headers.append(("X-GitHub-Media-Type", "github.v3; format=json"))
+        if reply.link:
+            headers.append(("Link", reply.link))
+        headers.append(("x-github-api-version-selected", API_VERSION))
+        if sb.prefix:
+            headers.append(("X-GitHub-Enterprise-Version", GHES_VERSION))
+        headers.extend(reply.headers)
+        if bucket is not None:
+            headers.extend([("X-RateLimit-Limit", str(bucket.limit)),
+                            ("X-RateLimit-Remaining", str(bucket.remaining)),
+                            ("X-RateLimit-Reset", str(bucket.reset)),
+                            ("X-RateLimit-Used", str(bucket.used)),
+                            ("X-RateLimit-Resource", bucket.resource)])
+        headers.extend(SECURITY_HEADERS)
+        headers.append(("Server", "github.com"))
+        headers.append(("X-GitHub-Request-Id", rid))
+        return headers
+
+    def _write(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Status line, headers and body in a single send."""
+        reason = REASONS.get(status) or self.responses.get(status, ("",))[0]
+        head = [f"{self.protocol_version} {status} {reason}"]
+        head.extend(f"{name}: {value}" for name, value in headers)
+        if not any(name == "Content-Length" for name, _ in headers) and status != 304:
+            head.append(f"Content-Length: {len(body)}")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        self.wfile.write(data)
+        self.log_request(status, len(body))
