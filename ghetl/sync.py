@@ -63,13 +63,16 @@ def sync(
     broker: Broker | None = None,
     progress: bool = True,
     workers: int = 1,
+    run_workers: bool | None = None,
     timeout: float | None = None,
     on_event: Callable[[Event], None] | None = None,
 ) -> SyncResult:
     """Run the tenant's GitHub job to its end and return its summary.
 
     Raises AlreadyRunning when another run holds the job; a run that ends FAILED is returned,
-    not raised (see `SyncResult.overall`), so callers choose how loud to be.
+    not raised (see `SyncResult.overall`), so callers choose how loud to be. The transform and
+    embedding consumers run in this process (`workers` threads per stage) when `run_workers`
+    is true, which is the default on `memory://`; on RabbitMQ `ghetl worker` processes do it.
     """
     engine = engine or db.engine()
     broker = broker or broker_mod.connect()
@@ -84,13 +87,15 @@ def sync(
         log.warning("no token in $%s: GitHub allows 60 unauthenticated requests an hour", integration["token_env"])
     with engine.begin() as conn:
         run, events = jobs.start(conn, job, full=full)
-    broker.publish_status(events)
     log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
 
     bars = StageBars(enabled=progress)
     unsubscribe = broker.subscribe_status(_for_run(run.run_id, bars.update, on_event))
+    broker.publish_status(events)
     stop = threading.Event()
-    consumers = _start_consumers(broker, Pipeline(engine, broker), stop, workers)
+    if run_workers is None:
+        run_workers = isinstance(broker, MemoryBroker)
+    consumers = _start_consumers(broker, Pipeline(engine, broker), stop, workers) if run_workers else None
     client = GitHubClient(integration["api_url"], token)
     try:
         for step in steps.registry().values():
@@ -122,10 +127,7 @@ def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callabl
     return forward
 
 
-def _start_consumers(broker: Broker, pipeline: Pipeline, stop: threading.Event, workers: int) -> threading.Thread | None:
-    """On the in-process broker the stages run here, in threads; elsewhere `ghetl worker` runs them."""
-    if not isinstance(broker, MemoryBroker):
-        return None
+def _start_consumers(broker: Broker, pipeline: Pipeline, stop: threading.Event, workers: int) -> threading.Thread:
     thread = threading.Thread(
         target=broker.consume,
         args=(list(broker_mod.STAGE_QUEUES), pipeline.deliver),

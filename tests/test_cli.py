@@ -1,0 +1,126 @@
+"""The `ghetl` command as a user runs it: separate processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import TOKEN
+
+COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "key"], ["integration", "add"], ["sync"], ["jobs"],
+            ["search"], ["worker"], ["sandbox"], ["status-server"]]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
+           "GITHUB_TOKEN": TOKEN}
+
+    def run(*args, **extra_env):
+        return subprocess.run([sys.executable, "-m", "ghetl", *args], env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+def one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
+    assert result.returncode != 0, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ghetl")
+def test_every_command_has_help(cli, command):
+    result = cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage: ghetl" in result.stdout
+
+
+def test_setup_sync_and_summary(cli, sandbox):
+    assert cli("init").returncode == 0
+    again = cli("init")
+    assert again.returncode == 0 and "schema ready" in again.stdout
+    added = cli("tenant", "add", "acme-corp")
+    assert added.returncode == 0 and added.stdout.strip().isdigit()
+    assert "status-stream key" in added.stderr
+    integration = cli("integration", "add", "--tenant", "acme-corp", "--owner", "acme", "--api-url", sandbox.url)
+    assert integration.returncode == 0 and integration.stdout.strip().isdigit()
+
+    result = cli("sync", "--tenant", "acme-corp", "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["overall"] == "FINISHED"
+    assert summary["counts"]["github_repositories"]["embedded"] == 500
+    assert summary["requests"] == 6 and summary["rate_limit_points"] == 6
+    assert TOKEN not in result.stdout + result.stderr
+    jobs = json.loads(cli("jobs", "--json").stdout)
+    assert [j["status"]["overall"] for j in jobs] == ["FINISHED"]
+
+
+def test_duplicate_tenant_is_one_line(cli):
+    cli("init")
+    cli("tenant", "add", "t1")
+    assert "already exists" in one_line_error(cli("tenant", "add", "t1"))
+
+
+def test_invalid_settings_name_the_key_and_write_nothing(cli):
+    cli("init")
+    cli("tenant", "add", "t1")
+    line = one_line_error(cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+                              "--settings", '{"include_archived": "sometimes"}'))
+    assert "include_archived" in line
+    line = one_line_error(cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--settings", "{oops"))
+    assert "not valid JSON" in line
+    assert json.loads(cli("jobs", "--json").stdout) == []
+
+
+def test_unknown_tenant(cli):
+    cli("init")
+    assert "unknown tenant 'nobody'" in one_line_error(cli("sync", "--tenant", "nobody"))
+
+
+def test_missing_schema_says_to_run_init(cli):
+    assert "ghetl init" in one_line_error(cli("jobs"))
+
+
+def test_unreachable_api_fails_the_job_with_one_line(cli):
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://127.0.0.1:9")
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet"))
+    assert "FAILED" in line
+    assert json.loads(cli("jobs", "--json").stdout)[0]["status"]["overall"] == "FAILED"
+
+
+def test_rejected_token_says_so(cli, make_sandbox):
+    sb = make_sandbox(orgs={"acme": 20}, tokens={"another-token"})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet"))
+    assert "token rejected" in line
+    assert TOKEN not in line
+
+
+def test_two_syncs_at_once_one_is_refused(cli, make_sandbox, tmp_path):
+    sb = make_sandbox(orgs={"acme": 400})
+    sb.inject("delay", path=r"/(orgs|organizations)/", seconds=0.4, times=10)
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GITHUB_TOKEN": TOKEN}
+    procs = [subprocess.Popen([sys.executable, "-m", "ghetl", "sync", "--tenant", "t1", "--quiet"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    refused = next(err for code, err in results if code != 0)
+    assert "already running" in refused
