@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,18 +142,49 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """Consume until SIGTERM/SIGINT, then finish and ack the messages in hand and exit 0."""
     from .workers import Pipeline
 
     stages = list(broker_mod.STAGE_QUEUES) if args.stage == "all" else [args.stage]
     broker = broker_mod.connect()
+    if isinstance(broker, broker_mod.MemoryBroker):
+        raise ValueError("ghetl worker needs RabbitMQ: set GHETL_BROKER_URL=amqp://user:pass@host:5672/vhost "
+                         "(with memory:// the stages run inside ghetl sync)")
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received: finishing the messages in hand, then stopping", signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    log.info("worker consuming %s from %s with concurrency %d", ", ".join(stages), logs.safe_url(broker.url), args.concurrency)
-    broker.consume(stages, Pipeline(_engine(), broker).deliver, concurrency=args.concurrency, stop=stop)
-    broker.close()
-    log.info("worker stopped after finishing its in-flight messages")
+        signal.signal(sig, on_signal)
+    pipeline = Pipeline(_engine(), broker)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def deliver(stage: str, body: bytes, attempt: int) -> broker_mod.Outcome:
+        outcome = pipeline.deliver(stage, body, attempt)
+        with lock:
+            outcomes[outcome.action] += 1
+        return outcome
+
+    queues = ", ".join(broker.queue(s) for s in stages)  # type: ignore[attr-defined]
+    log.info("worker %d consuming %s at %s, %d consumer(s) per queue; stop with Ctrl-C or SIGTERM",
+             os.getpid(), queues, logs.safe_url(broker.url), args.concurrency)
+    try:
+        broker.consume(stages, deliver, concurrency=args.concurrency, stop=stop)
+    finally:
+        broker.close()
+    log.info("worker %d stopped: %d messages done, %d sent to retry, %d dead-lettered, %d published",
+             os.getpid(), outcomes["ack"], outcomes["retry"], outcomes["dead"], broker.published)  # type: ignore[attr-defined]
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
     p.add_argument("stage", choices=("transform", "embedding", "all"))
-    p.add_argument("--concurrency", type=int, default=1, help="consumers per stage in this process")
+    p.add_argument("--concurrency", type=_positive, default=1, help="consumers per stage in this process (default 1)")
 
     p = add("sandbox", lambda a: sandbox.run(a), "serve the local GitHub API sandbox")
     sandbox.add_arguments(p)
