@@ -31,6 +31,7 @@ from .workers import Pipeline
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 20.0
+CONSUMER_CHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -101,7 +102,7 @@ def sync(
         for step in steps.registry().values():
             ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {})
             _extract(engine, broker, run, step, ctx, job, last_step=step is list(steps.registry().values())[-1])
-        _wait_for_end(engine, run, timeout)
+        _wait_for_end(engine, run, timeout, None if run_workers else broker)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         with engine.begin() as conn:
@@ -209,10 +210,15 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, payloads: list[di
     ]
 
 
-def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None) -> None:
-    """Poll the job until its run ended, keeping the heartbeat fresh meanwhile."""
+def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remote: Broker | None = None) -> None:
+    """Poll the job until its run ended, keeping the heartbeat fresh meanwhile.
+
+    With `remote`, the stages run in other processes: a stage queue that nobody consumes would
+    make this wait forever in silence, so it is pointed out every few seconds.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    last_beat = time.monotonic()
+    last_beat, last_check = time.monotonic(), float("-inf")
+    unattended: set[str] = set()
     while True:
         with engine.connect() as conn:
             job = jobs.job_by_id(conn, run.job_id)
@@ -224,7 +230,25 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None) -> No
             with engine.begin() as conn:
                 jobs.heartbeat(conn, run)
             last_beat = time.monotonic()
+        if remote is not None and time.monotonic() - last_check > CONSUMER_CHECK_SECONDS:
+            unattended = _warn_unattended(remote, unattended)
+            last_check = time.monotonic()
         time.sleep(0.05)
+
+
+def _warn_unattended(broker: Broker, warned: set[str]) -> set[str]:
+    """Warn about stage queues without consumers (once until they get one); return those queues."""
+    consumer_count = getattr(broker, "consumer_count", None)
+    if consumer_count is None:
+        return warned
+    try:
+        idle = {stage for stage in broker_mod.STAGE_QUEUES if consumer_count(stage) == 0}
+    except ConnectionError as exc:
+        log.debug("cannot count the consumers now: %s", exc)
+        return warned
+    for stage in sorted(idle - warned):
+        log.warning("no workers are consuming %s; start one with: ghetl worker all", broker.queue(stage))  # type: ignore[attr-defined]
+    return idle
 
 
 def _result(engine: sa.Engine, tenant: str, run: jobs.Run, client: GitHubClient, seconds: float) -> SyncResult:
