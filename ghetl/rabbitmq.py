@@ -382,8 +382,11 @@ class RabbitBroker:
         self._publisher.publish([Outgoing("", self.queue(stage), body, {ATTEMPT: 1})])
 
     def _queue_state(self, name: str) -> tuple[int, int]:
-        with self._channel() as channel:
-            ok = channel.queue_declare(name, passive=True).method
+        try:
+            with self._channel() as channel:
+                ok = channel.queue_declare(name, passive=True).method
+        except CONNECTION_ERRORS as exc:
+            raise ConnectionError(f"cannot read queue {name} at {safe_url(self.url)}: {_describe(exc)}") from None
         return ok.message_count, ok.consumer_count
 
     def pending(self, stage: str) -> int:
