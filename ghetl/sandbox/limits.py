@@ -105,7 +105,7 @@ class RateLimits:
             if override is not None:
                 _apply(bucket, override.limit, override.remaining, override.reset)
             self._buckets[(caller, resource)] = bucket
-        elif now >= bucket.reset:
+        if now >= bucket.reset:
             bucket.used = 0
             bucket.reset = int(math.ceil(now + self.window(resource)))
         return bucket

@@ -72,7 +72,9 @@ class Sandbox:
         self._server = SandboxHTTPServer((host, port), self)
         self.host, self.port = host, self._server.server_address[1]
         self.store.set_site(site_for(self.url, self.prefix))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="github-sandbox", daemon=True)
+        # A short poll interval makes stop() return quickly, which keeps test teardown fast.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="github-sandbox", daemon=True)
         self._thread.start()
         log.info("GitHub sandbox listening at %s", self.url)
         return self
