@@ -26,6 +26,8 @@ from .db import etl_jobs, raw_extraction_data, upsert, utcnow
 log = logging.getLogger(__name__)
 
 TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+EMBEDDING_KEY = ("tenant_id", "integration_id", "table_name", "external_id", "model")
+CATCH_UP_BATCH = 500
 
 
 class Pipeline:
@@ -144,17 +146,29 @@ class Pipeline:
         return forward
 
     def _embed(self, step: steps.Step, message: dict[str, Any]) -> None:
-        """Embed the batch's rows whose text changed; store vectors with the model name and hash."""
-        items = [i for i in message["items"] if i.get("external_id") is not None]
-        if not items:
-            return
-        embedder = self.embedder
-        table = step.table
+        """Embed the batch's rows whose text changed; store vectors with the model name and hash.
+
+        A row the embedder gives a zero or non-finite vector is not stored: the others are, and
+        the message is then retried, which re-encodes only the refused rows; after the last
+        attempt they are marked failed. The run's last item also embeds every row that has no
+        vector of the current model yet, so switching GHETL_EMBEDDER re-embeds on the next sync.
+        """
         scope = {
             "tenant_id": message["tenant_id"],
             "integration_id": message["integration_id"],
             "table_name": step.table_name,
         }
+        items = [i for i in message["items"] if i.get("external_id") is not None]
+        refused = self._embed_items(step, scope, items) if items else {}
+        if any(i["last_job_item"] for i in message["items"]):
+            self._embed_missing(step, scope, skip=set(refused))
+        if refused:
+            raise ValueError(f"embedder refused {len(refused)} of {len(items)} repositories: "
+                             + "; ".join(f"{ext}: {why}" for ext, why in refused.items()))
+
+    def _embed_items(self, step: steps.Step, scope: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, str]:
+        """Embed and store one message's rows and set their items' status; return the refused rows."""
+        table = step.table
         external_ids = [str(i["external_id"]) for i in items]
         with self.engine.connect() as conn:
             rows = {
@@ -167,15 +181,66 @@ class Pipeline:
                     )
                 ).mappings()
             }
-            stored = dict(
-                conn.execute(
+        new_rows, refused = self._vectors(step, scope, rows)
+        missing = {i["raw_data_id"]: "row to embed not found" for i in items
+                   if str(i["external_id"]) not in rows and i["raw_data_id"] is not None}
+        done = [i["raw_data_id"] for i in items if i["raw_data_id"] is not None
+                and i["raw_data_id"] not in missing and str(i["external_id"]) not in refused]
+        with self.engine.begin() as conn:
+            upsert(conn, embeddings_table, new_rows, EMBEDDING_KEY)
+            _set_status(conn, done, "embedded", only_from=("transformed",))
+            _fail(conn, missing, "embedding")
+        return refused
+
+    def _embed_missing(self, step: steps.Step, scope: dict[str, Any], skip: set[str]) -> None:
+        """Embed, in large batches, every row of the scope that has no vector of the current model."""
+        table = step.table
+        model = self.embedder.model
+        count = 0
+        while True:
+            has_vector = sa.exists().where(
+                *(embeddings_table.c[k] == v for k, v in scope.items()),
+                embeddings_table.c.external_id == table.c.external_id,
+                embeddings_table.c.model == model,
+            )
+            query = sa.select(table).where(
+                table.c.tenant_id == scope["tenant_id"],
+                table.c.integration_id == scope["integration_id"],
+                ~has_vector,
+            )
+            if skip:
+                query = query.where(table.c.external_id.not_in(sorted(skip)))
+            with self.engine.connect() as conn:
+                rows = {r["external_id"]: dict(r) for r in conn.execute(query.limit(CATCH_UP_BATCH)).mappings()}
+            if not rows:
+                break
+            new_rows, refused = self._vectors(step, scope, rows, stored={})
+            with self.engine.begin() as conn:
+                upsert(conn, embeddings_table, new_rows, EMBEDDING_KEY)
+            for ext, why in refused.items():
+                log.warning("%s %s has no %s vector: %s", step.table_name, ext, model, why)
+            skip |= set(refused)
+            count += len(new_rows)
+        if count:
+            log.info("embedded %d %s that had no %s vector yet", count, step.table_name, model)
+
+    def _vectors(self, step: steps.Step, scope: dict[str, Any], rows: dict[str, dict[str, Any]],
+                 stored: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """Encode the rows whose (model, text) changed in one call; return the vector rows and the refused ones.
+
+        `stored` maps external ids to the content hashes already stored for the current model;
+        it is read here unless the caller knows it.
+        """
+        embedder = self.embedder
+        if stored is None:
+            with self.engine.connect() as conn:
+                stored = dict(conn.execute(
                     sa.select(embeddings_table.c.external_id, embeddings_table.c.content_hash).where(
                         *(embeddings_table.c[k] == v for k, v in scope.items()),
                         embeddings_table.c.model == embedder.model,
-                        embeddings_table.c.external_id.in_(external_ids),
+                        embeddings_table.c.external_id.in_(list(rows)),
                     )
-                ).all()
-            )
+                ).all())
         texts: dict[str, str] = {}
         hashes: dict[str, str] = {}
         for ext, row in rows.items():
@@ -183,21 +248,22 @@ class Pipeline:
             hashes[ext] = embeddings.content_hash(embedder.model, text)
             if stored.get(ext) != hashes[ext]:
                 texts[ext] = text
-        vectors = _checked(embedder.embed(list(texts.values())), len(texts), embedder.dimension) if texts else None
+        if not texts:
+            return [], {}
+        vectors = np.asarray(embedder.embed(list(texts.values())), dtype=np.float32)
+        if vectors.shape != (len(texts), embedder.dimension):
+            raise ValueError(f"embedder returned shape {vectors.shape}, expected {(len(texts), embedder.dimension)}")
+        usable = np.isfinite(vectors).all(axis=1) & (np.abs(vectors).sum(axis=1) > 0)
         now = utcnow()
-        new_rows = [
-            {**scope, "external_id": ext, "model": embedder.model, "dimension": embedder.dimension,
-             "vector": embeddings.to_bytes(vectors[n]), "content_hash": hashes[ext], "created_at": now, "updated_at": now}
-            for n, ext in enumerate(texts)
-        ]
-        missing = {i["raw_data_id"]: "row to embed not found" for i in items
-                   if str(i["external_id"]) not in rows and i["raw_data_id"] is not None}
-        done = [i["raw_data_id"] for i in items if i["raw_data_id"] is not None and i["raw_data_id"] not in missing]
-        with self.engine.begin() as conn:
-            upsert(conn, embeddings_table, new_rows,
-                   ("tenant_id", "integration_id", "table_name", "external_id", "model"))
-            _set_status(conn, done, "embedded", only_from=("transformed",))
-            _fail(conn, missing, "embedding")
+        new_rows, refused = [], {}
+        for n, ext in enumerate(texts):
+            if not usable[n]:
+                refused[ext] = "zero or non-finite vector"
+                continue
+            new_rows.append({**scope, "external_id": ext, "model": embedder.model, "dimension": embedder.dimension,
+                             "vector": embeddings.to_bytes(vectors[n]), "content_hash": hashes[ext],
+                             "created_at": now, "updated_at": now})
+        return new_rows, refused
 
     def record_failure(self, stage: str, message: dict[str, Any], reason: str) -> None:
         """A message is being dead-lettered: its items fail, the run goes on without them."""
@@ -240,16 +306,6 @@ def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: d
         except sa.exc.DBAPIError as exc:
             errors[raw_id] = f"database refused the row: {str(exc.orig).splitlines()[0]}"
     return errors
-
-
-def _checked(vectors: np.ndarray, count: int, dimension: int) -> np.ndarray:
-    """Refuse vectors that would poison search: wrong shape, NaN, or all zeros."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.shape != (count, dimension):
-        raise ValueError(f"embedder returned shape {vectors.shape}, expected {(count, dimension)}")
-    if not np.isfinite(vectors).all() or (np.linalg.norm(vectors, axis=1) == 0).any():
-        raise ValueError("embedder returned a zero or non-finite vector")
-    return vectors
 
 
 def _set_status(conn: sa.Connection, ids: list[int], status: str, *, only_from: tuple[str, ...]) -> None:
