@@ -142,7 +142,7 @@ raw_extraction_data = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     *_timestamps(),
-    sa.Index("ix_raw_extraction_data_run_status", "run_id", "status"),
+    sa.Index("ix_raw_extraction_data_run_status", "run_id", "entity_type", "status", "failed_stage"),
     sa.Index("ix_raw_extraction_data_entity", "tenant_id", "entity_type", "external_id"),
 )
 
@@ -294,8 +294,10 @@ def upsert(
     *,
     changed_when: str | None = None,
 ) -> None:
-    """Insert rows, or update the existing row with the same keys, in one statement.
+    """Insert rows, or update the existing row with the same keys, as one executemany.
 
+    The statement has the same shape for every batch, so SQLAlchemy compiles it once and
+    sends the batch as multi-row VALUES (PostgreSQL) or a native executemany (SQLite).
     With `changed_when` (a column name), an existing row is only touched when that column's
     value differs, so a redelivered message writes nothing at all.
     """
@@ -303,11 +305,12 @@ def upsert(
         return
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     keys = list(keys)
-    stmt = insert(table).values(list(rows))
+    if "updated_at" in table.c and "updated_at" not in rows[0]:
+        now = utcnow()
+        rows = [{**row, "updated_at": now} for row in rows]
+    stmt = insert(table)
     updated = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c != "created_at"}
-    if "updated_at" in table.c and "updated_at" not in updated:
-        updated["updated_at"] = utcnow()
     where = None
     if changed_when is not None:
         where = table.c[changed_when].is_distinct_from(stmt.excluded[changed_when])
-    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=where))
+    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=where), list(rows))
