@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -11,12 +12,17 @@ from .status import STAGES, Event
 
 
 class StageBars:
-    """One bar per stage; totals appear once extraction knows how many items the run has."""
+    """One bar per stage; totals appear once extraction knows how many items the run has.
+
+    Bars are drawn in a notebook or a terminal; in a log file or a pipe they would be noise, so
+    there the log lines say what happened instead.
+    """
 
     def __init__(self, *, enabled: bool) -> None:
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()
-        if enabled:
+        in_notebook = tqdm.__module__.startswith("tqdm.notebook")
+        if enabled and (in_notebook or sys.stderr.isatty()):
             self._bars = {
                 stage: tqdm(total=None, desc=f"{stage:<10}", unit="repo", position=n, leave=True)
                 for n, stage in enumerate(STAGES)
