@@ -11,6 +11,7 @@ theme(s) it was built from for retrieval tests (``Sandbox.themes_of``).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -21,6 +22,7 @@ UTC = timezone.utc
 # drift from day to day.
 ANCHOR = datetime(2026, 1, 1, tzinfo=UTC)
 GITHUB_EPOCH = datetime(2008, 1, 1, tzinfo=UTC)
+VALID_LOGIN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,37}[A-Za-z0-9])?")
 MAX_AGE_DAYS = 12 * 365
 
 
@@ -384,8 +386,12 @@ def generate(orgs: dict[str, int], users: dict[str, int], seed: int,
     repos: list[Repo] = []
     used_owner_ids: set[int] = set()
     used_repo_ids: set[int] = set()
+    seen: set[str] = set()
     for kind, counts in (("Organization", orgs), ("User", users)):
         for login, count in counts.items():
+            if not VALID_LOGIN.fullmatch(login) or login.lower() in seen:
+                raise ValueError(f"invalid or repeated account name {login!r}")
+            seen.add(login.lower())
             rng = random.Random(f"{seed}:{kind}:{login}")
             owned = [_make_repo(rng, login, kind, anchor, i) for i in range(count)]
             _dedupe_names(owned)
@@ -443,7 +449,7 @@ def _make_repo(rng: random.Random, owner: str, kind: str, anchor: datetime, inde
             themes.append(second)
     primary = THEMES[themes[0]]
     is_user = kind == "User"
-    fork = rng.random() < (0.3 if is_user else 0.12)
+    fork = rng.random() < (0.3 if is_user else 0.14)
     archived = rng.random() < 0.1
     empty = rng.random() < 0.02
     created = anchor - timedelta(seconds=int((rng.random() ** 1.4) * MAX_AGE_DAYS * 86_400) + 86_400)

@@ -89,11 +89,6 @@ class Sandbox:
         self._server = self._thread = None
         log.info("GitHub sandbox stopped")
 
-    def serve_forever(self) -> None:
-        """Block until ``stop`` is called from another thread (or a signal handler)."""
-        if self._thread is not None:
-            self._thread.join()
-
     def __enter__(self) -> Sandbox:
         return self.start() if self._server is None else self
 

@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import struct
+import sys
 import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,7 +53,6 @@ VARY_AUTHENTICATED = "Accept, Authorization, Cookie, X-GitHub-OTP,Accept-Encodin
 VARY_ANONYMOUS = "Accept,Accept-Encoding, Accept, X-Requested-With"
 VARY_PLAIN = "Accept-Encoding, Accept, X-Requested-With"
 TOKEN_SCOPES = "read:org, repo"
-REASONS = {429: "Too Many Requests"}
 
 
 class SandboxHTTPServer(ThreadingHTTPServer):
@@ -63,6 +63,13 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], sandbox: Sandbox) -> None:
         self.sandbox = sandbox
         super().__init__(address, Handler)
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """A client that hangs up (e.g. after its own timeout during a delay fault) is normal here."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            log.debug("client %s went away before the answer was written", client_address[0])
+            return
+        log.exception("request from %s failed inside the sandbox", client_address[0])
 
 
 def request_id() -> str:
@@ -155,8 +162,11 @@ class Handler(BaseHTTPRequestHandler):
         fault = sb.faults.take(self.path, ("status", "html", "reset", "delay", "secondary", "mutate"))
         if fault is not None:
             if fault.kind == "mutate":
-                log.info("running a mutation before %s %s", self.command, call.path)
-                fault.action(sb)
+                log.info("running an injected mutation before %s %s", self.command, call.path)
+                try:
+                    fault.action(sb)
+                except Exception:
+                    log.exception("the injected mutation failed; serving the request anyway")
             elif fault.kind == "delay":
                 time.sleep(float(fault.options.get("seconds", 1.0)))
             else:
@@ -319,7 +329,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _write(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         """Status line, headers and body in a single send."""
-        reason = REASONS.get(status) or self.responses.get(status, ("",))[0]
+        reason = self.responses.get(status, ("",))[0]
         head = [f"{self.protocol_version} {status} {reason}"]
         head.extend(f"{name}: {value}" for name, value in headers)
         if not any(name == "Content-Length" for name, _ in headers) and status != 304:
