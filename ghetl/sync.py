@@ -100,7 +100,8 @@ def sync(
     client = GitHubClient(integration["api_url"], token)
     try:
         for step in steps.registry().values():
-            ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {})
+            ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
+                                       retry_ids=_failed_before(engine, job["run_id"], step.name))
             _extract(engine, broker, run, step, ctx, job, last_step=step is list(steps.registry().values())[-1])
         _wait_for_end(engine, run, timeout, None if run_workers else broker)
     except BaseException as exc:
@@ -116,6 +117,20 @@ def sync(
         unsubscribe()
         bars.close()
     return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
+
+
+def _failed_before(engine: sa.Engine, previous_run: str | None, step: str) -> set[str]:
+    """External ids whose items failed in the job's previous run: this run tries them again."""
+    if previous_run is None:
+        return set()
+    with engine.connect() as conn:
+        return set(conn.execute(
+            sa.select(raw_extraction_data.c.external_id).where(
+                raw_extraction_data.c.run_id == previous_run,
+                raw_extraction_data.c.entity_type == step,
+                raw_extraction_data.c.status == "failed",
+            )
+        ).scalars())
 
 
 def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callable[[Event], None]:

@@ -300,3 +300,34 @@ def test_the_overall_check_constraint_refuses_unknown_states(backend):
     with pytest.raises(sa.exc.IntegrityError):
         with backend.engine.begin() as conn:
             conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
+
+
+def test_a_bad_item_fails_alone_and_the_next_run_retries_it(backend, sandbox, tenant, monkeypatch):
+    from dataclasses import replace
+
+    from ghetl import steps
+
+    bad = sandbox.repos("acme")[7]
+    step = steps.registry()["github_repositories"]
+
+    def picky_to_row(payload, ctx):
+        if payload["id"] == bad["id"]:
+            raise ValueError("payload rejected for the test")
+        return step.to_row(payload, ctx)
+
+    monkeypatch.setitem(steps.registry(), "github_repositories", replace(step, to_row=picky_to_row))
+    first = backend.sync(tenant)
+
+    assert first.overall == "FINISHED"
+    assert first.counts["github_repositories"] == {"extracted": 500, "transformed": 499, "embedded": 499, "failed": 1}
+    assert stored_ids(backend) == {str(r["id"]) for r in sandbox.repos("acme")} - {str(bad["id"])}
+    failed = backend.rows("select external_id, failed_stage, error_message from raw_extraction_data where status = 'failed'")
+    assert [(f[0], f[1]) for f in failed] == [(str(bad["id"]), "transform")]
+    assert "payload rejected for the test" in failed[0][2]
+
+    monkeypatch.setitem(steps.registry(), "github_repositories", step)
+    second = backend.sync(tenant)
+
+    assert second.overall == "FINISHED"
+    assert second.counts["github_repositories"]["extracted"] == 1
+    assert str(bad["id"]) in stored_ids(backend)

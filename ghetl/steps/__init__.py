@@ -9,7 +9,7 @@ pull requests means adding `steps/pull_requests.py` and one line below.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
@@ -83,3 +83,4 @@ class ExtractContext:
     cutoff: Any
     full: bool
     stats: dict[str, int]
+    retry_ids: set[str] = field(default_factory=set)

@@ -86,24 +86,28 @@ def extract(ctx: ExtractContext) -> Iterator[list[dict[str, Any]]]:
         if past_cutoff:
             log.info("listing reached repositories unchanged since %s; stopped paging", ctx.cutoff.isoformat())
             break
-    if ctx.full:
-        yield from _refetch_unlisted(ctx, seen)
+    yield from _refetch_unlisted(ctx, seen)
 
 
 def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[list[dict[str, Any]]]:
-    """Known active repositories missing from the listing: renamed, transferred or deleted.
+    """Repositories to fetch by id because the listing did not bring them.
 
-    Fetched by id, which follows renames and transfers; a 404 marks the row inactive.
+    On a full run: known active repositories missing from the listing (renamed, transferred or
+    deleted). On every run: those that failed in the previous run, which an incremental listing
+    would no longer bring since the cut-off moved past them. Fetched by id, which follows
+    renames and transfers; a 404 marks the row inactive.
     """
-    with ctx.engine.connect() as conn:
-        known = conn.execute(
-            sa.select(repositories.c.external_id).where(
-                repositories.c.tenant_id == ctx.tenant_id,
-                repositories.c.integration_id == ctx.integration["id"],
-                repositories.c.active.is_(True),
-            )
-        ).scalars().all()
-    missing = sorted(set(known) - listed, key=int)
+    wanted_ids = set(ctx.retry_ids)
+    if ctx.full:
+        with ctx.engine.connect() as conn:
+            wanted_ids |= set(conn.execute(
+                sa.select(repositories.c.external_id).where(
+                    repositories.c.tenant_id == ctx.tenant_id,
+                    repositories.c.integration_id == ctx.integration["id"],
+                    repositories.c.active.is_(True),
+                )
+            ).scalars())
+    missing = sorted(wanted_ids - listed, key=int)
     batch: list[dict[str, Any]] = []
     for external_id in missing:
         repo = ctx.client.get_repository(external_id)
