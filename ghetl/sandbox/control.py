@@ -57,9 +57,11 @@ def run_op(sb: Sandbox, op: str, args: dict[str, Any]) -> Any:
 
 
 def _ref(args: dict[str, Any]) -> int | str:
-    if "repo" not in args:
-        raise ValueError('missing "repo" (an id or "owner/name")')
-    return args.pop("repo")
+    """The repository argument, named ``repo`` or, as in the Python API, ``id_or_full_name``."""
+    for key in ("repo", "id_or_full_name"):
+        if key in args:
+            return args.pop(key)
+    raise ValueError('missing "repo" (an id or "owner/name")')
 
 
 def _info(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:

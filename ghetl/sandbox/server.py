@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import control, errors
+from .faults import Fault
+from .limits import Bucket
 from .records import RequestRecord
 from .routes import Call, Reply, route_for
 
@@ -144,64 +146,72 @@ class Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = unquote(split.path)
         body = self._read_body()
-        control_path = control.control_path(path, sb.prefix)
-        if control_path is not None:
-            status, payload = control.handle(sb, self.command, control_path, split.query, body)
+        operation = control.control_path(path, sb.prefix)
+        if operation is not None:
+            status, payload = control.handle(sb, self.command, operation, split.query, body)
             self._write(status, [("Content-Type", JSON_TYPE)], json.dumps(payload).encode())
             return
-        api_path = self._api_path(path, sb.prefix)
-        pairs = parse_qsl(split.query, keep_blank_values=True)
-        params = dict(pairs)
         token = self._token()
-        client_ip = self.client_address[0]
-        call = Call(self.command, self.path, api_path or path, pairs, params, bool(token),
-                    caller_key(token or None, client_ip), client_ip)
+        pairs = parse_qsl(split.query, keep_blank_values=True)
+        api_path = self._api_path(path, sb.prefix)
+        call = Call(self.command, self.path, api_path or path, pairs, dict(pairs), bool(token),
+                    caller_key(token or None, self.client_address[0]), self.client_address[0])
         rid = request_id()
-        record = {"method": self.command, "path": call.path, "query": params, "request_id": rid,
+        record = {"method": call.method, "path": call.path, "query": call.params, "request_id": rid,
                   "authenticated": call.authenticated, "time": time.time()}
-        fault = sb.faults.take(self.path, ("status", "html", "reset", "delay", "secondary", "mutate"))
-        if fault is not None:
-            if fault.kind == "mutate":
-                log.info("running an injected mutation before %s %s", self.command, call.path)
-                try:
-                    fault.action(sb)
-                except Exception:
-                    log.exception("the injected mutation failed; serving the request anyway")
-            elif fault.kind == "delay":
-                time.sleep(float(fault.options.get("seconds", 1.0)))
-            else:
-                self._fault(sb, call, fault, rid, record)
-                return
+        if self._injected_fault(sb, call, rid, record):
+            return
         if token is not None and (token == "" or (sb.tokens is not None and token not in sb.tokens)):
-            bucket = sb.limits.peek(caller_key(None, client_ip), "core", False)
+            bucket = sb.limits.peek(caller_key(None, call.client_ip), "core", False)
             self._respond(sb, call, Reply(401, errors.bad_credentials()), bucket, rid,
                           {**record, "authenticated": False, "resource": "core"})
             return
-        route, groups = route_for(api_path) if api_path is not None and self.command in ("GET", "HEAD") \
+        route, groups = route_for(api_path) if api_path is not None and call.method in ("GET", "HEAD") \
             else (None, ())
-        resource = route.resource if route else "core"
-        record["resource"] = resource
+        record["resource"] = resource = route.resource if route else "core"
         if route is not None and route.free:
-            reply = route.handler(sb, call, *groups)
             bucket = sb.limits.peek(call.caller, "core", call.authenticated)
-            self._respond(sb, call, reply, bucket, rid, record)
+            self._respond(sb, call, route.handler(sb, call, *groups), bucket, rid, record)
             return
+        refusal, bucket = self._limit(sb, call, resource, rid)
+        if refusal is not None:
+            self._respond(sb, call, refusal, bucket, rid, record)
+            return
+        reply = route.handler(sb, call, *groups) if route else Reply(404, errors.not_found())
+        self._respond(sb, call, reply, bucket, rid, {**record, "charged": True})
+
+    def _injected_fault(self, sb: Sandbox, call: Call, rid: str, record: dict) -> bool:
+        """Run a pending fault; True when it already answered (or dropped) the request."""
+        fault = sb.faults.take(call.raw, ("status", "html", "reset", "delay", "secondary", "mutate"))
+        if fault is None:
+            return False
+        if fault.kind == "mutate":
+            log.info("running an injected mutation before %s %s", call.method, call.path)
+            try:
+                fault.action(sb)
+            except Exception:
+                log.exception("the injected mutation failed; serving the request anyway")
+            return False
+        if fault.kind == "delay":
+            time.sleep(float(fault.options.get("seconds", 1.0)))
+            return False
+        self._fault(sb, call, fault, rid, record)
+        return True
+
+    def _limit(self, sb: Sandbox, call: Call, resource: str, rid: str) -> tuple[Reply | None, Bucket]:
+        """Secondary then primary rate limit: a refusal to send, or None and the charged bucket."""
         if sb.secondary is not None:
             retry_after = sb.secondary.check(call.caller)
             if retry_after is not None:
                 bucket = sb.limits.peek(call.caller, resource, call.authenticated)
-                self._respond(sb, call, self._secondary_reply(403, retry_after, rid), bucket, rid, record)
-                return
+                return self._secondary_reply(403, retry_after, rid), bucket
         charged, bucket = sb.limits.try_charge(call.caller, resource, call.authenticated)
-        if not charged:
-            who = str(sb.store.viewer.id) if call.authenticated else client_ip
-            moment = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            body = errors.primary_rate_limit(who, rid, moment, call.authenticated, 403)
-            log.info("rate limit exhausted for the %s bucket", resource)
-            self._respond(sb, call, Reply(403, body), bucket, rid, record)
-            return
-        reply = route.handler(sb, call, *groups) if route else Reply(404, errors.not_found())
-        self._respond(sb, call, reply, bucket, rid, {**record, "charged": True})
+        if charged:
+            return None, bucket
+        who = str(sb.store.viewer.id) if call.authenticated else call.client_ip
+        moment = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        log.info("rate limit exhausted for the %s bucket", resource)
+        return Reply(403, errors.primary_rate_limit(who, rid, moment, call.authenticated, 403)), bucket
 
     def _api_path(self, path: str, prefix: str) -> str | None:
         """The path below the API root, or None when the request is outside a GHES prefix."""
@@ -227,7 +237,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ----- faults ----------------------------------------------------------------------------
 
-    def _fault(self, sb: Sandbox, call: Call, fault, rid: str, record: dict) -> None:
+    def _fault(self, sb: Sandbox, call: Call, fault: Fault, rid: str, record: dict) -> None:
         options = fault.options
         record = {**record, "fault": fault.kind}
         if options.get("seconds"):
@@ -263,7 +273,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # ----- writing ---------------------------------------------------------------------------
 
-    def _respond(self, sb: Sandbox, call: Call, reply: Reply, bucket, rid: str, record: dict) -> None:
+    def _respond(self, sb: Sandbox, call: Call, reply: Reply, bucket: Bucket, rid: str, record: dict) -> None:
         payload = reply.payload()
         etag = etag_for(payload) if reply.etag and reply.status == 200 else None
         status = reply.status
@@ -287,7 +297,7 @@ class Handler(BaseHTTPRequestHandler):
         return bool(if_modified_since and reply.last_modified
                     and not_modified_since(if_modified_since, reply.last_modified))
 
-    def _headers(self, sb: Sandbox, call: Call, reply: Reply, status: int, etag: str | None, bucket,
+    def _headers(self, sb: Sandbox, call: Call, reply: Reply, status: int, etag: str | None, bucket: Bucket,
                  rid: str) -> list[tuple[str, str]]:
         headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", JSON_TYPE)]
         if reply.cache == "max-age":
@@ -316,12 +326,11 @@ class Handler(BaseHTTPRequestHandler):
         if sb.prefix:
             headers.append(("X-GitHub-Enterprise-Version", GHES_VERSION))
         headers.extend(reply.headers)
-        if bucket is not None:
-            headers.extend([("X-RateLimit-Limit", str(bucket.limit)),
-                            ("X-RateLimit-Remaining", str(bucket.remaining)),
-                            ("X-RateLimit-Reset", str(bucket.reset)),
-                            ("X-RateLimit-Used", str(bucket.used)),
-                            ("X-RateLimit-Resource", bucket.resource)])
+        headers.extend([("X-RateLimit-Limit", str(bucket.limit)),
+                        ("X-RateLimit-Remaining", str(bucket.remaining)),
+                        ("X-RateLimit-Reset", str(bucket.reset)),
+                        ("X-RateLimit-Used", str(bucket.used)),
+                        ("X-RateLimit-Resource", bucket.resource)])
         headers.extend(SECURITY_HEADERS)
         headers.append(("Server", "github.com"))
         headers.append(("X-GitHub-Request-Id", rid))
