@@ -1,0 +1,269 @@
+"""Notebook-level helpers: one call per runbook step, each opening its own connection or client.
+
+The library functions take a connection so that callers control transactions; a notebook cell
+wants the opposite, a single call that does one step of a runbook and says what it did. These
+helpers are that layer, used by the notebooks in `notebooks/` and by anyone's own notebook.
+Nothing here prints a GitHub token: only the name of the variable that holds it is handled.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from . import config, db, embeddings, frames, logs, steps, tenants
+from . import settings as settings_mod
+from .github import GitHubClient, GitHubError
+from .sandbox import Sandbox
+from .sync import SyncResult, sync
+
+SANDBOX_TOKEN_ENV = "GHETL_SANDBOX_TOKEN"
+SANDBOX_ORGS = {"acme": 200}
+PREVIEW_COLUMNS = ["id", "full_name", "language", "visibility", "fork", "archived", "stargazers_count", "pushed_at"]
+
+
+class SyncFailed(RuntimeError):
+    """A sync that ended FAILED; raised so that a papermill run exits non-zero and shows why."""
+
+
+@dataclass
+class Session:
+    """Where this notebook's ghetl reads and writes, and the sandbox it started, if any."""
+
+    database_url: str
+    broker_url: str
+    api_url: str
+    token_env: str
+    sandbox: Sandbox | None = None
+    _workdir: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def engine(self) -> sa.Engine:
+        return db.engine(self.database_url)
+
+    def describe(self) -> str:
+        """One line per setting, with passwords hidden and a throwaway database named as such."""
+        database = "a throwaway SQLite file" if self._workdir else logs.safe_url(self.database_url)
+        github = f"the bundled sandbox ({self.sandbox.describe()})" if self.sandbox else self.api_url
+        return "\n".join([
+            f"database: {database}",
+            f"broker:   {logs.safe_url(self.broker_url)}",
+            f"GitHub:   {github}, token from ${self.token_env}",
+        ])
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def close(self) -> None:
+        """Stop the sandbox and remove the throwaway database, if this session made them."""
+        if self.sandbox is not None:
+            self.sandbox.stop()
+        if self._workdir is not None:
+            self.engine.dispose()
+            self._workdir.cleanup()
+
+
+def open_session(
+    database_url: str = "",
+    broker_url: str = "",
+    api_url: str = "",
+    *,
+    token_env: str = config.DEFAULT_TOKEN_ENV,
+    sandbox_orgs: dict[str, int] | None = None,
+    seed: int = 7,
+) -> Session:
+    """Point ghetl at the given database, broker and GitHub, filling each blank with the zero-set-up choice.
+
+    A blank `api_url` starts the bundled GitHub sandbox in this process (with its own token
+    variable, so a real token is never sent to it); a blank `database_url` means
+    $GHETL_DATABASE_URL or, without it, a throwaway SQLite file; a blank `broker_url` means
+    $GHETL_BROKER_URL or the in-process broker. The choices are exported as GHETL_* variables,
+    so every ghetl call in the notebook follows them. Nothing is written to the database.
+    """
+    sandbox = None
+    if not api_url:
+        sandbox = Sandbox(orgs=sandbox_orgs or SANDBOX_ORGS, seed=seed).start()
+        api_url, token_env = sandbox.url, SANDBOX_TOKEN_ENV
+        os.environ[SANDBOX_TOKEN_ENV] = "sandbox-accepts-any-token"
+    workdir = None
+    if not database_url:
+        database_url = os.environ.get("GHETL_DATABASE_URL", "")
+    if not database_url:
+        workdir = tempfile.TemporaryDirectory(prefix="ghetl-notebook-")
+        database_url = f"sqlite:///{workdir.name}/ghetl.db"
+    broker_url = broker_url or config.broker_url()
+    os.environ["GHETL_DATABASE_URL"] = database_url
+    os.environ["GHETL_BROKER_URL"] = broker_url
+    logs.configure()
+    return Session(database_url, broker_url, api_url.rstrip("/"), token_env, sandbox, workdir)
+
+
+@dataclass(frozen=True)
+class TenantSetup:
+    """A tenant and the integration it syncs; `stream_key` only when it was just created."""
+
+    name: str
+    tenant_id: int
+    integration_id: int
+    owner: str
+    api_url: str
+    created: bool
+    stream_key: str | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        verb = "created" if self.created else "found"
+        return (f"tenant '{self.name}' (id {self.tenant_id}) {verb}: integration {self.integration_id} "
+                f"syncs {self.owner} at {self.api_url}")
+
+
+def setup_tenant(
+    name: str,
+    owner: str,
+    *,
+    api_url: str,
+    token_env: str = config.DEFAULT_TOKEN_ENV,
+    settings: str | dict[str, Any] | None = None,
+    engine: sa.Engine | None = None,
+) -> TenantSetup:
+    """Create the schema if needed, then the tenant, its integration and its job in one transaction.
+
+    Either all of it exists afterwards or none of it does, so a runbook that stops half-way can
+    simply be run again.
+    """
+    engine = engine or db.engine()
+    db.init(engine)
+    with engine.begin() as conn:
+        tenant_id, key = tenants.add_tenant(conn, name)
+        integration_id = tenants.add_integration(conn, tenant_id, owner, api_url=api_url, token_env=token_env,
+                                                 settings=settings)
+    return TenantSetup(name, tenant_id, integration_id, owner, api_url, True, key)
+
+
+def ensure_tenant(
+    name: str, owner: str, *, api_url: str, token_env: str = config.DEFAULT_TOKEN_ENV, engine: sa.Engine | None = None
+) -> TenantSetup:
+    """The tenant as it is configured, or a new one with one integration for `owner` if it does not exist."""
+    engine = engine or db.engine()
+    db.init(engine)
+    with engine.connect() as conn:
+        try:
+            tenant = tenants.get_tenant(conn, name)
+        except tenants.NotFound:
+            tenant = None
+        if tenant is not None:
+            integration = tenants.get_integration(conn, tenant["id"])
+            return TenantSetup(tenant["name"], tenant["id"], integration["id"], integration["owner"],
+                               integration["api_url"], False)
+    return setup_tenant(name, owner, api_url=api_url, token_env=token_env, engine=engine)
+
+
+@dataclass
+class TokenCheck:
+    """What GitHub says about a token: its rate-limit budget, its scopes and when it expires."""
+
+    api_url: str
+    token_env: str
+    rate: pd.DataFrame
+    scopes: list[str] | None
+    expires: str | None
+
+    def remaining(self, resource: str = "core") -> int:
+        return int(self.rate.loc[resource, "remaining"])
+
+    def describe(self) -> str:
+        scopes = ", ".join(self.scopes) if self.scopes else "none reported (a fine-grained or app token: check its repository access on GitHub)"
+        return "\n".join([
+            f"token from ${self.token_env} accepted by {self.api_url}",
+            f"scopes:  {scopes}",
+            f"expires: {self.expires or 'not reported'}",
+            f"core budget: {self.remaining('core')} of {int(self.rate.loc['core', 'limit'])} requests left",
+        ])
+
+
+def check_token(api_url: str, token_env: str = config.DEFAULT_TOKEN_ENV) -> TokenCheck:
+    """Ask GitHub's /rate_limit (which costs nothing) with the token; raise if it is missing or refused."""
+    token = os.environ.get(token_env)
+    if not token:
+        raise ValueError(f"${token_env} is empty: export the tenant's GitHub token in it, then run this step again")
+    with GitHubClient(api_url, token) as client:
+        response = client.request("/rate_limit")
+    if response.status_code != 200:
+        raise GitHubError(f"GitHub answered {response.status_code} to /rate_limit at {api_url}; is the API URL right?")
+    rate = pd.DataFrame.from_dict(response.json()["resources"], orient="index")
+    rate["reset"] = pd.to_datetime(rate["reset"], unit="s", utc=True)
+    scopes = response.headers.get("x-oauth-scopes")
+    return TokenCheck(
+        api_url=api_url,
+        token_env=token_env,
+        rate=rate.rename_axis("resource"),
+        scopes=[s.strip() for s in scopes.split(",") if s.strip()] if scopes is not None else None,
+        expires=response.headers.get("github-authentication-token-expiration"),
+    )
+
+
+def preview_repositories(
+    owner: str,
+    *,
+    api_url: str,
+    token_env: str = config.DEFAULT_TOKEN_ENV,
+    settings: str | dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Every repository of `owner`, with `selected` saying whether these settings would sync it.
+
+    Runs the step's own extraction (listing or search, then the settings' filters) against
+    GitHub without touching the database, so what it selects is what the first sync will get.
+    """
+    parsed = settings_mod.parse(settings)
+    step = steps.get("github_repositories")
+    with GitHubClient(api_url, os.environ.get(token_env)) as client:
+        owner_type = client.owner_type(owner)
+
+        def extracted(chosen: dict[str, Any]) -> list[dict[str, Any]]:
+            integration = {"id": None, "owner": owner, "owner_type": owner_type}
+            ctx = steps.ExtractContext(client, None, None, integration, chosen, None, False, {})
+            return [repo for page in step.extract(ctx) for repo in page]
+
+        listed = extracted(settings_mod.DEFAULTS)
+        chosen = listed if parsed == settings_mod.DEFAULTS else extracted(parsed)
+    frame = pd.DataFrame(listed, columns=PREVIEW_COLUMNS)
+    frame["pushed_at"] = pd.to_datetime(frame["pushed_at"], utc=True, format="ISO8601")
+    frame["selected"] = frame["id"].isin({repo["id"] for repo in chosen})
+    return frame.sort_values("full_name", ignore_index=True)
+
+
+def run_sync(tenant: str, *, full: bool = False, run_workers: bool | None = None, timeout: float | None = None) -> SyncResult:
+    """Run the tenant's sync with progress bars; raise SyncFailed when it does not finish."""
+    result = sync(tenant, full=full, run_workers=run_workers, timeout=timeout, progress=True)
+    if result.overall != "FINISHED":
+        raise SyncFailed(f"sync of tenant '{result.tenant}' ended {result.overall}: {result.error}")
+    return result
+
+
+EMBEDDER_OF_MODEL = {embeddings.HashingEmbedder().model: "hash", embeddings.MINILM: "minilm"}
+
+
+def use_embedder(name: str = "", *, tenant: str | None = None, engine: sa.Engine | None = None) -> str:
+    """Choose the embedder for this notebook's syncs and searches, and export it as GHETL_EMBEDDER.
+
+    A blank name means: the model the tenant's vectors were made with (a search must use the
+    same one), else the sentence model when it is installed, else feature hashing.
+    """
+    if not name and tenant is not None:
+        models = frames.embedding_models(tenant, engine=engine)
+        known = models[models["model"].isin(EMBEDDER_OF_MODEL)]
+        if not known.empty:
+            name = EMBEDDER_OF_MODEL[known.iloc[0]["model"]]
+    if not name:
+        try:
+            embeddings.get_embedder("minilm")
+            name = "minilm"
+        except embeddings.EmbedderUnavailable:
+            name = "hash"
+    embeddings.get_embedder(name)
+    os.environ["GHETL_EMBEDDER"] = name
+    return name
