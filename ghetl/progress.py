@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 from tqdm.auto import tqdm
+from tqdm.notebook import tqdm as notebook_tqdm
 
 from .status import STAGES, Event
 
@@ -21,7 +22,7 @@ class StageBars:
     def __init__(self, *, enabled: bool) -> None:
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()
-        in_notebook = tqdm.__module__.startswith("tqdm.notebook")
+        in_notebook = issubclass(tqdm, notebook_tqdm)
         if enabled and (in_notebook or sys.stderr.isatty()):
             self._bars = {
                 stage: tqdm(total=None, desc=f"{stage:<10}", unit="repo", position=n, leave=True)
