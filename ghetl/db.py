@@ -204,6 +204,9 @@ http_cache = sa.Table(
     sa.Column("etag", sa.String(200)),
     sa.Column("last_modified", sa.String(100)),
     sa.Column("item_ids", JSON, nullable=False, default=list),
+    sa.Column("next_url", sa.String(1000)),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("oldest_updated_at", UTCDateTime),
     *_timestamps(),
 )
 
@@ -313,4 +316,4 @@ def upsert(
     where = None
     if changed_when is not None:
         where = table.c[changed_when].is_distinct_from(stmt.excluded[changed_when])
-    conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=where), list(rows))
+    conn.execute(stmt.values(list(rows)).on_conflict_do_update(index_elements=keys, set_=updated, where=where))
