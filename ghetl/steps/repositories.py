@@ -19,8 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .. import db, tenants
+from .. import db, http_cache, tenants
 from ..db import repositories
+from ..github import GitHubError
 from . import ExtractContext
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,6 @@ def parse_time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
 
 
-def _listing(ctx: ExtractContext) -> Iterator[Any]:
-    owner = ctx.integration["owner"]
-    query = ctx.settings["repository_filter"]
-    if query:
-        return ctx.client.search_repositories(f"user:{owner} {query}")
-    owner_type = ctx.integration["owner_type"]
-    if owner_type is None:
-        owner_type = ctx.client.owner_type(owner)
-        with ctx.engine.begin() as conn:
-            tenants.set_owner_type(conn, ctx.integration["id"], owner_type)
-    return ctx.client.list_repositories(owner, owner_type)
-
-
 def wanted(repo: dict[str, Any], settings: dict[str, Any]) -> bool:
     """Whether the integration's settings keep this repository."""
     if repo.get("fork") and not settings["include_forks"]:
@@ -68,25 +56,121 @@ def wanted(repo: dict[str, Any], settings: dict[str, Any]) -> bool:
 def extract(ctx: ExtractContext) -> Iterator[list[dict[str, Any]]]:
     """Pages of repository payloads to store; each repository at most once per run."""
     seen: set[str] = set()
-    for page in _listing(ctx):
-        batch = []
-        past_cutoff = False
-        for repo in page.items:
-            key = str(repo["id"])
-            if key in seen:
-                continue
-            seen.add(key)
-            if ctx.cutoff is not None and (parse_time(repo.get("updated_at")) or ctx.cutoff) < ctx.cutoff:
-                past_cutoff = True
-                continue
-            if wanted(repo, ctx.settings):
-                batch.append(repo)
+    if ctx.settings["repository_filter"]:
+        yield from _searched(ctx, seen)
+    else:
+        yield from _listed(ctx, seen)
+    yield from _refetch_unlisted(ctx, seen)
+
+
+def _keep(ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
+    """The items not met before in this run, updated since the cut-off, that the settings keep.
+
+    Offset pagination repeats an item when the data moves between pages; the id catches it.
+    """
+    batch = []
+    for repo in items:
+        key = str(repo["id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if not _older(repo, ctx.cutoff) and wanted(repo, ctx.settings):
+            batch.append(repo)
+    return batch
+
+
+def _older(repo: dict[str, Any], cutoff: dt.datetime | None) -> bool:
+    updated = parse_time(repo.get("updated_at"))
+    return cutoff is not None and updated is not None and updated < cutoff
+
+
+def _searched(ctx: ExtractContext, seen: set[str]) -> Iterator[list[dict[str, Any]]]:
+    query = f"user:{ctx.integration['owner']} {ctx.settings['repository_filter']}"
+    for page in ctx.client.search_repositories(query, updated_since=ctx.cutoff):
+        batch = _keep(ctx, page.items, seen)
         if batch:
             yield batch
-        if past_cutoff:
-            log.info("listing reached repositories unchanged since %s; stopped paging", ctx.cutoff.isoformat())
-            break
-    yield from _refetch_unlisted(ctx, seen)
+
+
+def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[list[dict[str, Any]]]:
+    """The owner's listing, newest update first, each page conditional on the ETag it had last time.
+
+    A 304 page is unchanged since its items landed: an incremental run has nothing to do with
+    it, a full run gives its stored payloads again. Each page's ETag is stored only after its
+    items were handed on (and so stored), which is what lets a run stopped by the rate limit
+    resume where it stopped: the pages it got are 304s, free, and only the rest costs.
+    Paging stops at the first page that reaches repositories older than the cut-off; a
+    repository touched meanwhile sorts to the top of page 1, whose ETag then no longer matches.
+    """
+    cache = _cache(ctx)
+    url: str | None = _listing_url(ctx)
+    while url:
+        entry = cache.get(url)
+        page = ctx.client.page(url, etag=entry.etag if entry else None)
+        if page.not_modified and entry is not None:
+            reused = [] if not ctx.full else cache.payloads(entry.item_ids)
+            if reused is not None:
+                batch = [r for r in reused if str(r["id"]) not in seen]
+                seen.update(str(r["id"]) for r in batch)
+                if batch:
+                    yield batch
+                if _reached(entry.oldest_updated_at, ctx):
+                    return
+                url = page.next_url or entry.next_url
+                continue
+            log.info("stored payloads for %s are missing; fetching the page again", url)
+            page = ctx.client.page(url)
+        batch = _keep(ctx, page.items, seen)
+        if batch:
+            yield batch
+        times = [t for t in (parse_time(r.get("updated_at")) for r in page.items) if t is not None]
+        oldest = min(times, default=None)
+        if page.etag:
+            kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
+            cache.put(url, page.etag, kept, page.next_url, oldest)
+        if _reached(oldest, ctx):
+            return
+        url = page.next_url
+
+
+def _reached(oldest: dt.datetime | None, ctx: ExtractContext) -> bool:
+    if ctx.cutoff is None or oldest is None or oldest >= ctx.cutoff:
+        return False
+    log.info("listing reached repositories unchanged since %s; stopped paging", ctx.cutoff.isoformat())
+    return True
+
+
+def _cache(ctx: ExtractContext) -> http_cache.PageCache:
+    return http_cache.PageCache(
+        ctx.engine, ctx.tenant_id, ctx.integration["id"], STEP_NAME, http_cache.fingerprint(ctx.settings)
+    )
+
+
+def _listing_url(ctx: ExtractContext) -> str:
+    """Where this owner's repositories are listed; the owner's type is asked once, then stored."""
+    owner = ctx.integration["owner"]
+    owner_type = ctx.integration["owner_type"]
+    if owner_type is None:
+        owner_type = ctx.client.owner_type(owner)
+        with ctx.engine.begin() as conn:
+            tenants.set_owner_type(conn, ctx.integration["id"], owner_type)
+    viewer = _viewer(ctx) if owner_type == "User" and ctx.client.authenticated else None
+    return ctx.client.listing_url(owner, owner_type, viewer)
+
+
+def _viewer(ctx: ExtractContext) -> str:
+    """The login the token belongs to, asked conditionally so that it costs nothing after the first run."""
+    cache = _cache(ctx)
+    url = ctx.client.url("/user")
+    entry = cache.get(url)
+    response, body = ctx.client.get(url, etag=entry.etag if entry else None)
+    if response.status_code == 304 and entry is not None:
+        return entry.item_ids[0]
+    if response.status_code != 200:
+        raise GitHubError(f"GitHub answered {response.status_code} when asked whose token this is (/user)")
+    if response.headers.get("etag"):
+        cache.put(url, response.headers["etag"], [body["login"]], None, None)
+    return body["login"]
 
 
 def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[list[dict[str, Any]]]:
