@@ -264,6 +264,7 @@ class Handler(BaseHTTPRequestHandler):
                 custom if custom is not None else errors.server_error(status)).encode()
         headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", JSON_TYPE),
                    ("Content-Length", str(len(payload))), ("Server", "github.com"), ("X-GitHub-Request-Id", rid)]
+        headers += [(str(name), str(value)) for name, value in (options.get("headers") or {}).items()]
         self._write(status, headers, payload)
         sb.record(RequestRecord(status=status, **record))
 
