@@ -41,9 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; prints one line saying what is served where."""
-    sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
-                      core_limit=args.core_limit, search_limit=args.search_limit,
-                      reset_seconds=args.reset_seconds, path_prefix=args.path_prefix)
+    try:
+        sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
+                          core_limit=args.core_limit, search_limit=args.search_limit,
+                          reset_seconds=args.reset_seconds, path_prefix=args.path_prefix)
+    except ValueError as exc:
+        print(f"cannot start the sandbox: {exc}")
+        return 2
     try:
         sandbox.start(host=args.host, port=args.port)
     except OSError as exc:

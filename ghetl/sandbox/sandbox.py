@@ -33,6 +33,9 @@ class Sandbox:
     or ``sandbox-admin``), who administers every organization, but gets its own rate-limit
     buckets.  ``secondary_limit=(requests, seconds)`` turns on a per-token secondary limit.
     ``path_prefix="/api/v3"`` serves everything below that prefix, like GitHub Enterprise Server.
+    Until ``start`` binds a port, rendered URLs use http://127.0.0.1:8765 (the CLI default).
+    As on GitHub, unauthenticated callers only see public repositories and GET /users/{user}/repos
+    lists public repositories only; a user's private ones come from GET /user/repos with a token.
     """
 
     def __init__(self, orgs: dict[str, int] | None = None, users: dict[str, int] | None = None,
