@@ -180,6 +180,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status_server(args: argparse.Namespace) -> int:
+    from .statusserver import StatusServer
+
+    broker = broker_mod.connect()
+    poll = args.poll if args.poll is not None else (1.0 if isinstance(broker, broker_mod.MemoryBroker) else None)
+    if poll:
+        log.info("reading job changes from the database every %.1f s, so syncs in other processes are seen", poll)
+    try:
+        StatusServer(_engine(), broker, args.host, args.port, poll_interval=poll or None).run()
+    except OSError as exc:
+        print(f"ghetl: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        broker.close()
+    return 0
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -239,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
     p.add_argument("stage", choices=("transform", "embedding", "all"))
     p.add_argument("--concurrency", type=_positive, default=1, help="consumers per stage in this process (default 1)")
+
+    p = add("status-server", cmd_status_server, "serve the WebSocket status stream until stopped (Ctrl-C)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
+    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
+    p.add_argument("--poll", type=float, metavar="SECONDS",
+                   help="also read job changes from the database this often (default: 1 on memory://, off on RabbitMQ)")
 
     p = add("sandbox", lambda a: sandbox.run(a), "serve the local GitHub API sandbox")
     sandbox.add_arguments(p)
