@@ -403,6 +403,15 @@ def test_mutate_between_pages_shifts_offset_pagination(fresh):
     assert "acme/brand-new-service" not in {i["full_name"] for i in items}
 
 
+def test_stop_closes_kept_alive_connections():
+    sb = Sandbox(orgs={"acme": 5}).start()
+    with httpx.Client(base_url=sb.url) as client:
+        assert client.get("/orgs/acme").status_code == 200
+        sb.stop()
+        with pytest.raises(httpx.TransportError):
+            client.get("/orgs/acme")
+
+
 def test_clear_faults(fresh):
     sb = fresh()
     sb.inject("status", times=5)
