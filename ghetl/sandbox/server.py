@@ -268,9 +268,9 @@ class Handler(BaseHTTPRequestHandler):
         if fault.kind == "reset":
             log.info("dropping the connection for %s %s", call.method, call.path)
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sb.record(RequestRecord(status=None, **record))
             self.connection.close()
             self.close_connection = True
-            sb.record(RequestRecord(status=None, **record))
             return
         if fault.kind == "secondary":
             bucket = sb.limits.peek(call.caller, "search" if call.path.startswith("/search/") else "core",
@@ -288,8 +288,8 @@ class Handler(BaseHTTPRequestHandler):
         headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", JSON_TYPE),
                    ("Content-Length", str(len(payload))), ("Server", "github.com"), ("X-GitHub-Request-Id", rid)]
         headers += [(str(name), str(value)) for name, value in (options.get("headers") or {}).items()]
-        self._write(status, headers, payload)
         sb.record(RequestRecord(status=status, **record))
+        self._write(status, headers, payload)
 
     def _secondary_reply(self, status: int, retry_after: int | None, rid: str) -> Reply:
         headers = [] if retry_after is None else [("Retry-After", str(int(retry_after)))]
@@ -310,8 +310,8 @@ class Handler(BaseHTTPRequestHandler):
         body = b"" if status == 304 else payload
         if status != 304:
             headers.insert(-2, ("Content-Length", str(len(body))))
-        self._write(status, headers, b"" if self.command == "HEAD" else body)
         sb.record(RequestRecord(status=status, per_page=reply.per_page, **record))
+        self._write(status, headers, b"" if self.command == "HEAD" else body)
 
     def _not_modified(self, etag: str, reply: Reply) -> bool:
         if_none_match = self.headers.get("If-None-Match")
