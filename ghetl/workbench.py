@@ -8,6 +8,7 @@ Nothing here prints a GitHub token: only the name of the variable that holds it 
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,11 +17,15 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from . import config, db, embeddings, frames, logs, steps, tenants
+from . import broker as broker_mod
+from . import config, db, embeddings, frames, logs, tenants
 from . import settings as settings_mod
 from .github import GitHubClient, GitHubError
 from .sandbox import Sandbox
+from .steps import repositories as repositories_step
 from .sync import SyncResult, sync
+
+log = logging.getLogger(__name__)
 
 SANDBOX_TOKEN_ENV = "GHETL_SANDBOX_TOKEN"
 SANDBOX_ORGS = {"acme": 200}
@@ -191,10 +196,10 @@ def check_token(api_url: str, token_env: str = config.DEFAULT_TOKEN_ENV) -> Toke
     if not token:
         raise ValueError(f"${token_env} is empty: export the tenant's GitHub token in it, then run this step again")
     with GitHubClient(api_url, token) as client:
-        response = client.request("/rate_limit")
-    if response.status_code != 200:
+        response, body = client.get("/rate_limit")
+    if response.status_code != 200 or not isinstance(body, dict) or "resources" not in body:
         raise GitHubError(f"GitHub answered {response.status_code} to /rate_limit at {api_url}; is the API URL right?")
-    rate = pd.DataFrame.from_dict(response.json()["resources"], orient="index")
+    rate = pd.DataFrame.from_dict(body["resources"], orient="index")
     rate["reset"] = pd.to_datetime(rate["reset"], unit="s", utc=True)
     scopes = response.headers.get("x-oauth-scopes")
     return TokenCheck(
@@ -215,33 +220,104 @@ def preview_repositories(
 ) -> pd.DataFrame:
     """Every repository of `owner`, with `selected` saying whether these settings would sync it.
 
-    Runs the step's own extraction (listing or search, then the settings' filters) against
-    GitHub without touching the database, so what it selects is what the first sync will get.
+    Asks GitHub what the sync will ask (the owner's listing; the search when a
+    `repository_filter` is set) and applies the same filters, without touching the database.
     """
     parsed = settings_mod.parse(settings)
-    step = steps.get("github_repositories")
     with GitHubClient(api_url, os.environ.get(token_env)) as client:
         owner_type = client.owner_type(owner)
-
-        def extracted(chosen: dict[str, Any]) -> list[dict[str, Any]]:
-            integration = {"id": None, "owner": owner, "owner_type": owner_type}
-            ctx = steps.ExtractContext(client, None, None, integration, chosen, None, False, {})
-            return [repo for page in step.extract(ctx) for repo in page]
-
-        listed = extracted(settings_mod.DEFAULTS)
-        chosen = listed if parsed == settings_mod.DEFAULTS else extracted(parsed)
-    frame = pd.DataFrame(listed, columns=PREVIEW_COLUMNS)
+        viewer = _viewer(client) if owner_type == "User" and client.authenticated else None
+        found = {repo["id"]: repo for page in client.paginate(client.listing_url(owner, owner_type, viewer))
+                 for repo in page.items}
+        matched = None
+        if parsed["repository_filter"]:
+            hits = [repo for page in client.search_repositories(f"user:{owner} {parsed['repository_filter']}")
+                    for repo in page.items]
+            found.update({repo["id"]: repo for repo in hits if repo["id"] not in found})
+            matched = {repo["id"] for repo in hits}
+    frame = pd.DataFrame(list(found.values()), columns=PREVIEW_COLUMNS)
     frame["pushed_at"] = pd.to_datetime(frame["pushed_at"], utc=True, format="ISO8601")
-    frame["selected"] = frame["id"].isin({repo["id"] for repo in chosen})
+    frame["selected"] = [
+        (matched is None or repo["id"] in matched) and repositories_step.wanted(repo, parsed) for repo in found.values()
+    ]
     return frame.sort_values("full_name", ignore_index=True)
 
 
-def run_sync(tenant: str, *, full: bool = False, run_workers: bool | None = None, timeout: float | None = None) -> SyncResult:
-    """Run the tenant's sync with progress bars; raise SyncFailed when it does not finish."""
-    result = sync(tenant, full=full, run_workers=run_workers, timeout=timeout, progress=True)
+def _viewer(client: GitHubClient) -> str | None:
+    """The login the token belongs to: a user's own token lists that user's private repositories too."""
+    response, body = client.get("/user")
+    return body["login"] if response.status_code == 200 else None
+
+
+def run_sync(
+    tenant: str,
+    *,
+    full: bool = False,
+    run_workers: bool | None = None,
+    timeout: float | None = None,
+    status_key: str | None = None,
+) -> SyncResult:
+    """Run the tenant's sync with live status; raise SyncFailed when it does not finish.
+
+    With the tenant's status-stream key (`status_key`, else $GHETL_STATUS_KEY) the status board
+    shows the run's circles, fed by the stream at $GHETL_STATUS_URL or, without one, by a status
+    server started in this process for the run; without a key, progress bars show each stage.
+    """
+    broker = broker_mod.connect()
+    board = _LiveBoard.open(tenant, status_key or os.environ.get("GHETL_STATUS_KEY"), broker)
+    try:
+        result = sync(tenant, full=full, run_workers=run_workers, timeout=timeout, broker=broker,
+                      progress=board is None)
+        if board is not None:
+            board.settle(result.run_id)
+    finally:
+        if board is not None:
+            board.close()
+        if not isinstance(broker, broker_mod.MemoryBroker):
+            broker.close()
     if result.overall != "FINISHED":
         raise SyncFailed(f"sync of tenant '{result.tenant}' ended {result.overall}: {result.error}")
     return result
+
+
+class _LiveBoard:
+    """A displayed StatusBoard and, when no stream runs elsewhere, the status server feeding it."""
+
+    SETTLE_SECONDS = 10.0
+
+    def __init__(self, board: Any, server: Any) -> None:
+        self.board = board
+        self.server = server
+
+    @classmethod
+    def open(cls, tenant: str, key: str | None, broker: broker_mod.Broker) -> _LiveBoard | None:
+        if not key:
+            return None
+        try:
+            from .widgets import StatusBoard
+        except ImportError:
+            return None
+        from IPython.display import display
+
+        from .statusserver import StatusServer
+
+        url = os.environ.get("GHETL_STATUS_URL")
+        server = None if url else StatusServer(db.engine(), broker, port=0).start()
+        board = StatusBoard(tenant, url=url or server.url, key=key)
+        display(board)
+        return cls(board, server)
+
+    def settle(self, run_id: str) -> None:
+        """Let the board draw the run's last circles before it stops following the stream."""
+        try:
+            self.board.wait(run_id, timeout=self.SETTLE_SECONDS)
+        except (TimeoutError, ConnectionRefusedError) as exc:
+            log.warning("the status board did not see the end of the run: %s", exc)
+
+    def close(self) -> None:
+        self.board.close()
+        if self.server is not None:
+            self.server.stop()
 
 
 EMBEDDER_OF_MODEL = {embeddings.HashingEmbedder().model: "hash", embeddings.MINILM: "minilm"}
