@@ -149,9 +149,10 @@ class Sandbox:
     def inject(self, fault: str, *, path: str = ".*", times: int = 1, **options: Any) -> None:
         """Make the next ``times`` requests whose path+query matches ``path`` fail with ``fault``.
 
-        status (status=502, body=..., headers={...}, e.g. a Location for a redirect), html (status=200 or
-        5xx, HTML body labelled JSON), reset, delay (seconds=...), secondary (status=403|429, retry_after=N or none), incomplete (search),
-        mutate (action=callable taking the sandbox, run before the matching request).
+        status (status=502, body=..., headers={...}, e.g. a Location for a redirect), html (status=200
+        or 5xx, HTML body labelled JSON), reset, delay (seconds=...), secondary (status=403|429,
+        retry_after=N or none), incomplete (search), mutate (action=callable taking the sandbox, run
+        before the matching request).  status and html faults also accept seconds=... to answer late.
         """
         self.faults.add(fault, path, times, **options)
         log.info("injected fault %s for %d request(s) matching %s", fault, times, path)
