@@ -155,7 +155,7 @@ class _Bucket:
 def retry_moment(reset_at: float) -> str:
     """'14:05 CEST (in 42 minutes)': when GitHub refills a bucket, in the reader's own clock."""
     local = dt.datetime.fromtimestamp(reset_at).astimezone()
-    minutes = max(1, math.ceil((reset_at - time.time()) / 60))
+    minutes = max(1, round((reset_at - time.time()) / 60))
     day = "" if local.date() == dt.date.today() else f" on {local:%Y-%m-%d}"
     return f"{local:%H:%M} {local.tzname()}{day} (in {minutes} minute{'s' if minutes != 1 else ''})"
 
@@ -325,19 +325,21 @@ class GitHubClient:
         del self._buckets[resource]
 
     def _too_long(self, resource: str, bucket: _Bucket) -> RateLimited:
+        spent = f"down to the {bucket.remaining} kept for interactive use" if bucket.remaining else "spent"
         return RateLimited(
-            f"GitHub's {resource} rate limit for this token is spent until {retry_moment(bucket.reset)}, longer than "
-            f"GHETL_RATE_LIMIT_MAX_WAIT={self.policy.max_wait:g} s; run the sync again after that",
+            f"GitHub's {resource} rate limit for this token is {spent} until {retry_moment(bucket.reset)}, longer than "
+            f"GHETL_RATE_LIMIT_MAX_WAIT={self.policy.max_wait:g} s allows to wait; run the sync again after that",
             bucket.reset,
         )
 
     def _countdown(self, seconds: float, why: str) -> None:
         log.warning("%s: waiting %s", why, _duration(seconds))
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if left < seconds:
-                log.info("still waiting for GitHub's rate limit: %s left", _duration(left))
+        left = seconds
+        while left > 0:
             self._sleep(min(left, COUNTDOWN_STEP))
+            left -= COUNTDOWN_STEP
+            if left > 0:
+                log.info("still waiting for GitHub's rate limit: %s left", _duration(left))
 
     def _sleep(self, seconds: float) -> None:
         self.stats.waited_seconds += seconds
@@ -352,7 +354,7 @@ class GitHubClient:
                 return failure.wait
             return self.policy.secondary_wait * 2 ** (state.attempt_number - 1)
         jittered = tenacity.wait_exponential_jitter(
-            initial=self.policy.backoff, max=self.policy.backoff_max, jitter=self.policy.backoff
+            multiplier=self.policy.backoff, max=self.policy.backoff_max, jitter=self.policy.backoff
         )
         return jittered(state)
 
@@ -363,8 +365,8 @@ class GitHubClient:
             return
         pause = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "%s; trying again in %s (attempt %d of %d)",
-            _describe(failure), _duration(pause), state.attempt_number + 1, self.policy.retries + 1,
+            "%s for %s; trying again in %s (attempt %d of %d)",
+            _describe(failure), _short(state.args[0]), _duration(pause), state.attempt_number + 1, self.policy.retries + 1,
         )
 
     # ----- pages -----------------------------------------------------------------------------
@@ -388,7 +390,7 @@ class GitHubClient:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda page: page.incomplete),
             stop=tenacity.stop_after_attempt(self.policy.retries + 1),
-            wait=tenacity.wait_exponential_jitter(initial=self.policy.backoff, max=self.policy.backoff_max, jitter=self.policy.backoff),
+            wait=tenacity.wait_exponential_jitter(multiplier=self.policy.backoff, max=self.policy.backoff_max, jitter=self.policy.backoff),
             sleep=self._sleep,
             before_sleep=lambda state: log.warning("GitHub said the search results for %s are incomplete; asking again", _short(url)),
             retry_error_callback=lambda state: state.outcome.result(),
