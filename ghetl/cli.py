@@ -135,7 +135,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     frame = search(args.tenant, args.text, limit=args.limit)
     if frame.empty:
-        print("no embedded repositories for this tenant yet; run: ghetl sync --tenant " + str(args.tenant))
+        print(f"no repositories of tenant {args.tenant} have vectors of this embedder yet; "
+              f"run: ghetl sync --tenant {args.tenant}")
         return 0
     print(frame.to_string(index=False, formatters={"score": "{:.3f}".format}))
     return 0
@@ -248,9 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="only this tenant's jobs")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
-    p = add("search", cmd_search, "find a tenant's repositories by meaning")
+    p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
+            "(hash or minilm; use the one the tenant was synced with)")
     p.add_argument("--tenant", required=True, help="tenant name or id")
-    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--limit", type=_positive, default=10, help="how many repositories to show (default 10)")
     p.add_argument("text", help="what you are looking for, in your own words")
 
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
