@@ -438,6 +438,7 @@ class RabbitBroker:
         connection = pika.BlockingConnection(self._params)
         try:
             channel = connection.channel()
+            self._declare_on(channel)
             channel.basic_qos(prefetch_count=prefetch())
             if backoff.failures:
                 log.info("%s consumer reconnected to RabbitMQ", stage)

@@ -1,0 +1,193 @@
+"""Full sync of 10 000 sandbox repositories on the scale-out deployment (PostgreSQL + RabbitMQ).
+
+Starts the GitHub sandbox in this process, a fresh PostgreSQL database, queues under a unique
+prefix and `ghetl worker all` processes, then runs `ghetl sync --full` as its own process, as
+an operator would. Prints wall seconds, repositories/s per stage (from the status events'
+timestamps), messages published, and the peak RSS of every process (from `os.wait4`, which
+reports each child's own maximum, so no extra dependency is needed). Cleans up after itself.
+
+    .venv/bin/python benchmarks/bench_scaleout.py [--repos 10000] [--workers 2] [--concurrency 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+
+PG_ADMIN_URL = os.environ.get("GHETL_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+TOKEN = "ghp_benchmarkToken0000000000000000000000"
+
+
+def wait4(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Reap a child; return its exit code and its own peak RSS in MB."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss / 1024
+        time.sleep(0.05)
+    proc.kill()
+    _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
+
+
+def stage_rates(events: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
+    """Per stage: items processed and seconds from its first event to its `finished` event."""
+    first: dict[str, dt.datetime] = {}
+    done: dict[str, tuple[int, dt.datetime]] = {}
+    for event in events:
+        if event.get("type") != "stage":
+            continue
+        at = dt.datetime.fromisoformat(event["timestamp"])
+        first.setdefault(event["stage"], at)
+        if event["status"] == "finished":
+            done[event["stage"]] = (event.get("processed") or 0, at)
+    return {stage: (n, (at - first[stage]).total_seconds()) for stage, (n, at) in done.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repos", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2, help="`ghetl worker all` processes")
+    parser.add_argument("--concurrency", type=int, default=1, help="consumers per stage in each worker")
+    parser.add_argument("--profile", metavar="DIR", help="run every process under py-spy, collapsed stacks into DIR")
+    args = parser.parse_args()
+
+    profilers: list[subprocess.Popen[bytes]] = []
+
+    def profile(name: str, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        """Attach py-spy (collapsed stacks into DIR/name.txt); it writes them on SIGINT or when the process ends."""
+        if args.profile:
+            profilers.append(subprocess.Popen(
+                ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", f"{args.profile}/{name}.txt",
+                 "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        return proc
+
+    from ghetl import db, tenants
+    from ghetl.rabbitmq import RabbitBroker
+    from ghetl.sandbox import Sandbox
+
+    name = f"ghetl_bench_{uuid.uuid4().hex[:10]}"
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix,
+           "GITHUB_TOKEN": TOKEN}
+    env.pop("GHETL_EMBEDDER", None)
+    broker = RabbitBroker(AMQP_URL, prefix)
+    workers: list[subprocess.Popen[bytes]] = []
+    logs: list[Any] = []
+    events: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    try:
+        with Sandbox(orgs={"bench": args.repos}, seed=3) as sandbox:
+            engine = db.engine(url)
+            db.init(engine)
+            with engine.begin() as conn:
+                tenants.add_tenant(conn, "bench")
+                tenants.add_integration(conn, "bench", "bench", api_url=sandbox.url)
+            engine.dispose()
+            broker.declare()
+
+            def record(event: dict[str, Any]) -> None:
+                with lock:
+                    events.append(event)
+
+            unsubscribe = broker.subscribe_status(record)
+            for _ in range(args.workers):
+                log = tempfile.TemporaryFile()
+                logs.append(log)
+                workers.append(profile(f"worker{len(workers)}", subprocess.Popen(
+                    [sys.executable, "-m", "ghetl", "worker", "all", "--concurrency", str(args.concurrency)],
+                    env=env, stdout=subprocess.DEVNULL, stderr=log,
+                )))
+            expected = args.workers * args.concurrency
+            deadline = time.monotonic() + 60
+            while min(broker.consumer_count("transform"), broker.consumer_count("embedding")) < expected:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the workers did not start consuming within a minute")
+                time.sleep(0.1)
+
+            started = time.perf_counter()
+            sync = profile("sync", subprocess.Popen(
+                [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            ))
+            out = sync.stdout.read() if sync.stdout else b""
+            err = sync.stderr.read() if sync.stderr else b""
+            code, sync_rss = wait4(sync, 600)
+            wall = time.perf_counter() - started
+            if code != 0:
+                raise SystemExit(f"ghetl sync exited {code}: {err.decode()[-2000:]}")
+            result = json.loads(out)
+            time.sleep(0.3)
+            unsubscribe()
+
+            for profiler in profilers:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
+            worker_rss = []
+            for proc in workers:
+                proc.send_signal(signal.SIGTERM)
+            for proc in workers:
+                worker_code, rss = wait4(proc, 60)
+                worker_rss.append((proc.pid, worker_code, rss))
+            published = sum(_published(log) for log in logs)
+            with lock:
+                run_events = [e for e in events if e.get("run_id") == result["run_id"]]
+    finally:
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        broker.delete_queues()
+        broker.close()
+        db.dispose_engines()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    counts = result["counts"]["github_repositories"]
+    transform_messages = -(-counts["extracted"] // 100)
+    print(f"scale-out (PostgreSQL + RabbitMQ), {args.repos} repositories, {args.workers} worker process(es) "
+          f"x {args.concurrency} consumer(s) per stage")
+    print(f"  overall            {result['overall']}")
+    print(f"  wall seconds       {wall:.2f} (ghetl sync process, start to exit)")
+    print(f"  sync seconds       {result['seconds']:.2f} (inside sync(): claim, extract, wait for FINISHED)")
+    print(f"  repositories/s     {counts['embedded'] / wall:.0f} end to end")
+    for stage, (n, seconds) in stage_rates(run_events).items():
+        print(f"    {stage:<16} {n / seconds if seconds else float('inf'):.0f}/s ({n} in {seconds:.2f} s)")
+    print(f"  stored/embedded    {counts['transformed']}/{counts['embedded']} (failed {counts['failed']})")
+    print(f"  messages published {transform_messages} transform (sync, one per listing page) + {published} embedding (workers)")
+    print(f"  API requests       {result['requests']}")
+    print(f"  peak RSS           sync {sync_rss:.0f} MB; " + "; ".join(
+        f"worker {pid} {rss:.0f} MB (exit {c})" for pid, c, rss in worker_rss))
+
+
+def _published(log: Any) -> int:
+    """What a worker says it published, from its closing log line."""
+    log.seek(0)
+    match = re.search(rb"(\d+) published", log.read())
+    return int(match.group(1)) if match else 0
+
+
+if __name__ == "__main__":
+    main()

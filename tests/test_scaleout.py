@@ -1,0 +1,305 @@
+"""The scale-out deployment on real servers: RabbitMQ confirms, `ghetl worker` processes,
+completion under parallelism, and `ghetl sync` waiting for remote workers.
+
+Each test has its own PostgreSQL database and queue prefix (conftest's `_scaleout`); when
+CI=true an unreachable server fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+import sqlalchemy as sa
+
+from ghetl.broker import wait_until
+from ghetl.rabbitmq import PublishRejected, RabbitBroker
+
+from .conftest import TOKEN, Backend, _scaleout, add_tenant
+
+FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
+
+
+@pytest.fixture
+def scaleout() -> Iterator[Backend]:
+    """Only the PostgreSQL + RabbitMQ back end (these tests are about it)."""
+    yield from _scaleout()
+
+
+class Workers:
+    """`ghetl worker` processes of one test, with their logs; all stopped at the end."""
+
+    def __init__(self, backend: Backend, logs: Path, **env: str) -> None:
+        self.backend = backend
+        self.logs = logs
+        self.env = {**os.environ, **backend.env, "GITHUB_TOKEN": TOKEN, **env}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, stage: str, count: int = 1, *, concurrency: int = 1, wait: bool = True) -> list[subprocess.Popen[bytes]]:
+        stages = ("transform", "embedding") if stage == "all" else (stage,)
+        before = {s: self.backend.broker.consumer_count(s) for s in stages}  # type: ignore[attr-defined]
+        started = []
+        for _ in range(count):
+            log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ghetl", "worker", stage, "--concurrency", str(concurrency)],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+            )
+            log.close()
+            self.procs.append(proc)
+            started.append(proc)
+        if wait:
+            expected = {s: before[s] + count * concurrency for s in stages}
+            assert wait_until(
+                lambda: all(self.backend.broker.consumer_count(s) >= n for s, n in expected.items()),  # type: ignore[attr-defined]
+                timeout=60, interval=0.1,
+            ), f"workers did not attach to their queues: {self.log_text()}"
+        return started
+
+    def stop(self, timeout: float = 30) -> list[int]:
+        """SIGTERM every live worker; return their exit codes."""
+        live = [p for p in self.procs if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        return [proc.wait(timeout) for proc in live]
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+
+
+@pytest.fixture
+def workers(scaleout: Backend, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(scaleout, tmp_path, **FAST_RETRIES)
+    try:
+        yield pool
+    finally:
+        pool.kill()
+
+
+def sync_remote(backend: Backend, tenant: str, **kwargs: Any) -> Any:
+    """A sync that publishes and waits for the worker processes (the amqp default)."""
+    return backend.sync(tenant, run_workers=False, **kwargs)
+
+
+def stored_once(backend: Backend, expected: int) -> None:
+    """Every repository of the org is stored, and stored exactly once, with one vector each."""
+    rows, distinct = backend.rows("SELECT count(*), count(DISTINCT external_id) FROM repositories")[0]
+    assert (rows, distinct) == (expected, expected)
+    vectors, distinct = backend.rows("SELECT count(*), count(DISTINCT external_id) FROM embeddings")[0]
+    assert (vectors, distinct) == (expected, expected)
+
+
+def test_a_publish_the_broker_refuses_raises(scaleout: Backend) -> None:
+    """Publisher confirms are real: a nack from a full reject-publish queue reaches the caller."""
+    broker = scaleout.broker
+    queue = broker.queue("transform")  # type: ignore[attr-defined]
+    policy = f"{queue}-full"
+    subprocess.run(
+        ["rabbitmqctl", "set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+         '{"max-length": 2, "overflow": "reject-publish"}'], check=True, capture_output=True, timeout=60,
+    )
+    try:
+        broker.publish("transform", [{"n": 1}, {"n": 2}])
+        with pytest.raises(PublishRejected, match="refused"):
+            broker.publish("transform", [{"n": 3}])
+        assert broker.pending("transform") == 2  # type: ignore[attr-defined]
+    finally:
+        subprocess.run(["rabbitmqctl", "clear_policy", policy], check=True, capture_output=True, timeout=60)
+
+
+def test_a_publish_no_queue_takes_raises(scaleout: Backend) -> None:
+    """Messages are published mandatory: a missing queue is an error, not a silent loss."""
+    broker = RabbitBroker(scaleout.broker_url, f"{scaleout.env['GHETL_QUEUE_PREFIX']}y")
+    try:
+        broker.declare()
+        with broker._channel() as channel:
+            channel.queue_delete(broker.queue("embedding"))
+        with pytest.raises(PublishRejected, match="no queue"):
+            broker.publish("embedding", [{"n": 1}])
+        broker.publish("transform", [{"n": 1}])
+        assert broker.pending("transform") == 1
+    finally:
+        broker.delete_queues()
+        broker.close()
+
+
+def test_many_messages_are_confirmed_and_kept(scaleout: Backend) -> None:
+    """A large list goes out in one call, every message persistent and counted."""
+    broker = scaleout.broker
+    broker.publish("transform", [{"n": n} for n in range(2000)])
+    assert broker.pending("transform") == 2000  # type: ignore[attr-defined]
+    with broker._channel() as channel:  # type: ignore[attr-defined]
+        method, properties, _body = channel.basic_get(broker.queue("transform"), auto_ack=True)  # type: ignore[attr-defined]
+    assert method is not None and properties.delivery_mode == 2
+    assert properties.headers["x-ghetl-attempt"] == 1
+
+
+def _watch_db(backend: Backend, job_id: int, stop: threading.Event, snapshots: list[Any]) -> None:
+    """Snapshot the job's circles and the run's item counts in one statement, until stopped."""
+    query = sa.text(
+        "SELECT j.status, j.last_sync_date, j.run_id,"
+        " (SELECT count(*) FROM raw_extraction_data r WHERE r.run_id = j.run_id AND r.status = 'pending'),"
+        " (SELECT count(*) FROM raw_extraction_data r WHERE r.run_id = j.run_id AND r.status = 'transformed')"
+        " FROM etl_jobs j WHERE j.id = :job"
+    )
+    with backend.engine.connect() as conn:
+        while not stop.is_set():
+            snapshots.append(conn.execute(query, {"job": job_id}).one())
+            conn.rollback()
+            time.sleep(0.005)
+
+
+def test_parallel_workers_finish_each_stage_only_when_every_item_passed(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
+) -> None:
+    """4 transform + 2 embedding processes: no early `finished`, FINISHED once, last_sync_date once."""
+    sandbox = make_sandbox(orgs={"acme": 1000}, seed=5)
+    tenant = add_tenant(scaleout, sandbox)
+    workers.start("transform", 4)
+    workers.start("embedding", 2)
+    job_id = scaleout.scalar("SELECT id FROM etl_jobs")
+    events: list[dict[str, Any]] = []
+    unsubscribe = scaleout.broker.subscribe_status(events.append)
+    snapshots: list[Any] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_db, args=(scaleout, job_id, stop, snapshots))
+    watcher.start()
+    try:
+        result = sync_remote(scaleout, tenant, full=True)
+        assert wait_until(lambda: any(e.get("overall") == "FINISHED" for e in events), timeout=10)
+    finally:
+        stop.set()
+        watcher.join()
+        unsubscribe()
+    assert result.overall == "FINISHED"
+    stored_once(scaleout, 1000)
+
+    run = [e for e in events if e.get("run_id") == result.run_id]
+    assert [e["overall"] for e in run if e["type"] == "job"].count("FINISHED") == 1
+    for stage in ("transform", "embedding"):
+        finished = [e for e in run if e["type"] == "stage" and e["stage"] == stage and e["status"] == "finished"]
+        assert len(finished) == 1, f"{stage} finished {len(finished)} times"
+        assert finished[0]["processed"] == finished[0]["total"] == 1000
+    assert max(e["processed"] or 0 for e in run if e["type"] == "stage") == 1000
+
+    during = [s for s in snapshots if s.run_id == result.run_id]
+    assert len(during) > 10
+    for status, _last_sync, _run, pending, transformed in during:
+        circles = status["steps"]["github_repositories"]
+        if circles["transform"] == "finished":
+            assert pending == 0, "transform said finished while items were pending"
+        if circles["embedding"] == "finished":
+            assert pending + transformed == 0, "embedding said finished while items were waiting for it"
+        if status["overall"] == "FINISHED":
+            assert circles["embedding"] == "finished"
+    last_sync = [s.last_sync_date for s in snapshots]
+    changes = sum(1 for a, b in zip(last_sync, last_sync[1:]) if a != b)
+    assert changes == 1 and last_sync[-1] is not None
+    assert scaleout.scalar("SELECT count(*) FROM etl_job_runs WHERE overall = 'FINISHED'") == 1
+    assert workers.stop() == [0] * 6
+
+
+def run_in_terminal(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """Run a command with stderr on a pseudo-terminal (where progress bars are drawn); return code, stdout, stderr."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    out, _ = proc.communicate(timeout=timeout)
+    reader.join(10)
+    os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def test_sync_cli_waits_for_workers_with_progress_and_exit_code(
+    scaleout: Backend, workers: Workers, sandbox: Any, token: str
+) -> None:
+    """`ghetl sync` on amqp publishes, shows a bar per stage fed by the status exchange, exits 0 on FINISHED."""
+    tenant = add_tenant(scaleout, sandbox)
+    workers.start("all")
+    code, out, err = run_in_terminal(
+        [sys.executable, "-m", "ghetl", "sync", "--tenant", tenant, "--timeout", "120"], workers.env, 180
+    )
+    assert code == 0, err
+    assert "FINISHED" in out
+    lines = err.replace("\r", "\n").splitlines()
+    for stage in ("extraction", "transform", "embedding"):
+        assert any(line.startswith(stage) and "500/500" in line for line in lines), err
+    stored_once(scaleout, 500)
+
+
+def test_sync_without_workers_says_how_to_start_one_and_fails(scaleout: Backend, sandbox: Any, token: str) -> None:
+    tenant = add_tenant(scaleout, sandbox)
+    env = {**os.environ, **scaleout.env, "GITHUB_TOKEN": TOKEN}
+    done = subprocess.run(
+        [sys.executable, "-m", "ghetl", "sync", "--tenant", tenant, "--timeout", "3", "--quiet"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    prefix = scaleout.env["GHETL_QUEUE_PREFIX"]
+    assert f"no workers are consuming {prefix}.transform; start one with: ghetl worker all" in done.stderr
+    assert scaleout.scalar("SELECT status->>'overall' FROM etl_jobs") == "FAILED"
+
+
+def test_worker_stops_on_sigterm_and_a_new_one_finishes_the_run(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
+) -> None:
+    """SIGTERM mid-run: the worker finishes what it holds and exits 0; nothing is lost or doubled."""
+    sandbox = make_sandbox(orgs={"acme": 600}, seed=8)
+    tenant = add_tenant(scaleout, sandbox)
+    first = workers.start("transform")[0]
+    workers.start("embedding")
+    codes: list[int] = []
+
+    def stop_first_and_replace(_sb: Any) -> None:
+        first.send_signal(signal.SIGTERM)
+        codes.append(first.wait(30))
+        workers.start("transform", wait=False)
+
+    sandbox.inject("mutate", path=r"page=4\b", action=stop_first_and_replace)
+    result = sync_remote(scaleout, tenant, full=True)
+    assert codes == [0]
+    assert result.overall == "FINISHED"
+    stored_once(scaleout, 600)
+    assert "SIGTERM received" in workers.log_text()
+    assert scaleout.scalar("SELECT count(*) FROM raw_extraction_data WHERE status <> 'embedded'") == 0
+
+
+def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
+    env = {**os.environ, **scaleout.env, "GHETL_BROKER_URL": "memory://"}
+    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "GHETL_BROKER_URL=amqp://" in done.stderr and "Traceback" not in done.stderr
