@@ -433,6 +433,23 @@ def test_a_full_sync_of_unchanged_pages_gives_every_repository_from_stored_paylo
     assert result.counts["github_repositories"] == {"extracted": 250, "transformed": 250, "embedded": 250, "failed": 0}
 
 
+def test_a_page_whose_stored_payloads_are_gone_is_fetched_in_full(backend, small, token):
+    tenant = add_tenant(backend, small)
+    backend.sync(tenant)
+    lost = newest_first(small)[150]["id"]
+    with backend.engine.begin() as conn:
+        conn.execute(raw_extraction_data.delete().where(raw_extraction_data.c.external_id == str(lost)))
+    small.reset_stats()
+
+    result = backend.sync(tenant, full=True)
+
+    assert result.overall == "FINISHED"
+    assert [(r.query.get("page"), r.status) for r in small.requests] == [
+        (None, 304), ("2", 304), ("2", 200), ("3", 304)]
+    assert (result.requests, result.not_modified, result.rate_limit_points) == (4, 3, 1)
+    assert sorted(p["id"] for p in run_payloads(backend, result.run_id)) == sorted(r["id"] for r in small.repos("acme"))
+
+
 def test_a_rate_limit_stop_keeps_what_landed_and_the_next_run_resumes(backend, make_sandbox, token):
     sb = make_sandbox(orgs={"acme": 250}, core_limit=3, reset_seconds=3600)
     tenant = add_tenant(backend, sb)
@@ -499,6 +516,22 @@ def test_a_repository_skipped_between_pages_is_caught_by_the_next_incremental_ru
     assert len(rows) == 250 and rows[str(skipped["id"])]["description"] == "touched mid-run"
     assert (second.requests, second.rate_limit_points) == (1, 1)
     assert [p["id"] for p in run_payloads(backend, second.run_id)] == [skipped["id"]]
+
+
+def test_a_repository_github_keeps_failing_on_is_skipped_not_the_run(backend, small, token):
+    tenant = add_tenant(backend, small)
+    backend.sync(tenant)
+    broken = small.repos("acme")[4]
+    small.transfer(broken["full_name"], "elsewhere")
+    small.inject("status", path=f"^/repositories/{broken['id']}$", times=100, status=500)
+
+    result = backend.sync(tenant, full=True)
+
+    assert result.overall == "FINISHED" and result.stats["unavailable"] == 1
+    row = repo_rows(backend)[str(broken["id"])]
+    assert row["full_name"] == broken["full_name"] and row["active"]
+    assert result.counts["github_repositories"]["extracted"] == 249
+    assert result.requests == 3 + FAST.retries + 1 and result.rate_limit_points == 3
 
 
 def test_rename_and_transfer_update_the_same_row(backend, small, token):

@@ -1,8 +1,8 @@
 """The `github_repositories` step: every stage of a repository, from API page to vector text.
 
 Collector: list the owner's repositories (or search them when `repository_filter` is set),
-newest update first, stop paging at the incremental cut-off, then on full runs re-fetch by id
-the known repositories that were not listed. Extractor/convertor: map a payload to a
+newest update first, each listing page conditional on the ETag it had last time, stop paging
+at the incremental cut-off, then re-fetch by id the known repositories that were not listed. Extractor/convertor: map a payload to a
 `repositories` row. Embedding: the text that stands for the repository.
 """
 
@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from .. import db, http_cache, tenants
 from ..db import repositories
-from ..github import GitHubError
+from ..github import GitHubError, GitHubUnavailable
 from . import ExtractContext
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,8 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[list[di
     On a full run: known active repositories missing from the listing (renamed, transferred or
     deleted). On every run: those that failed in the previous run, which an incremental listing
     would no longer bring since the cut-off moved past them. Fetched by id, which follows
-    renames and transfers; a 404 marks the row inactive.
+    renames and transfers; a 404 marks the row inactive. A repository GitHub keeps failing on
+    (after every retry) is skipped with a warning, so one broken repository does not end the run.
     """
     wanted_ids = set(ctx.retry_ids)
     if ctx.full:
@@ -194,7 +195,12 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[list[di
     missing = sorted(wanted_ids - listed, key=int)
     batch: list[dict[str, Any]] = []
     for external_id in missing:
-        repo = ctx.client.get_repository(external_id)
+        try:
+            repo = ctx.client.get_repository(external_id)
+        except GitHubUnavailable as exc:
+            log.warning("repository %s skipped this run: %s", external_id, exc)
+            ctx.stats["unavailable"] = ctx.stats.get("unavailable", 0) + 1
+            continue
         if repo is None:
             deactivate(ctx.engine, ctx.tenant_id, ctx.integration["id"], external_id)
             ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + 1
