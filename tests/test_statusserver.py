@@ -1,0 +1,276 @@
+"""The WebSocket status stream with real clients: snapshot then ordered events, on both back ends;
+worker processes seen through RabbitMQ; tenant isolation; stalled clients cost nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from ghetl.broker import wait_until
+from ghetl.status import job_event, stage_event
+from ghetl.statusserver import StatusServer, Subscription
+
+from .conftest import TOKEN, Backend, _scaleout, add_tenant
+from .status_helpers import (
+    STAGES, STEP, Client, assert_ordered_run, ended, free_port, start_cli_server, stream_key, stream_url, tenant_id,
+)
+
+
+@pytest.fixture
+def server(backend: Backend) -> Iterator[StatusServer]:
+    with StatusServer(backend.engine, backend.broker, port=0) as running:
+        yield running
+
+
+def test_snapshot_then_every_change_of_a_sync_in_order(backend, sandbox, tenant, server):
+    key = stream_key(backend, tenant)
+    client = Client(server.url, tenant, key)
+    snapshot = client.until(lambda ms: len(ms) >= 1)[0]
+    assert snapshot["type"] == "snapshot" and snapshot["reason"] == "connect"
+    assert snapshot["tenant"] == tenant and snapshot["tenant_id"] == tenant_id(backend, tenant)
+    [job] = snapshot["jobs"]
+    assert job["overall"] == "READY" and job["run_id"] is None and job["last_sync_date"] is None
+    assert {s: job["status"]["steps"][STEP][s] for s in STAGES} == dict.fromkeys(STAGES, "idle")
+
+    result = backend.sync(tenant)
+    messages = client.until_run_ends(result.run_id)
+
+    assert result.overall == "FINISHED"
+    assert_ordered_run(messages, result.run_id, total=500)
+    assert all(m["tenant_id"] == snapshot["tenant_id"] and m["job_id"] == job["job_id"] for m in messages[1:])
+
+    fresh = client.barrier()[-1]
+    assert fresh["reason"] == "requested"
+    [job] = fresh["jobs"]
+    assert job["overall"] == "FINISHED" and job["run_id"] == result.run_id and job["last_sync_date"] is not None
+    assert {s: job["progress"][STEP][s]["processed"] for s in STAGES} == dict.fromkeys(STAGES, 500)
+    client.close()
+
+
+def test_a_job_filter_and_a_query_key_work_too(backend, sandbox, tenant, server):
+    key = stream_key(backend, tenant)
+    job_id = backend.scalar("select id from etl_jobs")
+    with connect(stream_url(server.url, tenant, job=job_id, key=key)) as ws:
+        snapshot = json.loads(ws.recv(timeout=10))
+    assert [j["job_id"] for j in snapshot["jobs"]] == [job_id] and snapshot["job_id"] == job_id
+
+
+def _close_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    with connect(url, additional_headers=headers or {}) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+def test_a_client_without_the_right_key_is_refused_with_the_reason(embedded, sandbox, token):
+    a = add_tenant(embedded, sandbox, name="tenant-a")
+    b = add_tenant(embedded, sandbox, name="tenant-b", owner="octocat")
+    old_key = stream_key(embedded, a)
+    key_a, key_b = stream_key(embedded, a), stream_key(embedded, b)
+    job_b = embedded.scalar("select id from etl_jobs where tenant_id = :t", t=tenant_id(embedded, b))
+    with StatusServer(embedded.engine, embedded.broker, port=0) as server:
+        base = server.url
+        code, reason = _close_of(stream_url(base, a))
+        assert code == 4401 and "Authorization: Bearer" in reason and "?key=" in reason
+        code, reason = _close_of(stream_url(base, a), {"Authorization": "Bearer not-the-key"})
+        assert code == 4403 and "wrong key for tenant 'tenant-a'" in reason
+        assert _close_of(stream_url(base, a, key=old_key)) == (code, reason), "a rotated key stops working"
+        assert _close_of(stream_url(base, a, key=key_b))[0] == 4403, "a key opens only its own tenant"
+        assert _close_of(stream_url(base, "no-such-tenant", key=key_a))[0] == 4403
+        assert _close_of(f"{base}/?key={key_a}")[0] == 4400
+        code, reason = _close_of(stream_url(base, a, job=job_b, key=key_a))
+        assert code == 4404 and f"no job {job_b}" in reason, "another tenant's job is not reachable either"
+        assert not server.subscriptions(), "a refused client is never subscribed"
+        with connect(stream_url(base, tenant_id(embedded, a), key=key_a)) as ws:
+            assert json.loads(ws.recv(timeout=10))["tenant"] == a, "a tenant may be named by its id"
+
+
+def test_two_tenants_syncing_at_once_each_see_only_their_own(backend, sandbox, token, server):
+    names = [add_tenant(backend, sandbox, name="tenant-a"), add_tenant(backend, sandbox, name="tenant-b", owner="octocat")]
+    clients = {name: Client(server.url, name, stream_key(backend, name)) for name in names}
+    for client in clients.values():
+        client.until(lambda ms: len(ms) >= 1)
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, backend.sync(n))) for n in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    for name, total in zip(names, (500, 12)):
+        result, client = results[name], clients[name]
+        assert result.overall == "FINISHED"
+        client.until_run_ends(result.run_id)
+        messages = client.barrier()
+        own = tenant_id(backend, name)
+        assert {m["tenant_id"] for m in messages} == {own}
+        assert {j["job_id"] for m in messages if m["type"] == "snapshot" for j in m["jobs"]} == {result.job_id}
+        assert {m["run_id"] for m in messages if m["type"] != "snapshot"} == {result.run_id}
+        assert_ordered_run(messages, result.run_id, total=total)
+        client.close()
+
+
+@contextmanager
+def stalled_client(server: StatusServer, url: str) -> Iterator[tuple[Subscription, ClientConnection]]:
+    """A client that reads nothing (tiny receive buffer, one-message queue, recv() never called),
+    next to the server's one other client; yields its subscription and its connection."""
+    [other] = server.subscriptions()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        with connect(url, sock=sock, max_queue=1, ping_interval=None, close_timeout=0.5) as stalled:
+            assert wait_until(lambda: len(server.subscriptions()) == 2, 10)
+            [subscription] = [s for s in server.subscriptions() if s is not other]
+            yield subscription, stalled
+
+
+def _flood(backend: Backend, reader: Client, tenant: int, job: int, count: int, batch: int = 4) -> None:
+    """Publish `count` bulky progress events, letting the healthy reader keep up batch by batch
+    (a batch lands in every queue at once, so it must be smaller than the server's queues)."""
+    for start in range(0, count, batch):
+        events = [{**stage_event(tenant, job, "flood", STEP, "transform", "running", processed=n),
+                   "padding": secrets.token_hex(4000)}  # random, so that compression cannot shrink it
+                  for n in range(start, min(start + batch, count))]
+        backend.broker.publish_status(events)
+        last = events[-1]["processed"]
+        reader.until(lambda ms: any(m.get("processed") == last for m in ms))
+
+
+def test_a_stalled_client_loses_its_backlog_for_a_snapshot(embedded, sandbox, token):
+    tenant = add_tenant(embedded, sandbox)
+    key = stream_key(embedded, tenant)
+    own, job = tenant_id(embedded, tenant), embedded.scalar("select id from etl_jobs")
+    with StatusServer(embedded.engine, embedded.broker, port=0, queue_size=16) as server:
+        healthy = Client(server.url, tenant, key)
+        healthy.until(lambda ms: len(ms) == 1)
+        with stalled_client(server, stream_url(server.url, tenant, key=key)) as (stalled_sub, stalled):
+            _flood(embedded, healthy, own, job, 2000)
+
+            assert [m["processed"] for m in healthy.messages[1:]] == list(range(2000)), "the healthy client got all, in order"
+            assert stalled_sub.dropped > 0 and stalled_sub.resyncs >= 1
+            assert stalled_sub.queue.qsize() <= 16, "the stalled client's backlog stays bounded"
+            assert stalled_sub.delivered < 2000
+
+            received: list[dict] = []
+            while not (received and received[-1]["type"] == "snapshot" and received[-1]["reason"] == "overflow"):
+                received.append(json.loads(stalled.recv(timeout=10)))
+            assert received[0]["type"] == "snapshot" and received[0]["reason"] == "connect"
+            progress = [m["processed"] for m in received if m["type"] == "stage"]
+            assert progress == sorted(progress) and len(progress) < 2000, "what it got before the gap came in order"
+        healthy.close()
+
+
+def test_a_stalled_client_does_not_hold_up_a_sync(backend, sandbox, tenant):
+    """With one client stuck (its sender blocked on a full socket), a sync runs and others see it all."""
+    key = stream_key(backend, tenant)
+    own, job = tenant_id(backend, tenant), backend.scalar("select id from etl_jobs")
+    with StatusServer(backend.engine, backend.broker, port=0, queue_size=64) as server:
+        healthy = Client(server.url, tenant, key)
+        healthy.until(lambda ms: len(ms) == 1)
+        with stalled_client(server, stream_url(server.url, tenant, key=key)) as (stalled_sub, _stalled):
+            _flood(backend, healthy, own, job, 1000)
+            assert stalled_sub.dropped > 0, "the stalled client's sender is stuck on its full socket"
+            before = (stalled_sub.delivered, stalled_sub.resyncs, stalled_sub.queue.qsize())
+
+            result = backend.sync(tenant)
+            messages = healthy.until_run_ends(result.run_id)
+
+            assert result.overall == "FINISHED"
+            assert_ordered_run(messages, result.run_id, total=500)
+            after = (stalled_sub.delivered, stalled_sub.resyncs, stalled_sub.queue.qsize())
+            assert after[0] == before[0], "nothing reached the stalled client during the sync"
+            assert after[1] > before[1] or after[2] > before[2], "the sync's events were queued for it, and waited there"
+            assert after[2] <= 64
+        healthy.close()
+
+
+@pytest.fixture
+def scaleout() -> Iterator[Backend]:
+    yield from _scaleout()
+
+
+def test_events_from_worker_processes_reach_a_separate_status_server(scaleout, sandbox, token, tmp_path):
+    """RabbitMQ end to end: `ghetl worker` processes -> fanout exchange -> `ghetl status-server` process."""
+    from .test_scaleout import Workers
+
+    name = add_tenant(scaleout, sandbox)
+    key = stream_key(scaleout, name)
+    workers = Workers(scaleout, tmp_path)
+    port = free_port()
+    server = start_cli_server(scaleout.env, port, tmp_path / "status-server.log")
+    try:
+        workers.start("all")
+        client = Client(f"ws://127.0.0.1:{port}", name, key)
+        client.until(lambda ms: len(ms) == 1)
+        result = scaleout.sync(name, run_workers=False)
+        messages = client.until_run_ends(result.run_id)
+        assert result.overall == "FINISHED"
+        assert_ordered_run(messages, result.run_id, total=500)
+        client.close()
+    finally:
+        workers.kill()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(30) == 0, (tmp_path / "status-server.log").read_text()
+
+
+def test_the_cli_server_on_memory_follows_a_sync_of_another_process(embedded, sandbox, token, tmp_path):
+    """On memory:// the server cannot hear another process's bus; it reads the changes from the database."""
+    tenant = add_tenant(embedded, sandbox)
+    key = stream_key(embedded, tenant)
+    port = free_port()
+    env = {**embedded.env, "GHETL_BROKER_URL": "memory://"}
+    server = start_cli_server(env, port, tmp_path / "status-server.log", "--poll", "0.1")
+    try:
+        client = Client(f"ws://127.0.0.1:{port}", tenant, key)
+        client.until(lambda ms: len(ms) == 1)
+        result = embedded.sync(tenant)  # this process's broker is not the server's: only the database connects them
+        messages = client.until_run_ends(result.run_id)
+        assert result.overall == "FINISHED"
+        events = [m for m in messages[1:] if m["run_id"] == result.run_id]
+        assert events[0]["overall"] == "RUNNING" and ended(events[-1], result.run_id)
+        for stage in STAGES:
+            statuses = [m["status"] for m in events if m.get("stage") == stage]
+            assert statuses[0] == "running" and statuses[-1] == "finished", (stage, statuses)
+        client.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(30) == 0
+    assert "listening on ws://127.0.0.1" in (tmp_path / "status-server.log").read_text()
+
+
+def test_the_cli_server_says_when_its_port_is_taken(embedded):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "ghetl", "status-server", "--port", str(port)],
+                                env={**os.environ, **embedded.env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
+    assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0] and "--port" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_errors_reach_clients_as_messages_without_tokens(embedded, sandbox, token):
+    tenant = add_tenant(embedded, sandbox)
+    key = stream_key(embedded, tenant)
+    own, job = tenant_id(embedded, tenant), embedded.scalar("select id from etl_jobs")
+    with StatusServer(embedded.engine, embedded.broker, port=0) as server:
+        client = Client(server.url, tenant, key)
+        client.until(lambda ms: len(ms) == 1)
+        embedded.broker.publish_status([job_event(own, job, "r1", "RUNNING"),
+                                        job_event(own, job, "r1", "FAILED", error=f"GitHub refused {TOKEN}")])
+        failed = client.until(lambda ms: len(ms) == 3)[-1]
+    assert failed["overall"] == "FAILED" and TOKEN not in failed["error"] and "GitHub refused" in failed["error"]
