@@ -381,7 +381,7 @@ class StatusServer:
         subscription = Subscription(tenant["id"], job_id, self.queue_size)
         self._subscriptions.add(subscription)
         sender = asyncio.create_task(self._send(ws, subscription, tenant))
-        log.info("status client connected for tenant %s (%d connected)", tenant["name"], len(self._subscriptions))
+        log.debug("status client connected for tenant %s (%d connected)", tenant["name"], len(self._subscriptions))
         try:
             async for message in ws:
                 if _asks_snapshot(message):
@@ -391,7 +391,7 @@ class StatusServer:
         finally:
             self._subscriptions.discard(subscription)
             sender.cancel()
-            log.info("status client of tenant %s left", tenant["name"])
+            log.debug("status client of tenant %s left", tenant["name"])
 
     def _authorise(self, request: Request) -> tuple[dict[str, Any], int | None]:
         name, job_id, key = _parse_request(request)
