@@ -38,5 +38,5 @@ def configure(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "httpcore", "pika", "websockets"):
+    for noisy in ("httpx", "httpcore", "pika", "websockets", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
