@@ -183,11 +183,13 @@ class _JobPanel:
                 cell.show(job.job_id, step, stage, circles.get(stage, "idle"), job.progress.get(step, {}).get(stage))
 
 
-class StatusBoard(w.VBox):
+class StatusBoard:
     """Live circles for one tenant (or one of its jobs), fed by the WebSocket status stream.
 
     `url` defaults to $GHETL_STATUS_URL, else ws://127.0.0.1:8765; `key` (the tenant's
     status-stream key from `ghetl tenant add` or `ghetl tenant key`) to $GHETL_STATUS_KEY.
+    A notebook shows the board as a cell's value; `.widget` is its ipywidgets box, to place in
+    a layout of one's own.
     """
 
     def __init__(self, tenant: str | int, job: int | None = None, *, url: str | None = None,
@@ -211,10 +213,13 @@ class StatusBoard(w.VBox):
         self._header = w.HTML(f"<b>{html.escape(str(tenant))}</b>")
         self._connection = w.HTML()
         self._jobs_box = w.VBox()
-        super().__init__([w.HBox([self._header, self._connection]), self._jobs_box])
+        self.widget = w.VBox([w.HBox([self._header, self._connection]), self._jobs_box])
         self._say("connecting to " + base)
         self._thread = threading.Thread(target=self._follow, name="ghetl-status-board", daemon=True)
         self._thread.start()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        return self.widget._repr_mimebundle_(**kwargs)
 
     def state(self, job: int | None = None) -> dict[str, dict[str, str]]:
         """{step: {stage: idle|running|finished|failed}} of the board's job, as drawn."""
