@@ -137,8 +137,8 @@ def badge_html(overall: str) -> str:
 class _StageCell:
     def __init__(self) -> None:
         self.circle = w.HTML()
-        self.bar = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="150px"))
-        self.count = w.Label()
+        self.bar = w.FloatProgress(min=0.0, max=1.0, value=0.0, layout=w.Layout(width="130px"))
+        self.count = w.Label(layout=w.Layout(min_width="90px"))
         self.box = w.VBox([self.circle, w.HBox([self.bar, self.count])], layout=w.Layout(margin="0 16px 0 0"))
 
     def show(self, job_id: int, step: str, stage: str, status: str, progress: dict[str, Any] | None) -> None:
