@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
@@ -35,6 +34,7 @@ import tenacity
 
 from . import __version__
 from .config import env_float
+from .settings import SEARCH_QUERY_MAX
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ API_VERSION = "2022-11-28"
 PER_PAGE = 100
 MIN_PER_PAGE = 25
 SEARCH_CAP = 1000
-SEARCH_QUERY_MAX = 256
 SEARCH_EPOCH = dt.datetime(2007, 10, 1, tzinfo=dt.timezone.utc)
 RESET_MARGIN = 0.5
 COUNTDOWN_STEP = 15.0
@@ -253,7 +252,9 @@ class GitHubClient:
         if status == 304:
             return None
         if status == 401:
-            raise TokenRejected(f"token rejected by {self._origin[1]} (401 Bad credentials): check the token's value and expiry")
+            raise TokenRejected(
+                f"token rejected by {self._origin[1]} (401 Bad credentials): check the token's value and expiry"
+            )
         if status in (403, 429):
             self._rate_limited(response)
         if status >= 500:
@@ -267,23 +268,22 @@ class GitHubClient:
 
     def _rate_limited(self, response: httpx.Response) -> None:
         """Sort a 403/429 into secondary limit, primary limit, or a plain refusal."""
-        message = _message(response)
-        retry_after = response.headers.get("retry-after")
-        remaining = response.headers.get("x-ratelimit-remaining")
-        if retry_after is not None or any(w in message.lower() for w in _SECONDARY_WORDS):
+        kind = _limit_kind(response)
+        if kind == "secondary":
             self.stats.secondary_limits += 1
-            wait = float(retry_after) if retry_after is not None and retry_after.isdigit() else None
+            retry_after = response.headers.get("retry-after", "")
+            wait = float(retry_after) if retry_after.isdigit() else None
             reset = response.headers.get("x-ratelimit-reset")
-            if wait is None and remaining == "0" and reset:
+            if wait is None and response.headers.get("x-ratelimit-remaining") == "0" and reset:
                 wait = max(0.0, float(reset) - time.time()) + RESET_MARGIN
             raise _SecondaryLimit(f"secondary rate limit ({response.status_code})", wait)
-        if remaining == "0":
+        if kind == "primary":
             resource = response.headers.get("x-ratelimit-resource", "core")
             bucket = self._buckets.get(resource)
             if bucket is not None and bucket.reset - time.time() > self.policy.max_wait:
                 raise self._too_long(resource, bucket)
             raise _PrimaryLimit(f"the {resource} rate limit is spent")
-        raise GitHubError(f"GitHub refused {response.request.url.path} ({response.status_code}): {message}")
+        raise GitHubError(f"GitHub refused {response.request.url.path} ({response.status_code}): {_message(response)}")
 
     def _account(self, response: httpx.Response) -> None:
         """GitHub charges a point per request, except 304s and requests it refused for rate limits."""
@@ -300,9 +300,8 @@ class GitHubClient:
         self._buckets[resource] = _Bucket(
             int(headers.get("x-ratelimit-limit", 0)), int(remaining), float(headers.get("x-ratelimit-reset", 0))
         )
-        refused = status in (401, 403, 429) and (remaining == "0" or status == 401 or "retry-after" in headers
-                                                 or any(w in _message(response).lower() for w in _SECONDARY_WORDS))
-        if status != 304 and not refused and not response.request.url.path.endswith("/rate_limit"):
+        free = status in (304, 401) or _limit_kind(response) or response.request.url.path.endswith("/rate_limit")
+        if not free:
             self.stats.rate_limit_points += 1
 
     # ----- rate-limit waits ------------------------------------------------------------------
@@ -321,7 +320,8 @@ class GitHubClient:
                 raise self._too_long(resource, bucket)
             self.stats.rate_limit_waits += 1
             kept = f", keeping {reserve} for interactive use" if reserve else ""
-            self._countdown(wait, f"GitHub's {resource} rate limit is spent{kept}; it refills at {retry_moment(bucket.reset)}")
+            refill = retry_moment(bucket.reset)
+            self._countdown(wait, f"GitHub's {resource} rate limit is spent{kept}; it refills at {refill}")
         del self._buckets[resource]
 
     def _too_long(self, resource: str, bucket: _Bucket) -> RateLimited:
@@ -353,10 +353,13 @@ class GitHubClient:
             if failure.wait is not None:
                 return failure.wait
             return self.policy.secondary_wait * 2 ** (state.attempt_number - 1)
-        jittered = tenacity.wait_exponential_jitter(
-            multiplier=self.policy.backoff, max=self.policy.backoff_max, jitter=self.policy.backoff
-        )
-        return jittered(state)
+        return self._jittered(state)
+
+    def _jittered(self, state: tenacity.RetryCallState) -> float:
+        """Exponential backoff plus random jitter, so that clients that failed together do not retry together."""
+        policy = self.policy
+        wait = tenacity.wait_exponential_jitter(multiplier=policy.backoff, max=policy.backoff_max, jitter=policy.backoff)
+        return wait(state)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         self.stats.retries += 1
@@ -366,7 +369,8 @@ class GitHubClient:
         pause = state.next_action.sleep if state.next_action else 0.0
         log.warning(
             "%s for %s; trying again in %s (attempt %d of %d)",
-            _describe(failure), _short(state.args[0]), _duration(pause), state.attempt_number + 1, self.policy.retries + 1,
+            _describe(failure), _short(state.args[0]), _duration(pause),
+            state.attempt_number + 1, self.policy.retries + 1,
         )
 
     # ----- pages -----------------------------------------------------------------------------
@@ -390,15 +394,18 @@ class GitHubClient:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_result(lambda page: page.incomplete),
             stop=tenacity.stop_after_attempt(self.policy.retries + 1),
-            wait=tenacity.wait_exponential_jitter(multiplier=self.policy.backoff, max=self.policy.backoff_max, jitter=self.policy.backoff),
+            wait=self._jittered,
             sleep=self._sleep,
-            before_sleep=lambda state: log.warning("GitHub said the search results for %s are incomplete; asking again", _short(url)),
+            before_sleep=lambda state: log.warning("GitHub's search results for %s are incomplete; asking again", _short(url)),
             retry_error_callback=lambda state: state.outcome.result(),
         )
         page = retrying(self._fetch_page, url, etag)
         if page.incomplete:
             self.stats.incomplete_results += 1
-            log.warning("GitHub's search results for %s stayed incomplete after %d attempts; some repositories may be missing", _short(url), self.policy.retries + 1)
+            log.warning(
+                "GitHub's search results for %s stayed incomplete after %d attempts; some repositories may be missing",
+                _short(url), self.policy.retries + 1,
+            )
         return page
 
     def _fetch_page(self, url: str, etag: str | None) -> Page:
@@ -493,8 +500,10 @@ class GitHubClient:
                     parts[0:0] = halves
                     continue
                 self.stats.search_capped += 1
-                log.warning("search for %r still has %d results within one second of creation dates; only the first %d can be read",
-                            query + _created(span), first.total_count, SEARCH_CAP)
+                log.warning(
+                    "search for %r still has %d results within one second of creation dates; only the first %d can be read",
+                    query + _created(span), first.total_count, SEARCH_CAP,
+                )
             page: Page | None = first
             while page is not None:
                 yield page
@@ -510,6 +519,16 @@ class GitHubClient:
                 "shorten the integration's repository_filter"
             )
         return self.url("/search/repositories", {"q": q, "sort": "updated", "order": "desc", "per_page": PER_PAGE})
+
+
+def _limit_kind(response: httpx.Response) -> str | None:
+    """'secondary' or 'primary' for a 403/429 that is a rate limit, told apart as GitHub documents:
+    `retry-after` or the wording means secondary, an empty bucket means primary."""
+    if response.status_code not in (403, 429):
+        return None
+    if "retry-after" in response.headers or any(w in _message(response).lower() for w in _SECONDARY_WORDS):
+        return "secondary"
+    return "primary" if response.headers.get("x-ratelimit-remaining") == "0" else None
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
@@ -529,8 +548,8 @@ def _updated(item: dict[str, Any]) -> dt.datetime:
 def _split(span: tuple[dt.datetime, dt.datetime] | None) -> list[tuple[dt.datetime, dt.datetime]] | None:
     """Two halves of a creation-time span: whole days while it is days long, then seconds."""
     if span is None:
-        tomorrow = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + dt.timedelta(days=1)
-        span = (SEARCH_EPOCH, tomorrow)
+        today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        span = (SEARCH_EPOCH, today + dt.timedelta(days=1))
     start, end = span
     days = (end - start).days
     if days >= 2 and _midnight(start) and _midnight(end):
