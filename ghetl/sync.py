@@ -23,7 +23,7 @@ from . import db, jobs, steps, tenants
 from . import settings as settings_mod
 from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
-from .github import GitHubClient, GitHubError
+from .github import GitHubClient, GitHubError, Policy
 from .progress import StageBars
 from .status import Event, stage_event
 from .workers import Pipeline
@@ -86,6 +86,7 @@ def sync(
     token = os.environ.get(integration["token_env"])
     if not token:
         log.warning("no token in $%s: GitHub allows 60 unauthenticated requests an hour", integration["token_env"])
+    policy = Policy.from_env()
     with engine.begin() as conn:
         run, events = jobs.start(conn, job, full=full)
     log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
@@ -97,7 +98,7 @@ def sync(
     if run_workers is None:
         run_workers = isinstance(broker, MemoryBroker)
     consumers = _start_consumers(broker, Pipeline(engine, broker), stop, workers) if run_workers else None
-    client = GitHubClient(integration["api_url"], token)
+    client = GitHubClient(integration["api_url"], token, policy=policy)
     try:
         for step in steps.registry().values():
             ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
