@@ -661,3 +661,15 @@ def test_sync_json_reports_requests_304s_and_points(embedded, make_sandbox):
     assert (first["requests"], first["not_modified"], first["rate_limit_points"]) == (4, 0, 4)
     assert (second["requests"], second["not_modified"], second["rate_limit_points"]) == (1, 1, 0)
     assert charged(sb) == 4 and len(sb.requests) == 5
+
+
+def test_a_bad_waiting_setting_is_refused_before_the_job_starts(embedded, make_sandbox, token, monkeypatch):
+    sb = make_sandbox(orgs={"acme": 5})
+    tenant = add_tenant(embedded, sb)
+    monkeypatch.setenv("GHETL_RATE_LIMIT_MAX_WAIT", "an hour")
+
+    with pytest.raises(ValueError, match="GHETL_RATE_LIMIT_MAX_WAIT must be a number, got 'an hour'"):
+        embedded.sync(tenant)
+
+    assert json.loads(embedded.scalar("select status from etl_jobs"))["overall"] == "READY"
+    assert sb.requests == []
