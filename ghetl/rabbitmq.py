@@ -212,6 +212,8 @@ class _Publisher:
         channel.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self._on_confirming)
 
     def _on_confirming(self, _frame: Any) -> None:
+        """The channel confirms from now on; RabbitMQ numbers its deliveries from 1 again."""
+        self._tag = 0
         self._backoff.reset()
         self._ready.set()
 

@@ -1,0 +1,170 @@
+"""Faults on the scale-out deployment: a worker killed, RabbitMQ restarted, poison messages,
+a handler that keeps failing. Nothing is lost, nothing is stored twice, every run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from ghetl.broker import wait_until
+from ghetl.embeddings import HashingEmbedder
+from ghetl.workers import Pipeline
+
+from .conftest import TOKEN, Backend, add_tenant
+from .test_scaleout import Workers, scaleout, stored_once, sync_remote, workers  # noqa: F401  (fixtures)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:
+    """FINISHED, every repository stored once, each item counted once in each stage."""
+    assert result.overall == "FINISHED", result.error
+    stored_once(backend, repos)
+    counts = result.counts["github_repositories"]
+    assert (counts["extracted"], counts["transformed"], counts["embedded"], counts["failed"]) == (repos, repos, repos, 0)
+    assert backend.scalar("SELECT count(*) FROM etl_job_runs WHERE overall = 'FINISHED'") == 1
+
+
+def test_kill_9_of_a_transform_worker_mid_run_loses_nothing(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
+) -> None:
+    sandbox = make_sandbox(orgs={"acme": 500}, seed=21)
+    tenant = add_tenant(scaleout, sandbox)
+    victim = workers.start("transform")[0]
+    workers.start("embedding")
+    killed: list[int] = []
+
+    def kill_and_replace(_sb: Any) -> None:
+        victim.kill()
+        killed.append(victim.wait(10))
+        workers.start("transform", wait=False)
+
+    sandbox.inject("mutate", path=r"page=4\b", action=kill_and_replace)
+    result = sync_remote(scaleout, tenant, full=True)
+    assert killed == [-9]
+    assert_clean_finish(scaleout, result, 500)
+
+
+def test_rabbitmq_restart_mid_run_loses_nothing(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
+) -> None:
+    """stop_app while pages are being published and handled; start_app a moment later."""
+    sandbox = make_sandbox(orgs={"acme": 500}, seed=22)
+    tenant = add_tenant(scaleout, sandbox)
+    workers.start("all", 2)
+    restarted = threading.Event()
+
+    def start_again() -> None:
+        time.sleep(1.0)
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+        restarted.set()
+
+    restarter = threading.Thread(target=start_again)
+
+    def stop_broker(_sb: Any) -> None:
+        rabbitmqctl("stop_app")
+        restarter.start()
+
+    sandbox.inject("mutate", path=r"page=3\b", action=stop_broker)
+    try:
+        result = sync_remote(scaleout, tenant, full=True)
+    finally:
+        if restarter.ident:
+            restarter.join(120)
+        if not restarted.is_set():
+            rabbitmqctl("start_app")  # never leave the shared broker stopped
+    assert restarted.is_set()
+    assert_clean_finish(scaleout, result, 500)
+    assert "reconnect" in workers.log_text()
+    assert workers.stop() == [0, 0]
+
+
+def test_poison_messages_go_to_the_dead_letter_queue_and_the_run_finishes(
+    scaleout: Backend, workers: Workers, sandbox: Any, token: str
+) -> None:
+    tenant = add_tenant(scaleout, sandbox)
+    broker = scaleout.broker
+    poison = {
+        b"this is not json {": "not valid JSON",
+        json.dumps({"tenant_id": 1, "job_id": 1}).encode(): "lacks integration_id, step",
+        json.dumps({"tenant_id": 1, "integration_id": 1, "job_id": 1, "step": "github_repositories",
+                    "items": [{"raw_data_id": "seven"}]}).encode(): "raw_data_id must be an integer",
+    }
+    for body in poison:
+        broker.publish_raw("transform", body)  # type: ignore[attr-defined]
+    workers.start("all")
+    result = sync_remote(scaleout, tenant, full=True)
+    assert_clean_finish(scaleout, result, 500)
+    assert wait_until(lambda: len(broker.dead_letters) == len(poison), timeout=10)  # type: ignore[attr-defined]
+    letters = {letter.body: letter for letter in broker.dead_letters}  # type: ignore[attr-defined]
+    assert set(letters) == set(poison)
+    for body, reason in poison.items():
+        assert reason in letters[body].reason
+        assert (letters[body].stage, letters[body].attempts) == ("transform", 1)
+    assert workers.log_text().count("can never be processed") == len(poison)
+
+
+class RefusesOne:
+    """An embedder that gives one repository (its text's first line) a zero vector, every time it is asked."""
+
+    def __init__(self, victim: str) -> None:
+        self.inner = HashingEmbedder(16)
+        self.model, self.dimension = "refuses-one-16", 16
+        self.victim = victim
+        self.victim_calls: list[float] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        vectors = self.inner.embed(texts)
+        for n, text in enumerate(texts):
+            if text.split("\n")[0] == self.victim:
+                self.victim_calls.append(time.monotonic())
+                vectors[n] = 0.0
+        return vectors
+
+
+def test_an_item_that_keeps_failing_is_retried_then_dead_lettered_and_the_run_finishes(
+    scaleout: Backend, sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GHETL_MAX_ATTEMPTS", "3")
+    monkeypatch.setenv("GHETL_RETRY_DELAY", "0.2")
+    tenant = add_tenant(scaleout, sandbox)
+    page = httpx.get(f"{sandbox.url}/orgs/acme/repos", params={"per_page": 1, "page": 7},
+                     headers={"Authorization": f"token {TOKEN}"}).json()
+    victim_id, victim_name = str(page[0]["id"]), page[0]["full_name"]
+    embedder = RefusesOne(victim_name.replace("/", " / "))
+    stop = threading.Event()
+    consumers = threading.Thread(
+        target=scaleout.broker.consume,
+        args=(["transform", "embedding"], Pipeline(scaleout.engine, scaleout.broker, embedder).deliver),
+        kwargs={"concurrency": 1, "stop": stop},
+    )
+    consumers.start()
+    try:
+        result = sync_remote(scaleout, tenant, full=True)
+        assert wait_until(lambda: len(scaleout.broker.dead_letters) == 1, timeout=10)  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        consumers.join(30)
+
+    assert result.overall == "FINISHED"
+    failed = scaleout.rows("SELECT external_id, failed_stage, error_message FROM raw_extraction_data WHERE status = 'failed'")
+    assert [(f.external_id, f.failed_stage) for f in failed] == [(victim_id, "embedding")]
+    assert victim_id in failed[0].error_message
+    assert scaleout.scalar("SELECT count(*) FROM raw_extraction_data WHERE status = 'embedded'") == 499
+    assert scaleout.scalar("SELECT count(*) FROM embeddings WHERE external_id = :v", v=victim_id) == 0
+    letter = scaleout.broker.dead_letters[0]  # type: ignore[attr-defined]
+    assert (letter.stage, letter.attempts) == ("embedding", 3)
+    assert victim_id in letter.reason
+    assert len(embedder.victim_calls) >= 3
+    assert embedder.victim_calls[-1] - embedder.victim_calls[0] >= 0.2 + 0.4, "retries did not wait their delays"
