@@ -20,7 +20,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from ghetl.broker import wait_until
 from ghetl.status import job_event, stage_event
-from ghetl.statusserver import StatusServer, Subscription
+from ghetl.statusserver import CircleGuard, StatusServer, Subscription, changes
 
 from .conftest import TOKEN, Backend, _scaleout, add_tenant
 from .status_helpers import (
@@ -274,3 +274,45 @@ def test_errors_reach_clients_as_messages_without_tokens(embedded, sandbox, toke
                                         job_event(own, job, "r1", "FAILED", error=f"GitHub refused {TOKEN}")])
         failed = client.until(lambda ms: len(ms) == 3)[-1]
     assert failed["overall"] == "FAILED" and TOKEN not in failed["error"] and "GitHub refused" in failed["error"]
+
+
+def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:
+    steps = {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "idle"), **circles}}
+    return {"jobs": [{"job_id": 1, "run_id": run_id, "overall": overall, "status": {"overall": overall, "steps": steps}}]}
+
+
+def test_the_guard_drops_what_would_move_a_circle_backwards():
+    guard = CircleGuard()
+    guard.reset(_snapshot_of("r1", "RUNNING", extraction="finished", transform="running"))
+    stage = lambda run, name, status: stage_event(1, 1, run, STEP, name, status)  # noqa: E731
+    assert not guard.accept(stage("r1", "extraction", "running")), "a late running after finished"
+    assert guard.accept(stage("r1", "transform", "running")), "progress of a running stage"
+    assert guard.accept(stage("r1", "transform", "finished"))
+    assert guard.accept(job_event(1, 1, "r1", "FINISHED"))
+    assert not guard.accept(job_event(1, 1, "r1", "RUNNING"))
+    assert guard.accept(job_event(1, 1, "r2", "RUNNING")), "a new run starts from idle"
+    assert guard.accept(stage("r2", "extraction", "running"))
+    assert not guard.accept(stage("r1", "embedding", "finished")), "an event of a run that has ended"
+    assert guard.accept(stage_event(1, 2, "r9", STEP, "extraction", "running")), "a job the snapshot did not have"
+
+
+def _polled(run_id: str, overall: str, progress: dict | None = None, **circles: str) -> dict:
+    job = _snapshot_of(run_id, overall, **circles)["jobs"][0]
+    return {1: {"tenant_id": 5, "run_id": run_id, "status": job["status"], "error_message": None, "progress": progress or {}}}
+
+
+def test_polled_changes_become_the_events_a_live_bus_would_have_sent():
+    before = _polled("r1", "FINISHED", **dict.fromkeys(STAGES, "finished"))
+    middle = _polled("r2", "RUNNING", {STEP: {"extraction": {"processed": 40, "total": None, "failed": 0}}},
+                     extraction="running")
+    after = _polled("r2", "FINISHED", **dict.fromkeys(STAGES, "finished"))
+
+    started = list(changes(before, middle))
+    assert [(e["type"], e.get("stage"), e.get("status") or e.get("overall")) for e in started] == [
+        ("job", None, "RUNNING"), ("stage", "extraction", "running")]
+    assert started[1]["processed"] == 40 and {e["tenant_id"] for e in started} == {5}
+
+    ended_ = [(e.get("stage"), e.get("status") or e.get("overall")) for e in changes(middle, after)]
+    assert ended_ == [("extraction", "finished"), ("transform", "running"), ("transform", "finished"),
+                      ("embedding", "running"), ("embedding", "finished"), (None, "FINISHED")]
+    assert list(changes(after, after)) == []
