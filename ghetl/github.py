@@ -84,7 +84,17 @@ class _PrimaryLimit(Exception):
 
 @dataclass(frozen=True)
 class Policy:
-    """How patient the client is. Defaults suit github.com; tests shrink the waits."""
+    """How patient the client is. Defaults suit github.com; each has an environment variable.
+
+    timeout (GHETL_HTTP_TIMEOUT): seconds per request. retries (GHETL_HTTP_RETRIES): further
+    attempts after a failed one. backoff, backoff_max (GHETL_HTTP_BACKOFF, GHETL_HTTP_BACKOFF_MAX):
+    first wait and cap in seconds, doubling, with jitter. secondary_wait
+    (GHETL_SECONDARY_RATE_LIMIT_WAIT): first wait on a secondary limit without retry-after.
+    reserve (GHETL_RATE_LIMIT_RESERVE): core requests left for people using the same token (at
+    most a tenth of the bucket, so an unauthenticated run is not locked out). max_wait
+    (GHETL_RATE_LIMIT_MAX_WAIT): seconds the client waits for a rate-limit reset; a later reset
+    stops the run with a message that says when to run it again.
+    """
 
     timeout: float = 30.0
     retries: int = 5
