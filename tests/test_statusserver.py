@@ -123,17 +123,25 @@ def test_two_tenants_syncing_at_once_each_see_only_their_own(backend, sandbox, t
 
 
 @contextmanager
-def stalled_client(server: StatusServer, url: str) -> Iterator[tuple[Subscription, ClientConnection]]:
-    """A client that reads nothing (tiny receive buffer, one-message queue, recv() never called),
-    next to the server's one other client; yields its subscription and its connection."""
-    [other] = server.subscriptions()
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        with connect(url, sock=sock, max_queue=1, ping_interval=None, close_timeout=0.5) as stalled:
-            assert wait_until(lambda: len(server.subscriptions()) == 2, 10)
-            [subscription] = [s for s in server.subscriptions() if s is not other]
-            yield subscription, stalled
+def healthy_and_stalled(backend: Backend, tenant: str, queue_size: int,
+                        flood: int) -> Iterator[tuple[Client, Subscription, ClientConnection]]:
+    """A server with one client that reads everything and one that reads nothing (tiny receive
+    buffer, one-message queue, recv() never called), already clogged by `flood` bulky events."""
+    key = stream_key(backend, tenant)
+    with StatusServer(backend.engine, backend.broker, port=0, queue_size=queue_size) as server:
+        healthy = Client(server.url, tenant, key)
+        healthy.until(lambda ms: len(ms) == 1)
+        [other] = server.subscriptions()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            with connect(stream_url(server.url, tenant, key=key), sock=sock, max_queue=1, ping_interval=None,
+                         close_timeout=0.5) as stalled:
+                assert wait_until(lambda: len(server.subscriptions()) == 2, 10)
+                [subscription] = [s for s in server.subscriptions() if s is not other]
+                _flood(backend, healthy, tenant_id(backend, tenant), backend.scalar("select id from etl_jobs"), flood)
+                yield healthy, subscription, stalled
+        healthy.close()
 
 
 def _flood(backend: Backend, reader: Client, tenant: int, job: int, count: int, batch: int = 4) -> None:
@@ -150,50 +158,35 @@ def _flood(backend: Backend, reader: Client, tenant: int, job: int, count: int, 
 
 def test_a_stalled_client_loses_its_backlog_for_a_snapshot(embedded, sandbox, token):
     tenant = add_tenant(embedded, sandbox)
-    key = stream_key(embedded, tenant)
-    own, job = tenant_id(embedded, tenant), embedded.scalar("select id from etl_jobs")
-    with StatusServer(embedded.engine, embedded.broker, port=0, queue_size=16) as server:
-        healthy = Client(server.url, tenant, key)
-        healthy.until(lambda ms: len(ms) == 1)
-        with stalled_client(server, stream_url(server.url, tenant, key=key)) as (stalled_sub, stalled):
-            _flood(embedded, healthy, own, job, 2000)
+    with healthy_and_stalled(embedded, tenant, queue_size=16, flood=2000) as (healthy, stalled_sub, stalled):
+        assert [m["processed"] for m in healthy.messages[1:]] == list(range(2000)), "the healthy client got all, in order"
+        assert stalled_sub.dropped > 0 and stalled_sub.resyncs >= 1
+        assert stalled_sub.queue.qsize() <= 16, "the stalled client's backlog stays bounded"
+        assert stalled_sub.delivered < 2000
 
-            assert [m["processed"] for m in healthy.messages[1:]] == list(range(2000)), "the healthy client got all, in order"
-            assert stalled_sub.dropped > 0 and stalled_sub.resyncs >= 1
-            assert stalled_sub.queue.qsize() <= 16, "the stalled client's backlog stays bounded"
-            assert stalled_sub.delivered < 2000
-
-            received: list[dict] = []
-            while not (received and received[-1]["type"] == "snapshot" and received[-1]["reason"] == "overflow"):
-                received.append(json.loads(stalled.recv(timeout=10)))
-            assert received[0]["type"] == "snapshot" and received[0]["reason"] == "connect"
-            progress = [m["processed"] for m in received if m["type"] == "stage"]
-            assert progress == sorted(progress) and len(progress) < 2000, "what it got before the gap came in order"
-        healthy.close()
+        received: list[dict] = []
+        while not (received and received[-1]["type"] == "snapshot" and received[-1]["reason"] == "overflow"):
+            received.append(json.loads(stalled.recv(timeout=10)))
+        assert received[0]["type"] == "snapshot" and received[0]["reason"] == "connect"
+        progress = [m["processed"] for m in received if m["type"] == "stage"]
+        assert progress == sorted(progress) and len(progress) < 2000, "what it got before the gap came in order"
 
 
 def test_a_stalled_client_does_not_hold_up_a_sync(backend, sandbox, tenant):
     """With one client stuck (its sender blocked on a full socket), a sync runs and others see it all."""
-    key = stream_key(backend, tenant)
-    own, job = tenant_id(backend, tenant), backend.scalar("select id from etl_jobs")
-    with StatusServer(backend.engine, backend.broker, port=0, queue_size=64) as server:
-        healthy = Client(server.url, tenant, key)
-        healthy.until(lambda ms: len(ms) == 1)
-        with stalled_client(server, stream_url(server.url, tenant, key=key)) as (stalled_sub, _stalled):
-            _flood(backend, healthy, own, job, 1000)
-            assert stalled_sub.dropped > 0, "the stalled client's sender is stuck on its full socket"
-            before = (stalled_sub.delivered, stalled_sub.resyncs, stalled_sub.queue.qsize())
+    with healthy_and_stalled(backend, tenant, queue_size=64, flood=1000) as (healthy, stalled_sub, _stalled):
+        assert stalled_sub.dropped > 0, "the stalled client's sender is stuck on its full socket"
+        before = (stalled_sub.delivered, stalled_sub.resyncs, stalled_sub.queue.qsize())
 
-            result = backend.sync(tenant)
-            messages = healthy.until_run_ends(result.run_id)
+        result = backend.sync(tenant)
+        messages = healthy.until_run_ends(result.run_id)
 
-            assert result.overall == "FINISHED"
-            assert_ordered_run(messages, result.run_id, total=500)
-            after = (stalled_sub.delivered, stalled_sub.resyncs, stalled_sub.queue.qsize())
-            assert after[0] == before[0], "nothing reached the stalled client during the sync"
-            assert after[1] > before[1] or after[2] > before[2], "the sync's events were queued for it, and waited there"
-            assert after[2] <= 64
-        healthy.close()
+        assert result.overall == "FINISHED"
+        assert_ordered_run(messages, result.run_id, total=500)
+        after = (stalled_sub.delivered, stalled_sub.resyncs, stalled_sub.queue.qsize())
+        assert after[0] == before[0], "nothing reached the stalled client during the sync"
+        assert after[1] > before[1] or after[2] > before[2], "the sync's events were queued for it, and waited there"
+        assert after[2] <= 64
 
 
 @pytest.fixture
