@@ -215,7 +215,7 @@ class GitHubClient:
         """GET with every retry GitHub calls for; returns the response and its JSON (None for 304).
 
         Answers no caller can use (401, rate limits too long to wait for, persistent failures)
-        raise; others (404, 422, ...) are returned for the caller to judge.
+        raise; others (a plain 403 refusal, 404, 422, ...) are returned for the caller to judge.
         """
         url = path_or_url if "://" in path_or_url else f"{self.api_url}{path_or_url}"
         retrying = tenacity.Retrying(
@@ -277,7 +277,7 @@ class GitHubClient:
             return None
 
     def _rate_limited(self, response: httpx.Response) -> None:
-        """Sort a 403/429 into secondary limit, primary limit, or a plain refusal."""
+        """Raise for a 403/429 that is a secondary or primary rate limit; a plain refusal is the caller's."""
         kind = _limit_kind(response)
         if kind == "secondary":
             self.stats.secondary_limits += 1
@@ -293,7 +293,6 @@ class GitHubClient:
             if bucket is not None and bucket.reset - time.time() > self.policy.max_wait:
                 raise self._too_long(resource, bucket)
             raise _PrimaryLimit(f"the {resource} rate limit is spent")
-        raise GitHubError(f"GitHub refused {response.request.url.path} ({response.status_code}): {_message(response)}")
 
     def _account(self, response: httpx.Response) -> None:
         """GitHub charges a point per request, except 304s and requests it refused for rate limits."""

@@ -577,6 +577,18 @@ def test_a_users_own_token_lists_private_repositories_and_another_users_lists_pu
     assert [r.path for r in small.requests] == ["/user", "/user/repos"]
 
 
+def test_a_token_without_a_user_lists_a_users_public_repositories(embedded, small, token):
+    tenant = add_tenant(embedded, small, name="app", owner="octocat")
+    small.inject("status", path="^/user$", status=403,
+                 body={"message": "Resource not accessible by integration", "status": "403"})
+
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert set(repo_rows(embedded)) == {str(r["id"]) for r in small.repos("octocat") if not r["private"]}
+    assert [r.path for r in small.requests] == ["/users/octocat", "/user", "/users/octocat/repos"]
+
+
 def test_a_settings_change_fetches_cached_pages_in_full_again(backend, small, token):
     tenant = add_tenant(backend, small, settings={"include_forks": False})
     backend.sync(tenant)

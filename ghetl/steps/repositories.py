@@ -2,8 +2,9 @@
 
 Collector: list the owner's repositories (or search them when `repository_filter` is set),
 newest update first, each listing page conditional on the ETag it had last time, stop paging
-at the incremental cut-off, then re-fetch by id the known repositories that were not listed. Extractor/convertor: map a payload to a
-`repositories` row. Embedding: the text that stands for the repository.
+at the incremental cut-off, then re-fetch by id the known repositories that were not listed.
+Extractor/convertor: map a payload to a `repositories` row. Embedding: the text that stands
+for the repository.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection
 
 from .. import db, http_cache, tenants
 from ..db import repositories
-from ..github import GitHubError, GitHubUnavailable
+from ..github import GitHubUnavailable
 from . import ExtractContext
 
 log = logging.getLogger(__name__)
@@ -158,8 +159,11 @@ def _listing_url(ctx: ExtractContext) -> str:
     return ctx.client.listing_url(owner, owner_type, viewer)
 
 
-def _viewer(ctx: ExtractContext) -> str:
-    """The login the token belongs to, asked conditionally so that it costs nothing after the first run."""
+def _viewer(ctx: ExtractContext) -> str | None:
+    """The login the token belongs to, asked conditionally so that it costs nothing after the first run.
+
+    None when GitHub will not say (an app's installation token has no user): the public listing.
+    """
     cache = _cache(ctx)
     url = ctx.client.url("/user")
     entry = cache.get(url)
@@ -167,7 +171,8 @@ def _viewer(ctx: ExtractContext) -> str:
     if response.status_code == 304 and entry is not None:
         return entry.item_ids[0]
     if response.status_code != 200:
-        raise GitHubError(f"GitHub answered {response.status_code} when asked whose token this is (/user)")
+        log.info("GitHub answered %d for /user; listing public repositories only", response.status_code)
+        return None
     if response.headers.get("etag"):
         cache.put(url, response.headers["etag"], [body["login"]], None, None)
     return body["login"]
