@@ -60,6 +60,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -79,6 +80,7 @@ from .logs import redact
 from .status import STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
+_KEYS = re.compile(r"(key=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
 
 DEFAULT_PORT = 8765
 QUEUE_SIZE = 1000
@@ -91,6 +93,22 @@ class Resync:
     """Queued in place of a client's backlog: send a fresh snapshot, for this reason."""
 
     reason: str
+
+
+class _HideKeys(logging.Filter):
+    """websockets logs request lines and headers at debug level; a stream key must not show there.
+
+    The server and the notebook board both log their connections through PROTOCOL_LOG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _KEYS.sub(r"\1***", record.getMessage())
+        record.args = ()
+        return True
+
+
+PROTOCOL_LOG = logging.getLogger("websockets.ghetl")
+PROTOCOL_LOG.addFilter(_HideKeys())
 
 
 class Refused(Exception):
@@ -337,6 +355,7 @@ class StatusServer:
             server = await serve(
                 self._handle, self.host, self.port,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_size=64 * 1024,
+                logger=PROTOCOL_LOG,
             )
         except OSError as exc:
             raise OSError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); choose another --port") from None
@@ -366,6 +385,9 @@ class StatusServer:
             pass
 
     def _dispatch(self, event: Event) -> None:
+        if not isinstance(event, dict) or event.get("type") not in ("stage", "job") or "run_id" not in event:
+            log.debug("ignored a status event that is not a stage or job event: %.200r", event)
+            return
         if event.get("error"):
             event = {**event, "error": redact(str(event["error"]))}
         for subscription in self._subscriptions:

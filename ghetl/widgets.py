@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from .status import STAGES
+from .statusserver import PROTOCOL_LOG
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class StatusBoard:
         while not self._closed.is_set():
             try:
                 with connect(self.url, additional_headers={"Authorization": f"Bearer {self._key}"},
-                             open_timeout=5) as ws:
+                             open_timeout=5, logger=PROTOCOL_LOG) as ws:
                     self._ws = ws
                     self._say("live")
                     pause = 0.5

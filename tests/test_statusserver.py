@@ -4,6 +4,7 @@ worker processes seen through RabbitMQ; tenant isolation; stalled clients cost n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -309,3 +310,21 @@ def test_polled_changes_become_the_events_a_live_bus_would_have_sent():
     assert ended_ == [("extraction", "finished"), ("transform", "running"), ("transform", "finished"),
                       ("embedding", "running"), ("embedding", "finished"), (None, "FINISHED")]
     assert list(changes(after, after)) == []
+
+
+def test_stream_keys_never_reach_the_logs(embedded, sandbox, token, caplog):
+    """Debug logging shows request lines and headers, of the server and of the notebook board."""
+    from ghetl.widgets import StatusBoard
+
+    caplog.set_level(logging.DEBUG, logger="websockets.ghetl")
+    tenant = add_tenant(embedded, sandbox)
+    key = stream_key(embedded, tenant)
+    with StatusServer(embedded.engine, embedded.broker, port=0) as server:
+        board = StatusBoard(tenant, url=server.url, key=key)
+        assert wait_until(lambda: board.model.jobs, 10)
+        board.close()
+        with connect(stream_url(server.url, tenant, key=key)) as ws:
+            ws.recv(timeout=10)
+        assert _close_of(stream_url(server.url, tenant, key=key + "x"))[0] == 4403
+    assert "GET /?tenant=" in caplog.text and "Authorization: Bearer ***" in caplog.text
+    assert key not in caplog.text
