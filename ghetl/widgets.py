@@ -205,6 +205,7 @@ class StatusBoard:
         self.tenant = tenant
         self.model = BoardModel()
         self.refused: str | None = None
+        self.connection = ""
         self._key = key
         self._reconnect_max = reconnect_max
         self._changed = threading.Condition()
@@ -309,8 +310,11 @@ class StatusBoard:
         with self._changed:
             self.refused = reason
             self._changed.notify_all()
-        self._say(f'<span style="color:#e53935">refused: {html.escape(reason)}</span>', raw=True)
+        self._say(f"refused: {reason}", COLOURS["failed"])
 
-    def _say(self, text: str, *, raw: bool = False) -> None:
-        self._connection.value = f"&nbsp;<small>{text if raw else html.escape(text)}</small>"
+    def _say(self, text: str, colour: str | None = None) -> None:
+        """Show the connection's state beside the tenant's name; `.connection` has it in words."""
+        self.connection = text
+        style = f' style="color:{colour}"' if colour else ""
+        self._connection.value = f"&nbsp;<small{style}>{html.escape(text)}</small>"
 

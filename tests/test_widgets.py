@@ -40,7 +40,7 @@ def test_the_board_turns_green_with_a_sync(backend, sandbox, tenant):
         assert COLOURS["finished"] in cell.circle.value
         assert cell.bar.value == 1.0 and cell.bar.bar_style == "success" and cell.count.value == "500/500"
     assert 'data-overall="FINISHED"' in panel.badge.value
-    assert "closed" in board._connection.value
+    assert board.connection == "closed"
 
 
 def test_the_board_reconnects_and_resumes_from_a_fresh_snapshot(embedded, sandbox, token):
@@ -50,14 +50,14 @@ def test_the_board_reconnects_and_resumes_from_a_fresh_snapshot(embedded, sandbo
     board = StatusBoard(tenant, url=first.url, key=key, reconnect_max=0.2)
     assert board.wait(embedded.sync(tenant).run_id, timeout=30) == ALL_FINISHED
     first.stop()
-    assert wait_until(lambda: "reconnecting" in board._connection.value, 10)
+    assert wait_until(lambda: board.connection.startswith("reconnecting"), 10)
 
     missed = embedded.sync(tenant, full=True)  # nobody streams this run to the board
     assert board.model.job().run_id != missed.run_id
 
     with StatusServer(embedded.engine, embedded.broker, port=first.port):
         assert board.wait(missed.run_id, timeout=30) == ALL_FINISHED
-        assert "live" in board._connection.value
+        assert board.connection == "live"
     board.close()
 
 
@@ -68,7 +68,7 @@ def test_a_refused_board_says_why_and_stops_trying(embedded, sandbox, token):
         with pytest.raises(ConnectionRefusedError, match="wrong key for tenant"):
             board.wait(timeout=10)
         assert not board._thread.is_alive(), "a refusal is not retried"
-        assert "refused" in board._connection.value and board.model.jobs == {}
+        assert board.connection.startswith("refused: wrong key") and board.model.jobs == {}
 
 
 def test_a_board_without_a_key_is_refused_at_once(monkeypatch):
