@@ -132,8 +132,13 @@ def get_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
 
 
 def _lock_job(conn: Connection, job_id: int) -> dict[str, Any]:
-    """Read the job row under a lock (PostgreSQL FOR UPDATE; SQLite already holds the write lock)."""
-    return dict(conn.execute(sa.select(etl_jobs).where(etl_jobs.c.id == job_id).with_for_update()).mappings().one())
+    """Read the job row under a lock (PostgreSQL FOR NO KEY UPDATE; SQLite already holds the write lock).
+
+    Not FOR UPDATE: that would also block the foreign-key checks (KEY SHARE) of every raw
+    payload inserted for this job, so extraction and the workers' counting would take turns.
+    """
+    query = sa.select(etl_jobs).where(etl_jobs.c.id == job_id).with_for_update(key_share=True)
+    return dict(conn.execute(query).mappings().one())
 
 
 def _move(job: dict[str, Any], run_id: str, step: str, stage: str, new: str, events: list[Event], **counts: Any) -> None:
