@@ -161,7 +161,7 @@ class Pipeline:
         items = [i for i in message["items"] if i.get("external_id") is not None]
         refused = self._embed_items(step, scope, items) if items else {}
         if any(i["last_job_item"] for i in message["items"]):
-            self._embed_missing(step, scope, skip=set(refused))
+            self._embed_missing(step, scope, message["run_id"], skip=set(refused))
         if refused:
             raise ValueError(f"embedder refused {len(refused)} of {len(items)} repositories: "
                              + "; ".join(f"{ext}: {why}" for ext, why in refused.items()))
@@ -192,10 +192,17 @@ class Pipeline:
             _fail(conn, missing, "embedding")
         return refused
 
-    def _embed_missing(self, step: steps.Step, scope: dict[str, Any], skip: set[str]) -> None:
-        """Embed, in large batches, every row of the scope that has no vector of the current model."""
+    def _embed_missing(self, step: steps.Step, scope: dict[str, Any], run_id: str, skip: set[str]) -> None:
+        """Embed, in large batches, every row of the scope that has no vector of the current model.
+
+        Rows of this run are left to their own messages, which other workers may still be
+        handling: taking them here would embed them twice and keep this loop chasing them.
+        """
         table = step.table
         model = self.embedder.model
+        in_run = sa.select(raw_extraction_data.c.external_id).where(
+            raw_extraction_data.c.run_id == run_id, raw_extraction_data.c.entity_type == step.name
+        )
         count = 0
         while True:
             has_vector = sa.exists().where(
@@ -207,6 +214,7 @@ class Pipeline:
                 table.c.tenant_id == scope["tenant_id"],
                 table.c.integration_id == scope["integration_id"],
                 ~has_vector,
+                table.c.external_id.not_in(in_run),
             )
             if skip:
                 query = query.where(table.c.external_id.not_in(sorted(skip)))
