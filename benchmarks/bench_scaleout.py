@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -32,18 +33,27 @@ AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:
 TOKEN = "ghp_benchmarkToken0000000000000000000000"
 
 
-def wait4(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
-    """Reap a child; return its exit code and its own peak RSS in MB."""
+class Usage(NamedTuple):
+    code: int
+    rss_mb: float
+    cpu_s: float
+
+    def __str__(self) -> str:
+        return f"{self.rss_mb:.0f} MB peak RSS, {self.cpu_s:.1f} s CPU, exit {self.code}"
+
+
+def wait4(proc: subprocess.Popen[bytes], timeout: float) -> Usage:
+    """Reap a child; return its exit code, its own peak RSS and the CPU time it used."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    pid, status, usage = 0, 0, None
+    while time.monotonic() < deadline and not pid:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_maxrss / 1024
-        time.sleep(0.05)
-    proc.kill()
-    _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_maxrss / 1024
+        time.sleep(0 if pid else 0.05)
+    if not pid:
+        proc.kill()
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Usage(proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def stage_rates(events: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
@@ -133,10 +143,10 @@ def main() -> None:
             ))
             out = sync.stdout.read() if sync.stdout else b""
             err = sync.stderr.read() if sync.stderr else b""
-            code, sync_rss = wait4(sync, 600)
+            sync_usage = wait4(sync, 600)
             wall = time.perf_counter() - started
-            if code != 0:
-                raise SystemExit(f"ghetl sync exited {code}: {err.decode()[-2000:]}")
+            if sync_usage.code != 0:
+                raise SystemExit(f"ghetl sync exited {sync_usage.code}: {err.decode()[-2000:]}")
             result = json.loads(out)
             time.sleep(0.3)
             unsubscribe()
@@ -144,12 +154,9 @@ def main() -> None:
             for profiler in profilers:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(30)
-            worker_rss = []
             for proc in workers:
                 proc.send_signal(signal.SIGTERM)
-            for proc in workers:
-                worker_code, rss = wait4(proc, 60)
-                worker_rss.append((proc.pid, worker_code, rss))
+            worker_usage = [(proc.pid, wait4(proc, 60)) for proc in workers]
             published = sum(_published(log) for log in logs)
             with lock:
                 run_events = [e for e in events if e.get("run_id") == result["run_id"]]
@@ -178,8 +185,12 @@ def main() -> None:
     print(f"  stored/embedded    {counts['transformed']}/{counts['embedded']} (failed {counts['failed']})")
     print(f"  messages published {transform_messages} transform (sync, one per listing page) + {published} embedding (workers)")
     print(f"  API requests       {result['requests']}")
-    print(f"  peak RSS           sync {sync_rss:.0f} MB; " + "; ".join(
-        f"worker {pid} {rss:.0f} MB (exit {c})" for pid, c, rss in worker_rss))
+    print(f"  sync process       {sync_usage}")
+    for pid, usage in worker_usage:
+        print(f"  worker {pid:<11} {usage}")
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU "
+          "(the sandbox serving the pages)")
 
 
 def _published(log: Any) -> int:
