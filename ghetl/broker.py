@@ -108,6 +108,22 @@ class Broker(Protocol):
     def close(self) -> None: ...
 
 
+def run_consumers(
+    loop: Callable[[str, Deliver, threading.Event], None], stages: list[str], deliver: Deliver, *,
+    concurrency: int, stop: threading.Event,
+) -> None:
+    """Run `loop(stage, deliver, stop)` in `concurrency` threads per stage; return when all have ended."""
+    threads = [
+        threading.Thread(target=loop, args=(stage, deliver, stop), name=f"ghetl-{stage}-{n}", daemon=True)
+        for stage in stages
+        for n in range(concurrency)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 @dataclass
 class DeadLetter:
     stage: str
@@ -143,15 +159,7 @@ class MemoryBroker:
         return self._queues[stage].qsize()
 
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
-        threads = [
-            threading.Thread(target=self._loop, args=(stage, deliver, stop), name=f"ghetl-{stage}-{n}", daemon=True)
-            for stage in stages
-            for n in range(concurrency)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        run_consumers(self._loop, stages, deliver, concurrency=concurrency, stop=stop)
 
     def _loop(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:
         q = self._queues[stage]

@@ -416,15 +416,7 @@ class RabbitBroker:
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
         """Run `concurrency` consumer threads per stage, each on its own connection, until `stop` is set."""
         self._ensure_declared()
-        threads = [
-            threading.Thread(target=self._consume_loop, args=(stage, deliver, stop), name=f"ghetl-{stage}-{n}", daemon=True)
-            for stage in stages
-            for n in range(concurrency)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        broker_mod.run_consumers(self._consume_loop, stages, deliver, concurrency=concurrency, stop=stop)
 
     def _consume_loop(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:
         backoff = Backoff()
