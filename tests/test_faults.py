@@ -5,6 +5,7 @@ a handler that keeps failing. Nothing is lost, nothing is stored twice, every ru
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -35,24 +36,29 @@ def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:
     assert backend.scalar("SELECT count(*) FROM etl_job_runs WHERE overall = 'FINISHED'") == 1
 
 
-def test_kill_9_of_a_transform_worker_mid_run_loses_nothing(
-    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_transform_worker_stopped_mid_run_is_replaced_and_nothing_is_lost(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str, sig: signal.Signals
 ) -> None:
+    """Stopped while pages are still coming: kill -9 loses its unacked messages to redelivery;
+    SIGTERM lets it finish what it holds and exit 0. Either way a new worker ends the run."""
     sandbox = make_sandbox(orgs={"acme": 500}, seed=21)
     tenant = add_tenant(scaleout, sandbox)
-    victim = workers.start("transform")[0]
+    first = workers.start("transform")[0]
     workers.start("embedding")
-    killed: list[int] = []
+    codes: list[int] = []
 
-    def kill_and_replace(_sb: Any) -> None:
-        victim.kill()
-        killed.append(victim.wait(10))
+    def stop_and_replace(_sb: Any) -> None:
+        first.send_signal(sig)
+        codes.append(first.wait(30))
         workers.start("transform", wait=False)
 
-    sandbox.inject("mutate", path=r"page=4\b", action=kill_and_replace)
+    sandbox.inject("mutate", path=r"page=4\b", action=stop_and_replace)
     result = sync_remote(scaleout, tenant, full=True)
-    assert killed == [-9]
+    assert codes == [-9 if sig == signal.SIGKILL else 0]
     assert_clean_finish(scaleout, result, 500)
+    if sig == signal.SIGTERM:
+        assert "SIGTERM received" in workers.log_text()
 
 
 def test_rabbitmq_restart_mid_run_loses_nothing(

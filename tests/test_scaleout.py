@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 import sqlalchemy as sa
 
@@ -272,30 +271,6 @@ def test_sync_without_workers_says_how_to_start_one_and_fails(scaleout: Backend,
     prefix = scaleout.env["GHETL_QUEUE_PREFIX"]
     assert f"no workers are consuming {prefix}.transform; start one with: ghetl worker all" in done.stderr
     assert scaleout.scalar("SELECT status->>'overall' FROM etl_jobs") == "FAILED"
-
-
-def test_worker_stops_on_sigterm_and_a_new_one_finishes_the_run(
-    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
-) -> None:
-    """SIGTERM mid-run: the worker finishes what it holds and exits 0; nothing is lost or doubled."""
-    sandbox = make_sandbox(orgs={"acme": 600}, seed=8)
-    tenant = add_tenant(scaleout, sandbox)
-    first = workers.start("transform")[0]
-    workers.start("embedding")
-    codes: list[int] = []
-
-    def stop_first_and_replace(_sb: Any) -> None:
-        first.send_signal(signal.SIGTERM)
-        codes.append(first.wait(30))
-        workers.start("transform", wait=False)
-
-    sandbox.inject("mutate", path=r"page=4\b", action=stop_first_and_replace)
-    result = sync_remote(scaleout, tenant, full=True)
-    assert codes == [0]
-    assert result.overall == "FINISHED"
-    stored_once(scaleout, 600)
-    assert "SIGTERM received" in workers.log_text()
-    assert scaleout.scalar("SELECT count(*) FROM raw_extraction_data WHERE status <> 'embedded'") == 0
 
 
 def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
