@@ -76,6 +76,7 @@ def sync(
     is true, which is the default on `memory://`; on RabbitMQ `ghetl worker` processes do it.
     """
     engine = engine or db.engine()
+    own_broker = broker is None
     broker = broker or broker_mod.connect()
     started = time.monotonic()
     with engine.begin() as conn:
@@ -117,6 +118,8 @@ def sync(
             consumers.join()
         unsubscribe()
         bars.close()
+        if own_broker:
+            broker.close()  # RabbitMQ: what was handed to the publisher is written before the process ends
     return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
 
 
