@@ -134,6 +134,8 @@ class _Publisher:
 
     def publish(self, messages: list[Outgoing]) -> None:
         """Return once RabbitMQ confirmed every message; resend after a lost connection."""
+        if not messages:
+            return
         deadline = time.monotonic() + PUBLISH_PATIENCE
         while True:
             batch = self._submit(messages, deadline - time.monotonic())
