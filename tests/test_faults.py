@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 from typing import Any
@@ -20,11 +19,7 @@ from ghetl.embeddings import HashingEmbedder
 from ghetl.workers import Pipeline
 
 from .conftest import TOKEN, Backend, add_tenant
-from .test_scaleout import Workers, scaleout, stored_once, sync_remote, workers  # noqa: F401  (fixtures)
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+from .test_scaleout import Workers, rabbitmqctl, scaleout, stored_once, sync_remote, workers  # noqa: F401  (fixtures)
 
 
 def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:

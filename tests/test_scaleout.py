@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import shutil
 import signal
 import struct
 import subprocess
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 from ghetl.broker import wait_until
 from ghetl.rabbitmq import PublishRejected, RabbitBroker
 
-from .conftest import TOKEN, Backend, _scaleout, add_tenant
+from .conftest import TOKEN, Backend, _scaleout, _unavailable, add_tenant
 
 FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
 
@@ -36,6 +37,13 @@ FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
 def scaleout() -> Iterator[Backend]:
     """Only the PostgreSQL + RabbitMQ back end (these tests are about it)."""
     yield from _scaleout()
+
+
+def rabbitmqctl(*args: str) -> None:
+    """Operate the local RabbitMQ node (policies, stop/start), as the tests that need it must."""
+    if shutil.which("rabbitmqctl") is None:
+        _unavailable("rabbitmqctl", FileNotFoundError("not on PATH; these tests need the RabbitMQ node on this machine"))
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
 class Workers:
@@ -112,17 +120,14 @@ def test_a_publish_the_broker_refuses_raises(scaleout: Backend) -> None:
     broker = scaleout.broker
     queue = broker.queue("transform")  # type: ignore[attr-defined]
     policy = f"{queue}-full"
-    subprocess.run(
-        ["rabbitmqctl", "set_policy", "--apply-to", "queues", policy, f"^{queue}$",
-         '{"max-length": 2, "overflow": "reject-publish"}'], check=True, capture_output=True, timeout=60,
-    )
+    rabbitmqctl("set_policy", "--apply-to", "queues", policy, f"^{queue}$", '{"max-length": 2, "overflow": "reject-publish"}')
     try:
         broker.publish("transform", [{"n": 1}, {"n": 2}])
         with pytest.raises(PublishRejected, match="refused"):
             broker.publish("transform", [{"n": 3}])
         assert broker.pending("transform") == 2  # type: ignore[attr-defined]
     finally:
-        subprocess.run(["rabbitmqctl", "clear_policy", policy], check=True, capture_output=True, timeout=60)
+        rabbitmqctl("clear_policy", policy)
 
 
 def test_a_publish_no_queue_takes_raises(scaleout: Backend) -> None:
