@@ -169,6 +169,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             outcomes[outcome.action] += 1
         return outcome
 
+    broker.declare()  # type: ignore[attr-defined]
     queues = ", ".join(broker.queue(s) for s in stages)  # type: ignore[attr-defined]
     log.info("worker %d consuming %s at %s, %d consumer(s) per queue; stop with Ctrl-C or SIGTERM",
              os.getpid(), queues, logs.safe_url(broker.url), args.concurrency)

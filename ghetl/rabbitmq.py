@@ -302,7 +302,10 @@ def _close_quietly(connection: Any) -> None:
 
 
 def _describe(reason: Any) -> str:
-    return f"{type(reason).__name__}: {reason}" if isinstance(reason, BaseException) else str(reason)
+    if not isinstance(reason, BaseException):
+        return str(reason)
+    text = str(reason).strip()
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 
 class RabbitBroker:
@@ -335,7 +338,11 @@ class RabbitBroker:
     @contextmanager
     def _channel(self) -> Iterator[BlockingChannel]:
         """A short-lived connection for administrative calls."""
-        connection = pika.BlockingConnection(self._params)
+        try:
+            connection = pika.BlockingConnection(self._params)
+        except pika.exceptions.AMQPConnectionError as exc:
+            raise ConnectionError(f"cannot reach RabbitMQ at {safe_url(self.url)} ({_describe(exc)}); "
+                                  "check GHETL_BROKER_URL and that the server is running") from None
         try:
             yield connection.channel()
         finally:

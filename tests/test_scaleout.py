@@ -283,3 +283,12 @@ def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
     done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "GHETL_BROKER_URL=amqp://" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_worker_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+           "GHETL_BROKER_URL": "amqp://guest:s3cretpass@127.0.0.1:1/%2F"}
+    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ghetl: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/")
+    assert "s3cretpass" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
