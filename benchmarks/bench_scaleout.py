@@ -3,10 +3,12 @@
 Starts the GitHub sandbox in this process, a fresh PostgreSQL database, queues under a unique
 prefix and `ghetl worker all` processes, then runs `ghetl sync --full` as its own process, as
 an operator would. Prints wall seconds, repositories/s per stage (from the status events'
-timestamps), messages published, and the peak RSS of every process (from `os.wait4`, which
-reports each child's own maximum, so no extra dependency is needed). Cleans up after itself.
+timestamps), messages published, and the peak RSS and CPU seconds of every process (from
+`os.wait4`, which reports each child's own, so no extra dependency is needed). Cleans up after
+itself. `--profile DIR` attaches py-spy (if installed) to the sync and the workers and leaves
+collapsed stacks in DIR.
 
-    .venv/bin/python benchmarks/bench_scaleout.py [--repos 10000] [--workers 2] [--concurrency 1]
+    .venv/bin/python benchmarks/bench_scaleout.py [--repos 10000] [--workers 2] [--concurrency 1] [--profile DIR]
 """
 
 from __future__ import annotations
