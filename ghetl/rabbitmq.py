@@ -63,7 +63,7 @@ REASON = "x-ghetl-reason"
 STAGE = "x-ghetl-stage"
 ATTEMPTS = "x-ghetl-attempts"
 PUBLISH_PATIENCE = 120.0
-STATUS_PATIENCE = 2.0
+STATUS_PATIENCE = 5.0
 RETRY_QUEUE_EXPIRES_MS = 3_600_000
 CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError)
 
