@@ -52,6 +52,7 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
 from . import broker as broker_mod
+from . import config
 from .broker import DeadLetter, Deliver, Outcome
 from .logs import safe_url
 from .status import Event
@@ -77,12 +78,14 @@ def queue_prefix() -> str:
 
 
 def prefetch() -> int:
-    return max(1, int(os.environ.get("GHETL_PREFETCH") or 2))
+    """Unacked messages a consumer may hold (GHETL_PREFETCH): a message already carries up to 100 items."""
+    return max(1, int(config.env_float("GHETL_PREFETCH", 2)))
 
 
 class Backoff:
     """Waits between reconnections: 0.2 s doubling to 10 s, jittered so that the workers of a
-    restarted broker do not all knock at once; back to short once a connection works."""
+    restarted broker do not all knock at once; back to short once a connection works (which a
+    tenacity retry, counting attempts for the life of the loop, would not do)."""
 
     def __init__(self) -> None:
         self.failures = 0
