@@ -239,7 +239,7 @@ class GitHubClient:
                     f"GitHub kept applying its secondary rate limit to {_short(url)} after {attempts} attempts; "
                     "run the sync again in a few minutes", None,
                 ) from None
-            raise GitHubUnavailable(f"GitHub kept failing for {_short(url)} ({what}) after {attempts} attempts") from None
+            raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {_short(url)} ({what}) after {attempts} attempts") from None
 
     def _attempt(self, url: str, etag: str | None) -> tuple[httpx.Response, Any]:
         resource = "search" if "/search/" in httpx.URL(url).path else "core"

@@ -94,8 +94,8 @@ def test_unreachable_api_fails_the_job_with_one_line(cli):
     cli("init")
     cli("tenant", "add", "t1")
     cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://127.0.0.1:9")
-    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet"))
-    assert "FAILED" in line
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet", GHETL_HTTP_RETRIES="2", GHETL_HTTP_BACKOFF="0.05"))
+    assert "FAILED" in line and "127.0.0.1:9" in line
     assert json.loads(cli("jobs", "--json").stdout)[0]["status"]["overall"] == "FAILED"
 
 
