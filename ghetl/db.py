@@ -126,6 +126,15 @@ etl_job_runs = sa.Table(
     sa.Column("error_message", sa.Text),
 )
 
+etl_run_counts = sa.Table(
+    "etl_run_counts",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("step", sa.String(100), primary_key=True),
+    sa.Column("status", sa.String(30), primary_key=True),
+    sa.Column("n", sa.Integer, nullable=False),
+)
+
 raw_extraction_data = sa.Table(
     "raw_extraction_data",
     metadata,

@@ -222,6 +222,7 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, payloads: list[di
         ids = conn.execute(
             raw_extraction_data.insert().returning(raw_extraction_data.c.id, sort_by_parameter_order=True), rows
         ).scalars().all()
+        jobs.count_items(conn, run.run_id, step.name, {"pending": len(ids)})
     return [
         {"raw_data_id": raw_id, "external_id": row["external_id"], "first_item": False, "last_item": False,
          "last_job_item": False}

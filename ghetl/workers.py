@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -132,8 +133,8 @@ class Pipeline:
                     errors[raw_id] = f"cannot map payload: {type(exc).__name__}: {exc}"
             errors.update(_upsert_each_alone_on_failure(conn, step, rows))
             ok = [i for i in rows if i not in errors]
-            _set_status(conn, ok, "transformed", only_from=("pending",))
-            _fail(conn, errors, "transform")
+            _move(conn, message["run_id"], step.name, ok, "transformed", "pending")
+            _fail(conn, message["run_id"], step.name, errors, "transform")
         for raw_id, error in errors.items():
             log.warning("repository payload %s failed in transform: %s", raw_id, error)
         forward = []
@@ -159,14 +160,16 @@ class Pipeline:
             "table_name": step.table_name,
         }
         items = [i for i in message["items"] if i.get("external_id") is not None]
-        refused = self._embed_items(step, scope, items) if items else {}
+        refused = self._embed_items(step, scope, message["run_id"], items) if items else {}
         if any(i["last_job_item"] for i in message["items"]):
             self._embed_missing(step, scope, message["run_id"], skip=set(refused))
         if refused:
             raise ValueError(f"embedder refused {len(refused)} of {len(items)} repositories: "
                              + "; ".join(f"{ext}: {why}" for ext, why in refused.items()))
 
-    def _embed_items(self, step: steps.Step, scope: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, str]:
+    def _embed_items(
+        self, step: steps.Step, scope: dict[str, Any], run_id: str, items: list[dict[str, Any]]
+    ) -> dict[str, str]:
         """Embed and store one message's rows and set their items' status; return the refused rows."""
         table = step.table
         external_ids = [str(i["external_id"]) for i in items]
@@ -188,8 +191,8 @@ class Pipeline:
                 and i["raw_data_id"] not in missing and str(i["external_id"]) not in refused]
         with self.engine.begin() as conn:
             upsert(conn, embeddings_table, new_rows, EMBEDDING_KEY)
-            _set_status(conn, done, "embedded", only_from=("transformed",))
-            _fail(conn, missing, "embedding")
+            _move(conn, run_id, step.name, done, "embedded", "transformed")
+            _fail(conn, run_id, step.name, missing, "embedding")
         return refused
 
     def _embed_missing(self, step: steps.Step, scope: dict[str, Any], run_id: str, skip: set[str]) -> None:
@@ -276,14 +279,16 @@ class Pipeline:
     def record_failure(self, stage: str, message: dict[str, Any], reason: str) -> None:
         """A message is being dead-lettered: its items fail, the run goes on without them."""
         ids = [i["raw_data_id"] for i in message["items"] if i.get("raw_data_id") is not None]
+        if not message.get("run_id"):
+            log.error("a dead-lettered %s message belongs to no run; nothing to record", stage)
+            return
         try:
             with self.engine.begin() as conn:
-                _fail(conn, {i: reason for i in ids}, stage)
+                _fail(conn, message["run_id"], message["step"], {i: reason for i in ids}, stage)
             completion = [i for i in message["items"] if i.get("raw_data_id") is None and i.get("last_job_item")]
             if stage == "transform" and completion:
                 self.broker.publish("embedding", [{**message, "items": completion}])
-            if message.get("run_id"):
-                self._advance(message["run_id"])
+            self._advance(message["run_id"])
         except Exception:
             log.exception("could not record the failure of a %s message; its items stay pending", stage)
 
@@ -316,22 +321,33 @@ def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: d
     return errors
 
 
-def _set_status(conn: sa.Connection, ids: list[int], status: str, *, only_from: tuple[str, ...]) -> None:
-    if ids:
-        conn.execute(
-            raw_extraction_data.update()
-            .where(raw_extraction_data.c.id.in_(ids), raw_extraction_data.c.status.in_(only_from))
-            .values(status=status)
-        )
+def _move(conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status: str, from_status: str) -> None:
+    """Move the run's items from one status to the next, counting only those that really moved."""
+    if not ids:
+        return
+    moved = conn.execute(
+        raw_extraction_data.update()
+        .where(raw_extraction_data.c.id.in_(ids), raw_extraction_data.c.run_id == run_id,
+               raw_extraction_data.c.status == from_status)
+        .values(status=to_status)
+    ).rowcount
+    jobs.count_items(conn, run_id, step, {from_status: -moved, to_status: moved})
 
 
-def _fail(conn: sa.Connection, errors: dict[int, str], stage: str) -> None:
+def _fail(conn: sa.Connection, run_id: str, step: str, errors: dict[int, str], stage: str) -> None:
     """Mark items failed in a stage, unless they already got past it (a late duplicate)."""
-    before = ("pending",) if stage == "transform" else ("pending", "transformed")
+    changes: Counter[str] = Counter()
     for raw_id, error in errors.items():
-        conn.execute(
-            raw_extraction_data.update()
-            .where(raw_extraction_data.c.id == raw_id, raw_extraction_data.c.status.in_(before))
-            .values(status="failed", failed_stage=stage, error_message=error[:2000],
-                    attempts=raw_extraction_data.c.attempts + 1)
-        )
+        for status in ("pending",) if stage == "transform" else ("pending", "transformed"):
+            moved = conn.execute(
+                raw_extraction_data.update()
+                .where(raw_extraction_data.c.id == raw_id, raw_extraction_data.c.run_id == run_id,
+                       raw_extraction_data.c.status == status)
+                .values(status="failed", failed_stage=stage, error_message=error[:2000],
+                        attempts=raw_extraction_data.c.attempts + 1)
+            ).rowcount
+            if moved:
+                changes[status] -= 1
+                changes[f"failed_{stage}"] += 1
+                break
+    jobs.count_items(conn, run_id, step, changes)
