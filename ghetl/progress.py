@@ -6,10 +6,22 @@ import sys
 import threading
 from typing import Any
 
-from tqdm.auto import tqdm
-from tqdm.notebook import tqdm as notebook_tqdm
-
 from .status import STAGES, Event
+
+
+def _bar_class() -> tuple[type, bool]:
+    """Widget bars inside a Jupyter kernel, text bars elsewhere.
+
+    Chosen here rather than through tqdm.auto, whose import pulls in ipywidgets and IPython
+    and adds a tenth of a second to every command and worker start.
+    """
+    if "ipykernel" in sys.modules:
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        return notebook_tqdm, True
+    from tqdm import tqdm
+
+    return tqdm, False
 
 
 class StageBars:
@@ -22,7 +34,7 @@ class StageBars:
     def __init__(self, *, enabled: bool) -> None:
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()
-        in_notebook = issubclass(tqdm, notebook_tqdm)
+        tqdm, in_notebook = _bar_class()
         if enabled and (in_notebook or sys.stderr.isatty()):
             self._bars = {
                 stage: tqdm(total=None, desc=f"{stage:<10}", unit="repo", position=n, leave=True)

@@ -16,14 +16,17 @@ second, keep the vectors in an index (pgvector, FAISS) instead of reading them a
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import sqlalchemy as sa
 
 from . import db, embeddings, tenants
 from .db import embeddings as embeddings_table
 from .db import repositories
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,11 @@ def search(
 
     `score` is the cosine similarity (1 is identical meaning); `embedder` defaults to the one
     GHETL_EMBEDDER names, which must be the one the tenant was synced with.
+    Pandas is imported here, not at the top: `import ghetl` must stay quick for the CLI and
+    for workers, which never search.
     """
+    import pandas as pd
+
     if not text.strip():
         raise ValueError("search text must not be empty")
     if limit < 1:
