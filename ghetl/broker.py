@@ -82,6 +82,22 @@ def decode(body: bytes) -> dict[str, Any]:
     return message
 
 
+def split_items(body: bytes) -> list[bytes]:
+    """One message per item of a batch message (the envelope copied into each).
+
+    Used when a batch keeps killing the worker that handles it: apart, the items that are fine
+    go through and only the one to blame is retried to its end. A message that cannot be
+    decoded stays whole.
+    """
+    try:
+        message = decode(body)
+    except PoisonMessage:
+        return [body]
+    if len(message["items"]) < 2:
+        return [body]
+    return [encode({**message, "items": [item]}) for item in message["items"]]
+
+
 def completion_item() -> dict[str, Any]:
     """The item of a run with nothing to do: it still passes every stage so every circle ends."""
     return {"raw_data_id": None, "external_id": None, "first_item": True, "last_item": True, "last_job_item": True}

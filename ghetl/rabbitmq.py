@@ -26,11 +26,13 @@ so a message no queue would take raises instead of vanishing; a nack (e.g. a ful
 `reject-publish` overflow) raises `PublishRejected`.
 
 Consuming uses one BlockingConnection per consumer thread (pika connections are not
-thread-safe), prefetch GHETL_PREFETCH (default 2, as a message is a batch of up to 100 items).
+thread-safe), prefetch GHETL_PREFETCH (default 1, as a message is a batch of up to 100 items).
 A delivery is acked only after `deliver` returned, that is after its database transaction
 committed and the messages it produced were confirmed; a retry or a dead letter is confirmed
 before the original is acked. Lost connections are re-opened with backoff; whatever was not
-acked is redelivered by RabbitMQ and handled again, idempotently.
+acked is redelivered by RabbitMQ, and a redelivery counts as a failed attempt: its items are
+parked one message each for the next attempt, handled again idempotently, and dead-lettered
+after GHETL_MAX_ATTEMPTS, so even a message that kills its worker cannot circle forever.
 """
 
 from __future__ import annotations
@@ -78,8 +80,13 @@ def queue_prefix() -> str:
 
 
 def prefetch() -> int:
-    """Unacked messages a consumer may hold (GHETL_PREFETCH): a message already carries up to 100 items."""
-    return max(1, int(config.env_float("GHETL_PREFETCH", 2)))
+    """Unacked messages a consumer may hold (GHETL_PREFETCH, default 1).
+
+    One is enough, as a message already carries up to 100 items; and with one, a message that
+    comes back after its worker died is the one that was being handled, so the lost attempt is
+    charged to it and not to a bystander that merely waited in the prefetch buffer.
+    """
+    return max(1, int(config.env_float("GHETL_PREFETCH", 1)))
 
 
 class Backoff:
@@ -461,6 +468,10 @@ class RabbitBroker:
 
     def _handle(self, channel: BlockingChannel, stage: str, deliver: Deliver, method: Any, properties: Any, body: bytes) -> None:
         attempt = _attempt(properties)
+        if method.redelivered:
+            attempt = self._count_lost_attempt(channel, stage, method, body, attempt)
+            if attempt is None:
+                return
         try:
             outcome = deliver(stage, body, attempt)
         except Exception as exc:  # a bug in a handler must not kill the consumer nor loop forever
@@ -469,7 +480,7 @@ class RabbitBroker:
             outcome = Outcome("dead" if attempt >= broker_mod.max_attempts() else "retry", reason)
         try:
             if outcome.action == "retry":
-                self._retry(channel, stage, body, attempt)
+                self._retry(channel, stage, [body], attempt)
             elif outcome.action == "dead":
                 self._dead_letter(stage, body, outcome.reason, attempt)
         except PublishRejected as exc:
@@ -478,8 +489,28 @@ class RabbitBroker:
             return
         channel.basic_ack(method.delivery_tag)
 
-    def _retry(self, channel: BlockingChannel, stage: str, body: bytes, attempt: int) -> None:
-        """Park the message in the delay queue of its attempt; RabbitMQ moves it back when its TTL ends."""
+    def _count_lost_attempt(self, channel: BlockingChannel, stage: str, method: Any, body: bytes, attempt: int) -> int | None:
+        """A redelivered message was taken before and never settled: its worker died or lost
+        RabbitMQ while handling it. That counts as a failed attempt, so a message that kills every
+        worker that takes it ends in the dead-letter queue instead of circling forever.
+
+        Returns the attempt to hand to `deliver` (one beyond the last means: record and give up),
+        or None when the message was parked for a later attempt.
+        """
+        log.warning("a %s message came back unsettled (its worker stopped while handling it): attempt %d counted "
+                    "as failed; its items are retried one by one", stage, attempt)
+        if attempt >= broker_mod.max_attempts():
+            return attempt + 1
+        try:
+            self._retry(channel, stage, broker_mod.split_items(body), attempt)
+        except PublishRejected as exc:
+            log.error("could not park a redelivered %s message (%s); handling it now", stage, exc)
+            return attempt
+        channel.basic_ack(method.delivery_tag)
+        return None
+
+    def _retry(self, channel: BlockingChannel, stage: str, bodies: list[bytes], attempt: int) -> None:
+        """Park messages in the delay queue of their attempt; RabbitMQ moves them back when their TTL ends."""
         name = self.retry_queue(stage, attempt)
         channel.queue_declare(name, durable=True, arguments={
             "x-dead-letter-exchange": "",
@@ -487,7 +518,7 @@ class RabbitBroker:
             "x-expires": RETRY_QUEUE_EXPIRES_MS,
         })
         delay_ms = str(int(broker_mod.retry_delay(attempt) * 1000))
-        self._publisher.publish([Outgoing("", name, body, {ATTEMPT: attempt + 1}, expiration=delay_ms)])
+        self._publisher.publish([Outgoing("", name, body, {ATTEMPT: attempt + 1}, expiration=delay_ms) for body in bodies])
 
     def _dead_letter(self, stage: str, body: bytes, reason: str, attempt: int) -> None:
         headers = {REASON: reason[:1000], STAGE: stage, ATTEMPTS: attempt}

@@ -49,13 +49,23 @@ class Pipeline:
         return self._embedder
 
     def deliver(self, stage: str, body: bytes, attempt: int) -> Outcome:
-        """Handle one delivery and say whether to ack, retry or dead-letter it."""
+        """Handle one delivery and say whether to ack, retry or dead-letter it.
+
+        An `attempt` beyond GHETL_MAX_ATTEMPTS is not tried: the broker passes one when every
+        allowed attempt ended with its worker gone, and the message is then recorded as failed.
+        """
         try:
             message = broker_mod.decode(body)
             steps.get(message["step"])
         except (PoisonMessage, KeyError) as exc:
             log.error("dead-lettered a %s message that can never be processed: %s", stage, exc)
             return Outcome("dead", str(exc))
+        if attempt > broker_mod.max_attempts():
+            reason = (f"gave up after {attempt - 1} attempts: the worker handling it stopped before it "
+                      "finished (crashed, killed, or lost its connection) every time")
+            log.error("dead-lettered a %s message: %s", stage, reason)
+            self.record_failure(stage, message, reason)
+            return Outcome("dead", reason)
         try:
             self.handle(stage, message)
             return Outcome("ack")

@@ -169,3 +169,68 @@ def test_an_item_that_keeps_failing_is_retried_then_dead_lettered_and_the_run_fi
     assert victim_id in letter.reason
     assert len(embedder.victim_calls) >= 3
     assert embedder.victim_calls[-1] - embedder.victim_calls[0] >= 0.2 + 0.4, "retries did not wait their delays"
+
+
+CRASHING_WORKER = """
+import os, sys
+from ghetl import workers
+
+handle = workers.Pipeline.handle
+
+def handle_or_die(self, stage, message):
+    if any(str(i.get("external_id")) == os.environ["CRASH_ON"] for i in message["items"]):
+        os._exit(3)
+    return handle(self, stage, message)
+
+workers.Pipeline.handle = handle_or_die
+from ghetl.cli import main
+sys.exit(main(["worker", "transform"]))
+"""
+
+
+def test_an_item_that_kills_its_worker_fails_alone_and_the_run_ends(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str, tmp_path: Any
+) -> None:
+    """A redelivery counts as a failed attempt: the batch is split into one message per item,
+    the innocent items go through, and the killer is dead-lettered after the last attempt."""
+    import subprocess
+    import sys
+
+    sandbox = make_sandbox(orgs={"acme": 300}, seed=23)
+    killer = str(sandbox.repos("acme")[42]["id"])
+    tenant = add_tenant(scaleout, sandbox)
+    workers.start("embedding")
+    env = {**workers.env, "CRASH_ON": killer}
+    stop = threading.Event()
+    crashes: list[int] = []
+
+    def keep_one_transform_worker() -> None:
+        while not stop.is_set():
+            proc = subprocess.Popen([sys.executable, "-c", CRASHING_WORKER], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while proc.poll() is None and not stop.is_set():
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+            else:
+                crashes.append(proc.returncode)
+
+    supervisor = threading.Thread(target=keep_one_transform_worker)
+    supervisor.start()
+    try:
+        result = sync_remote(scaleout, tenant, full=True, timeout=120)
+    finally:
+        stop.set()
+        supervisor.join()
+
+    assert result.overall == "FINISHED", result.error
+    assert crashes and set(crashes) == {3}
+    counts = result.counts["github_repositories"]
+    assert (counts["extracted"], counts["transformed"], counts["embedded"], counts["failed"]) == (300, 299, 299, 1)
+    failed = scaleout.rows("SELECT external_id, failed_stage, error_message FROM raw_extraction_data WHERE status = 'failed'")
+    assert [(f[0], f[1]) for f in failed] == [(killer, "transform")]
+    assert "stopped before it finished" in failed[0][2]
+    letters = scaleout.broker.dead_letters  # type: ignore[attr-defined]
+    assert len(letters) == 1 and "stopped before it finished" in letters[0].reason
+    assert json.loads(letters[0].body)["items"][0]["external_id"] == killer
