@@ -473,7 +473,7 @@ class RabbitBroker:
             if attempt is None:
                 return
         try:
-            outcome = deliver(stage, body, attempt)
+            outcome = _keeping_connection_alive(channel.connection, deliver, stage, body, attempt)
         except Exception as exc:  # a bug in a handler must not kill the consumer nor loop forever
             log.exception("a %s message broke the worker", stage)
             reason = f"{type(exc).__name__}: {exc}"
@@ -579,6 +579,34 @@ class RabbitBroker:
             thread.join(timeout=5)
         self._subscriptions.clear()
         self._publisher.close()
+
+
+def _keeping_connection_alive(connection: pika.BlockingConnection, deliver: Deliver, stage: str, body: bytes,
+                              attempt: int) -> Outcome:
+    """Run `deliver` in a helper thread while this one answers RabbitMQ's heartbeats.
+
+    pika sends heartbeats only while its connection is being serviced; a delivery that takes
+    minutes (a model switch re-embedding a whole tenant) would otherwise get the connection
+    closed under it and come back as if its worker had died.
+    """
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["outcome"] = deliver(stage, body, attempt)
+        except BaseException as exc:
+            result["error"] = exc
+
+    worker = threading.Thread(target=run, name=f"ghetl-{stage}-delivery", daemon=True)
+    worker.start()
+    while True:
+        worker.join(0.5)
+        if not worker.is_alive():
+            break
+        connection.process_data_events(time_limit=0)
+    if "error" in result:
+        raise result["error"]
+    return result["outcome"]
 
 
 def _attempt(properties: Any) -> int:

@@ -234,3 +234,31 @@ def test_an_item_that_kills_its_worker_fails_alone_and_the_run_ends(
     letters = scaleout.broker.dead_letters  # type: ignore[attr-defined]
     assert len(letters) == 1 and "stopped before it finished" in letters[0].reason
     assert json.loads(letters[0].body)["items"][0]["external_id"] == killer
+
+
+def test_a_delivery_longer_than_the_heartbeat_keeps_its_connection(scaleout: Backend) -> None:
+    """A slow batch (minutes of re-embedding) must not look like a dead worker to RabbitMQ."""
+    from ghetl.broker import Outcome
+    from ghetl.rabbitmq import RabbitBroker
+
+    broker = RabbitBroker(scaleout.broker_url + "?heartbeat=1")
+    broker.publish_raw("transform", b'{"slow": true}')
+    calls: list[int] = []
+    stop = threading.Event()
+
+    def slow(stage: str, body: bytes, attempt: int) -> Outcome:
+        calls.append(attempt)
+        time.sleep(4)
+        stop.set()
+        return Outcome("ack")
+
+    consumer = threading.Thread(target=broker.consume, args=(["transform"], slow), kwargs={"concurrency": 1, "stop": stop})
+    consumer.start()
+    consumer.join(30)
+    time.sleep(1.5)
+    try:
+        assert calls == [1]
+        assert broker.pending("transform") == 0
+        assert broker.dead_letters == []
+    finally:
+        broker.close()
