@@ -183,10 +183,6 @@ def extraction_done(conn: Connection, run: Run, step: str, total: int, stats: di
     return events
 
 
-def update_stats(conn: Connection, run_id: str, stats: dict[str, Any]) -> None:
-    conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run_id).values(stats=stats))
-
-
 def heartbeat(conn: Connection, run: Run) -> None:
     conn.execute(
         etl_jobs.update().where(etl_jobs.c.id == run.job_id, etl_jobs.c.run_id == run.run_id).values(heartbeat_at=utcnow())
