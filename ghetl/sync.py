@@ -101,10 +101,11 @@ def sync(
     consumers = _start_consumers(broker, Pipeline(engine, broker), stop, workers) if run_workers else None
     client = GitHubClient(integration["api_url"], token, policy=policy)
     try:
-        for step in steps.registry().values():
+        ordered = list(steps.registry().values())
+        for step in ordered:
             ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
                                        retry_ids=_failed_before(engine, job["run_id"], step.name))
-            _extract(engine, broker, run, step, ctx, job, last_step=step is list(steps.registry().values())[-1])
+            _extract(engine, broker, run, step, ctx, job, last_step=step is ordered[-1])
         _wait_for_end(engine, run, timeout, None if run_workers else broker)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
