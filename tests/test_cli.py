@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,15 @@ def test_two_syncs_at_once_one_is_refused(cli, make_sandbox, tmp_path):
     assert codes[0] == 0 and codes[1] != 0, results
     refused = next(err for code, err in results if code != 0)
     assert "already running" in refused
+
+
+def test_the_settings_examples_in_data_are_all_accepted(cli):
+    examples = json.loads((Path(__file__).parent.parent / "data" / "settings-examples.json").read_text())
+    assert len(examples) >= 5
+    cli("init")
+    cli("tenant", "add", "t1")
+    for name, settings in examples.items():
+        result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+                     "--settings", json.dumps(settings))
+        assert result.returncode == 0, (name, result.stderr)
+    assert len(json.loads(cli("jobs", "--json").stdout)) == len(examples)
