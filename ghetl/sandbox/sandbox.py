@@ -91,7 +91,6 @@ class Sandbox:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._server = self._thread = None
-        log.info("GitHub sandbox stopped")
 
     def __enter__(self) -> Sandbox:
         return self.start() if self._server is None else self
