@@ -303,6 +303,12 @@ def _add_missing_columns(conn: Connection) -> None:
                 conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
 
 
+def dialect_insert(conn: Connection, table: sa.Table) -> Any:
+    """The INSERT of the connection's dialect, which is the one that has ON CONFLICT."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return insert(table)
+
+
 def upsert(
     conn: Connection,
     table: sa.Table,
@@ -324,13 +330,12 @@ def upsert(
     """
     if not rows:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     keys = list(keys)
     rows = list({tuple(row[k] for k in keys): row for row in rows}.values())
     if "updated_at" in table.c and "updated_at" not in rows[0]:
         now = utcnow()
         rows = [{**row, "updated_at": now} for row in rows]
-    stmt = insert(table)
+    stmt = dialect_insert(conn, table)
     updated = {c: stmt.excluded[c] for c in rows[0] if c not in keys and c != "created_at"}
     where = None
     if changed_when is not None:

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from . import steps
-from .db import etl_job_runs, etl_jobs, etl_run_counts, utcnow
+from .db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
 from .status import STAGES, Event, job_event, stage_event
 
 STALE_AFTER = dt.timedelta(minutes=5)
@@ -218,8 +217,7 @@ def count_items(conn: Connection, run_id: str, step: str, changes: dict[str, int
     rows = [{"run_id": run_id, "step": step, "status": status, "n": n} for status, n in changes.items() if n]
     if not rows:
         return
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(etl_run_counts)
+    stmt = dialect_insert(conn, etl_run_counts)
     conn.execute(
         stmt.on_conflict_do_update(index_elements=["run_id", "step", "status"], set_={"n": etl_run_counts.c.n + stmt.excluded.n}),
         rows,
