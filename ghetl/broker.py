@@ -155,7 +155,6 @@ class MemoryBroker:
     url: str = "memory://"
     status_bus: StatusBus = field(default_factory=StatusBus)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    published: int = 0
 
     def __post_init__(self) -> None:
         self._queues: dict[str, queue.Queue[tuple[bytes, int]]] = {s: queue.Queue() for s in STAGE_QUEUES}
@@ -164,8 +163,6 @@ class MemoryBroker:
     def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
         for message in messages:
             self._queues[stage].put((encode(message), 1))
-        with self._lock:
-            self.published += len(messages)
 
     def publish_raw(self, stage: str, body: bytes) -> None:
         """Put bytes on a queue as they are (how tests and operators inject a bad message)."""
@@ -222,7 +219,7 @@ def connect(url: str | None = None) -> Broker:
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Poll `predicate` until it is true or `timeout` seconds pass; used by waits and tests."""
+    """Poll `predicate` until it is true or `timeout` seconds pass (for tests and benchmarks)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
