@@ -58,6 +58,33 @@ def wait4(proc: subprocess.Popen[bytes], timeout: float) -> Usage:
     return Usage(proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
+def server_cpu() -> dict[str, float]:
+    """CPU seconds used so far by the PostgreSQL and RabbitMQ servers on this machine, from /proc.
+
+    PostgreSQL's backends come and go; the postmaster reaps them, so their time is in its
+    children's counters. Returns nothing for a server that is not local.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        server = {"postgres": "PostgreSQL", "beam.smp": "RabbitMQ"}.get(name)
+        if server:
+            used = sum(int(v) for v in fields[11:13])
+            if server == "PostgreSQL" and fields[1] == "1":
+                used += sum(int(v) for v in fields[13:15])
+            found[server] = found.get(server, 0.0) + used / tick
+    return found
+
+
 def stage_rates(events: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
     """Per stage: items processed and seconds from its first event to its `finished` event."""
     first: dict[str, dt.datetime] = {}
@@ -86,7 +113,7 @@ def main() -> None:
         """Attach py-spy (collapsed stacks into DIR/name.txt); it writes them on SIGINT or when the process ends."""
         if args.profile:
             profilers.append(subprocess.Popen(
-                ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", f"{args.profile}/{name}.txt",
+                ["py-spy", "record", "--format", "raw", "--rate", "200", "--gil", "-o", f"{args.profile}/{name}.txt",
                  "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
         return proc
@@ -138,6 +165,7 @@ def main() -> None:
                     raise SystemExit("the workers did not start consuming within a minute")
                 time.sleep(0.1)
 
+            servers_before = server_cpu()
             started = time.perf_counter()
             sync = profile("sync", subprocess.Popen(
                 [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
@@ -147,6 +175,7 @@ def main() -> None:
             err = sync.stderr.read() if sync.stderr else b""
             sync_usage = wait4(sync, 600)
             wall = time.perf_counter() - started
+            servers = {k: v - servers_before.get(k, 0.0) for k, v in server_cpu().items()}
             if sync_usage.code != 0:
                 raise SystemExit(f"ghetl sync exited {sync_usage.code}: {err.decode()[-2000:]}")
             result = json.loads(out)
@@ -193,6 +222,8 @@ def main() -> None:
     own = resource.getrusage(resource.RUSAGE_SELF)
     print(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU "
           "(the sandbox serving the pages)")
+    for server, seconds in servers.items():
+        print(f"  {server:<18} {seconds:.1f} s CPU during the sync (all of the server's processes)")
 
 
 def _published(log: Any) -> int:

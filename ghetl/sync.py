@@ -220,9 +220,7 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, payloads: list[di
         for p in payloads
     ]
     with engine.begin() as conn:
-        ids = conn.execute(
-            raw_extraction_data.insert().returning(raw_extraction_data.c.id, sort_by_parameter_order=True), rows
-        ).scalars().all()
+        ids = db.insert(conn, raw_extraction_data, rows)
         jobs.count_items(conn, run.run_id, step.name, {"pending": len(ids)})
     return [
         {"raw_data_id": raw_id, "external_id": row["external_id"], "first_item": False, "last_item": False,
