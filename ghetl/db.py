@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 OVERALL_STATES = ("READY", "RUNNING", "FINISHED", "FAILED")
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -191,7 +191,9 @@ repositories = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     sa.Column("content_hash", sa.String(64), nullable=False),
     *_timestamps(),
-    sa.UniqueConstraint("tenant_id", "integration_id", "external_id", name="uq_repositories_external"),
+    # GitHub's id leads: a stage looks up a batch of ids, and with the id first PostgreSQL
+    # finds them by index even before the table has statistics (a first sync).
+    sa.UniqueConstraint("external_id", "tenant_id", "integration_id", name="uq_repositories_external"),
 )
 
 embeddings = sa.Table(
@@ -208,7 +210,7 @@ embeddings = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=False),
     *_timestamps(),
     sa.UniqueConstraint(
-        "tenant_id", "integration_id", "table_name", "external_id", "model", name="uq_embeddings_record_model"
+        "external_id", "tenant_id", "integration_id", "table_name", "model", name="uq_embeddings_record_model"
     ),
 )
 
@@ -297,6 +299,8 @@ def init(eng: Engine) -> int:
     metadata.create_all(eng)
     with eng.begin() as conn:
         _add_missing_columns(conn)
+        if conn.dialect.name == "postgresql":
+            _reorder_unique_constraints(conn)
         current = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
         if current != SCHEMA_VERSION:
             conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
@@ -311,6 +315,23 @@ def _add_missing_columns(conn: Connection) -> None:
             if column.name not in present:
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+
+
+def _reorder_unique_constraints(conn: Connection) -> None:
+    """Rebuild a unique constraint whose columns are in an older order (schema 1 led with the
+    tenant); the rows are untouched, only the index behind the constraint is rebuilt."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {u["name"]: u["column_names"] for u in inspector.get_unique_constraints(table.name)}
+        for constraint in table.constraints:
+            if not isinstance(constraint, sa.UniqueConstraint) or constraint.name not in present:
+                continue
+            wanted = [c.name for c in constraint.columns]
+            if present[constraint.name] != wanted:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table.name} DROP CONSTRAINT {constraint.name}, "
+                    f"ADD CONSTRAINT {constraint.name} UNIQUE ({', '.join(wanted)})"
+                )
 
 
 def dialect_insert(conn: Connection, table: sa.Table) -> Any:
