@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
+import orjson
 import tenacity
 
 from . import __version__
@@ -270,8 +271,8 @@ class GitHubClient:
         if status >= 500:
             raise _Transient(f"GitHub answered {status}")
         try:
-            return response.json()
-        except ValueError:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
             if status < 300:
                 raise _Transient(f"GitHub answered {status} with a page that is not JSON") from None
             return None
@@ -610,7 +611,7 @@ def _describe(failure: BaseException | None) -> str:
 
 def _message(response: httpx.Response) -> str:
     try:
-        body = response.json()
-    except ValueError:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
         return response.text[:200].replace("\n", " ")
     return str(body.get("message", ""))[:200] if isinstance(body, dict) else ""

@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from .. import db, http_cache, tenants
 from ..db import repositories
-from ..github import GitHubUnavailable
+from ..github import GitHubUnavailable, Page
 from . import ExtractContext
 
 log = logging.getLogger(__name__)
@@ -102,36 +104,54 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[list[dict[str, Any]
     resume where it stopped: the pages it got are 304s, free, and only the rest costs.
     Paging stops at the first page that reaches repositories older than the cut-off; a
     repository touched meanwhile sorts to the top of page 1, whose ETag then no longer matches.
+    The next page is requested while this one is being stored: still one request at a time,
+    as GitHub asks, but the store no longer waits for the network or the network for the store.
     """
     cache = _cache(ctx)
-    url: str | None = _listing_url(ctx)
-    while url:
-        entry = cache.get(url)
-        page = ctx.client.page(url, etag=entry.etag if entry else None)
-        if page.not_modified and entry is not None:
-            reused = [] if not ctx.full else cache.payloads(entry.item_ids)
-            if reused is not None:
-                batch = [r for r in reused if str(r["id"]) not in seen]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghetl-next-page") as ahead:
+        fetching: Future[_Listed] | None = ahead.submit(_fetch_listed, ctx, cache, _listing_url(ctx))
+        while fetching is not None:
+            got = fetching.result()
+            page = got.page
+            if got.reused is not None:
+                batch = [r for r in got.reused if str(r["id"]) not in seen]
                 seen.update(str(r["id"]) for r in batch)
-                if batch:
-                    yield batch
-                if _reached(entry.oldest_updated_at, ctx):
-                    return
-                url = page.next_url or entry.next_url
-                continue
-            log.info("stored payloads for %s are missing; fetching the page again", url)
-            page = ctx.client.page(url)
-        batch = _keep(ctx, page.items, seen)
-        if batch:
-            yield batch
-        times = [t for t in (parse_time(r.get("updated_at")) for r in page.items) if t is not None]
-        oldest = min(times, default=None)
-        if page.etag:
-            kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
-            cache.put(url, page.etag, kept, page.next_url, oldest)
-        if _reached(oldest, ctx):
-            return
-        url = page.next_url
+                oldest = got.entry.oldest_updated_at if got.entry else None
+                next_url = page.next_url or (got.entry.next_url if got.entry else None)
+            else:
+                batch = _keep(ctx, page.items, seen)
+                times = [t for t in (parse_time(r.get("updated_at")) for r in page.items) if t is not None]
+                oldest = min(times, default=None)
+                next_url = page.next_url
+            last = _reached(oldest, ctx) or not next_url
+            fetching = None if last else ahead.submit(_fetch_listed, ctx, cache, next_url)
+            if batch:
+                yield batch
+            if got.reused is None and page.etag:
+                kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
+                cache.put(got.url, page.etag, kept, page.next_url, oldest)
+
+
+@dataclass
+class _Listed:
+    """One listing page as fetched: the page, its cache entry, and for a 304 the stored payloads."""
+
+    url: str
+    page: Page
+    entry: http_cache.CachedPage | None
+    reused: list[dict[str, Any]] | None = None
+
+
+def _fetch_listed(ctx: ExtractContext, cache: http_cache.PageCache, url: str) -> _Listed:
+    entry = cache.get(url)
+    page = ctx.client.page(url, etag=entry.etag if entry else None)
+    if page.not_modified and entry is not None:
+        reused = [] if not ctx.full else cache.payloads(entry.item_ids)
+        if reused is not None:
+            return _Listed(url, page, entry, reused)
+        log.info("stored payloads for %s are missing; fetching the page again", url)
+        page = ctx.client.page(url)
+    return _Listed(url, page, entry)
 
 
 def _reached(oldest: dt.datetime | None, ctx: ExtractContext) -> bool:
