@@ -166,6 +166,7 @@ def main() -> None:
                 time.sleep(0.1)
 
             servers_before = server_cpu()
+            own_before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
             sync = profile("sync", subprocess.Popen(
                 [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
@@ -176,6 +177,8 @@ def main() -> None:
             sync_usage = wait4(sync, 600)
             wall = time.perf_counter() - started
             servers = {k: v - servers_before.get(k, 0.0) for k, v in server_cpu().items()}
+            own_after = resource.getrusage(resource.RUSAGE_SELF)
+            sandbox_cpu = sum(getattr(own_after, f) - getattr(own_before, f) for f in ("ru_utime", "ru_stime"))
             if sync_usage.code != 0:
                 raise SystemExit(f"ghetl sync exited {sync_usage.code}: {err.decode()[-2000:]}")
             result = json.loads(out)
@@ -220,8 +223,8 @@ def main() -> None:
     for pid, usage in worker_usage:
         print(f"  worker {pid:<11} {usage}")
     own = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU "
-          "(the sandbox serving the pages)")
+    print(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU, "
+          f"{sandbox_cpu:.1f} s of it during the sync (the sandbox serving the pages)")
     for server, seconds in servers.items():
         print(f"  {server:<18} {seconds:.1f} s CPU during the sync (all of the server's processes)")
 

@@ -245,17 +245,48 @@ def stage_progress(counts: dict[str, int]) -> dict[str, dict[str, int]]:
 
 
 def advance(conn: Connection, run_id: str) -> list[Event]:
-    """Finish every stage that is done and, when the last one is, the job; report progress."""
+    """Finish every stage that is done and, when the last one is, the job; report progress.
+
+    Most batches finish nothing: then the counts are read without locking the job row, the
+    progress is reported, and nothing is written. Only when a stage may finish is the row
+    locked and everything read again, so two workers racing to the end still finish it once;
+    the last batch's worker always takes that path, since its own counts were committed first.
+    """
     run = get_run(conn, run_id)
     if run is None:
         return []
+    job = job_by_id(conn, run["job_id"])
+    if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
+        return []
+    moves, events = _stage_changes(job, run, item_counts(conn, run_id))
+    if not moves and not _heartbeat_due(job):
+        return events
     job = _lock_job(conn, run["job_id"])
     if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
         return []
     run = get_run(conn, run_id)
     job["status"] = copy.deepcopy(job["status"])
-    counts_by_step = item_counts(conn, run_id)
-    events: list[Event] = []
+    moves, events = _stage_changes(job, run, item_counts(conn, run_id))
+    for step, stage, counts in moves:
+        if job["status"]["steps"][step][stage] == "idle":
+            _move(job, run_id, step, stage, "running", events)
+        _move(job, run_id, step, stage, "finished", events, **counts)
+    if all(c["embedding"] == "finished" for c in job["status"]["steps"].values()):
+        events += _finish(conn, job, run)
+    else:
+        _save_status(conn, job, heartbeat_at=utcnow())
+    return events
+
+
+def _stage_changes(
+    job: dict[str, Any], run: dict[str, Any], counts_by_step: dict[str, dict[str, int]]
+) -> tuple[list[tuple[str, str, dict[str, Any]]], list[Event]]:
+    """The stages that are done now (step, stage, final counts), and progress events of the others.
+
+    A stage is done when the one before it has finished and none of its items is pending; a
+    stage finishing here lets the next one be judged in the same pass.
+    """
+    moves, events = [], []
     for step, circles in job["status"]["steps"].items():
         total = run["totals"].get(step)
         progress = stage_progress(counts_by_step.get(step, zero_counts()))
@@ -263,18 +294,19 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
         for stage in ("transform", "embedding"):
             p = progress[stage]
             counts = {"processed": p["processed"], "total": total, "failed": p["failed"]}
-            if upstream_done and p["pending"] == 0 and circles[stage] in ("idle", "running"):
-                if circles[stage] == "idle":
-                    _move(job, run_id, step, stage, "running", events)
-                _move(job, run_id, step, stage, "finished", events, **counts)
+            done = upstream_done and p["pending"] == 0 and circles[stage] in ("idle", "running")
+            if done:
+                moves.append((step, stage, counts))
             elif circles[stage] == "running":
-                events.append(stage_event(job["tenant_id"], job["id"], run_id, step, stage, "running", **counts))
-            upstream_done = circles[stage] == "finished"
-    if all(c["embedding"] == "finished" for c in job["status"]["steps"].values()):
-        events += _finish(conn, job, run)
-    else:
-        _save_status(conn, job, heartbeat_at=utcnow())
-    return events
+                events.append(stage_event(job["tenant_id"], job["id"], run["run_id"], step, stage, "running", **counts))
+            upstream_done = done or circles[stage] == "finished"
+    return moves, events
+
+
+def _heartbeat_due(job: dict[str, Any]) -> bool:
+    """Whether the run's lease should be renewed: well before it would go stale."""
+    beat = job["heartbeat_at"]
+    return beat is None or utcnow() - beat > STALE_AFTER / 10
 
 
 def _finish(conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> list[Event]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import hashlib
-import json
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -281,7 +281,7 @@ def to_row(payload: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         "pushed_at": parse_time(payload.get("pushed_at")),
         "active": True,
     }
-    row["content_hash"] = hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()
+    row["content_hash"] = hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return row
 
 
