@@ -6,11 +6,12 @@ One lock guards everything.  Serialized listing items and sorted listings are ca
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from datetime import datetime, timezone
 from typing import Any, Iterable
+
+import orjson
 
 from . import shapes
 from .data import THEMES, Owner, Repo, generate, new_repo_id, owner_for_login
@@ -34,7 +35,7 @@ def now_utc() -> datetime:
 
 def dumps(value: Any) -> bytes:
     """GitHub sends compact UTF-8 JSON, non-ASCII characters unescaped."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 class Store:
