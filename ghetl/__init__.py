@@ -4,28 +4,49 @@ The public API: set up with `init`, `add_tenant`, `add_integration`; run with `s
 `search` (and, in notebooks, `ghetl.frames`). Everything is configured by environment
 variables (see `ghetl.config`), so the same code runs on SQLite in a notebook and on
 PostgreSQL + RabbitMQ with workers on other hosts.
+
+The names below are imported on first use, so that `ghetl worker` or `ghetl sync` start
+without loading what only other commands need (numpy for search, the sandbox's server).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .broker import connect as connect_broker  # noqa: E402
-from .db import engine, init  # noqa: E402
-from .jobs import AlreadyRunning  # noqa: E402
-from .search import search  # noqa: E402
-from .settings import SettingsError  # noqa: E402
-from .sync import SyncResult, sync  # noqa: E402
-from .tenants import NotFound, add_integration, add_tenant  # noqa: E402
+_EXPORTS = {
+    "AlreadyRunning": "jobs",
+    "NotFound": "tenants",
+    "SettingsError": "settings",
+    "SyncResult": "sync",
+    "add_integration": "tenants",
+    "add_tenant": "tenants",
+    "connect_broker": "broker",
+    "engine": "db",
+    "init": "db",
+    "search": "search",
+    "sync": "sync",
+}
+_RENAMED = {"connect_broker": "connect"}
 
-__all__ = [
-    "AlreadyRunning",
-    "NotFound",
-    "SettingsError",
-    "SyncResult",
-    "add_integration",
-    "add_tenant",
-    "connect_broker",
-    "engine",
-    "init",
-    "search",
-    "sync",
-]
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .broker import connect as connect_broker
+    from .db import engine, init
+    from .jobs import AlreadyRunning
+    from .search import search
+    from .settings import SettingsError
+    from .sync import SyncResult, sync
+    from .tenants import NotFound, add_integration, add_tenant
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ghetl' has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    value = getattr(module, _RENAMED.get(name, name))
+    globals()[name] = value
+    return value

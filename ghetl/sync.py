@@ -26,7 +26,6 @@ from .db import raw_extraction_data, utcnow
 from .github import GitHubClient, GitHubError, Policy
 from .progress import StageBars
 from .status import Event, stage_event
-from .workers import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def sync(
     stop = threading.Event()
     if run_workers is None:
         run_workers = isinstance(broker, MemoryBroker)
-    consumers = _start_consumers(broker, Pipeline(engine, broker), stop, workers) if run_workers else None
+    consumers = _start_consumers(broker, engine, stop, workers) if run_workers else None
     client = GitHubClient(integration["api_url"], token, policy=policy)
     try:
         ordered = list(steps.registry().values())
@@ -148,10 +147,14 @@ def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callabl
     return forward
 
 
-def _start_consumers(broker: Broker, pipeline: Pipeline, stop: threading.Event, workers: int) -> threading.Thread:
+def _start_consumers(broker: Broker, engine: sa.Engine, stop: threading.Event, workers: int) -> threading.Thread:
+    """The stages in this process (embedded default); imported here, since a sync on RabbitMQ
+    leaves them to `ghetl worker` processes and need not load numpy and the embedder."""
+    from .workers import Pipeline
+
     thread = threading.Thread(
         target=broker.consume,
-        args=(list(broker_mod.STAGE_QUEUES), pipeline.deliver),
+        args=(list(broker_mod.STAGE_QUEUES), Pipeline(engine, broker).deliver),
         kwargs={"concurrency": workers, "stop": stop},
         name="ghetl-consumers",
         daemon=True,
