@@ -54,14 +54,14 @@ class PageCache:
             return None
         return CachedPage(row["etag"], list(row["item_ids"]), row["next_url"], row["oldest_updated_at"])
 
-    def put(self, url: str, etag: str, item_ids: list[str], next_url: str | None, oldest: dt.datetime | None) -> None:
-        """Remember a page; call it only once the items it names have landed."""
+    def put(self, conn: sa.Connection, url: str, etag: str, item_ids: list[str], next_url: str | None,
+            oldest: dt.datetime | None) -> None:
+        """Remember a page, in the transaction that stores the items it names (or after it)."""
         row = {
             "integration_id": self.integration_id, "url": url, "etag": etag, "item_ids": item_ids,
             "next_url": next_url, "fingerprint": self.fingerprint, "oldest_updated_at": oldest,
         }
-        with self.engine.begin() as conn:
-            db.upsert(conn, http_cache, [row], ("integration_id", "url"))
+        db.upsert(conn, http_cache, [row], ("integration_id", "url"))
 
     def payloads(self, item_ids: list[str]) -> list[dict[str, Any]] | None:
         """The latest stored payload of each id, in order; None when any of them is missing."""

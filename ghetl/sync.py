@@ -184,15 +184,17 @@ def _extract(
     with engine.begin() as conn:
         broker.publish_status(jobs.stage_running(conn, run.run_id, run.job_id, step.name, "extraction"))
     try:
-        for payloads in step.extract(ctx):
-            items = _store(engine, run, step, payloads)
-            if held:
-                broker.publish("transform", [{**envelope, "items": held}])
-            if total == 0:
-                items[0]["first_item"] = True
-            held = items
-            total += len(items)
-            broker.publish_status([stage_event(run.tenant_id, run.job_id, run.run_id, step.name, "extraction", "running", processed=total)])
+        for batch in step.extract(ctx):
+            items = _store(engine, run, step, batch)
+            if items:
+                if held:
+                    broker.publish("transform", [{**envelope, "items": held}])
+                if total == 0:
+                    items[0]["first_item"] = True
+                held = items
+                total += len(items)
+                broker.publish_status([stage_event(run.tenant_id, run.job_id, run.run_id, step.name, "extraction",
+                                                   "running", processed=total)])
             if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
                 with engine.begin() as conn:
                     jobs.heartbeat(conn, run)
@@ -211,8 +213,8 @@ def _extract(
     log.info("extraction of %s done: %d items published", step.name, total)
 
 
-def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert one page of raw payloads; return the items of its transform message."""
+def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batch) -> list[dict[str, Any]]:
+    """Insert one page of raw payloads, with what the step records as they land; return the items of its transform message."""
     now = utcnow()
     rows = [
         {
@@ -220,11 +222,13 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, payloads: list[di
             "run_id": run.run_id, "entity_type": step.name, "external_id": str(p["id"]), "raw_data": p,
             "status": "pending", "attempts": 0, "created_at": now, "updated_at": now,
         }
-        for p in payloads
+        for p in batch.payloads
     ]
     with engine.begin() as conn:
         ids = db.insert(conn, raw_extraction_data, rows)
         jobs.count_items(conn, run.run_id, step.name, {"pending": len(ids)})
+        if batch.landed is not None:
+            batch.landed(conn)
     return [
         {"raw_data_id": raw_id, "external_id": row["external_id"], "first_item": False, "last_item": False,
          "last_job_item": False}

@@ -1,6 +1,6 @@
 """The registry of steps: each step is one module holding every stage of one GitHub entity.
 
-A step module provides `extract` (pages of API payloads), `to_row` (one payload to one row),
+A step module provides `extract` (batches of API payloads), `to_row` (one payload to one row),
 `upsert` (a batch of rows into its table) and `embed_text` (the text that represents a row).
 The worker loop, the broker and the status code only ever go through this registry, so adding
 pull requests means adding `steps/pull_requests.py` and one line below.
@@ -18,13 +18,27 @@ import sqlalchemy as sa
 JOB_NAME = "GitHub"
 
 
+@dataclass
+class Batch:
+    """A page of payloads to store, and what to record in the same transaction as they land.
+
+    `landed` is how a step remembers a page (its ETag) exactly when its items are stored: not
+    before, or a crash would leave the page marked as seen without its items; not in a
+    transaction of its own, which would cost a commit per page. A batch may have no payloads
+    and only something to record (a page whose repositories the settings all leave out).
+    """
+
+    payloads: list[dict[str, Any]]
+    landed: Callable[[sa.Connection], None] | None = None
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
     display_name: str
     order: int
     table: sa.Table
-    extract: Callable[[Any], Iterator[list[dict[str, Any]]]]
+    extract: Callable[[Any], Iterator[Batch]]
     to_row: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
     upsert: Callable[[sa.Connection, list[dict[str, Any]]], None]
     embed_text: Callable[[dict[str, Any]], str]

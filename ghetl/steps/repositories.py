@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from sqlalchemy.engine import Connection
 from .. import db, http_cache, tenants
 from ..db import repositories
 from ..github import GitHubUnavailable, Page
-from . import ExtractContext
+from . import Batch, ExtractContext
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def wanted(repo: dict[str, Any], settings: dict[str, Any]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(repo["name"].lower(), p.lower()) for p in patterns)
 
 
-def extract(ctx: ExtractContext) -> Iterator[list[dict[str, Any]]]:
+def extract(ctx: ExtractContext) -> Iterator[Batch]:
     """Pages of repository payloads to store; each repository at most once per run."""
     seen: set[str] = set()
     if ctx.settings["repository_filter"]:
@@ -87,20 +88,20 @@ def _older(repo: dict[str, Any], cutoff: dt.datetime | None) -> bool:
     return cutoff is not None and updated is not None and updated < cutoff
 
 
-def _searched(ctx: ExtractContext, seen: set[str]) -> Iterator[list[dict[str, Any]]]:
+def _searched(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
     query = f"user:{ctx.integration['owner']} {ctx.settings['repository_filter']}"
     for page in ctx.client.search_repositories(query, updated_since=ctx.cutoff):
         batch = _keep(ctx, page.items, seen)
         if batch:
-            yield batch
+            yield Batch(batch)
 
 
-def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[list[dict[str, Any]]]:
+def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
     """The owner's listing, newest update first, each page conditional on the ETag it had last time.
 
     A 304 page is unchanged since its items landed: an incremental run has nothing to do with
-    it, a full run gives its stored payloads again. Each page's ETag is stored only after its
-    items were handed on (and so stored), which is what lets a run stopped by the rate limit
+    it, a full run gives its stored payloads again. Each page's ETag is stored in the transaction
+    that stores its items (`Batch.landed`), never before, which is what lets a run stopped by the rate limit
     resume where it stopped: the pages it got are 304s, free, and only the rest costs.
     Paging stops at the first page that reaches repositories older than the cut-off; a
     repository touched meanwhile sorts to the top of page 1, whose ETag then no longer matches.
@@ -125,11 +126,13 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[list[dict[str, Any]
                 next_url = page.next_url
             last = _reached(oldest, ctx) or not next_url
             fetching = None if last else ahead.submit(_fetch_listed, ctx, cache, next_url)
-            if batch:
-                yield batch
+            landed = None
             if got.reused is None and page.etag:
                 kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
-                cache.put(got.url, page.etag, kept, page.next_url, oldest)
+                landed = functools.partial(cache.put, url=got.url, etag=page.etag, item_ids=kept,
+                                           next_url=page.next_url, oldest=oldest)
+            if batch or landed:
+                yield Batch(batch, landed)
 
 
 @dataclass
@@ -194,11 +197,12 @@ def _viewer(ctx: ExtractContext) -> str | None:
         log.info("GitHub answered %d for /user; listing public repositories only", response.status_code)
         return None
     if response.headers.get("etag"):
-        cache.put(url, response.headers["etag"], [body["login"]], None, None)
+        with ctx.engine.begin() as conn:
+            cache.put(conn, url, response.headers["etag"], [body["login"]], None, None)
     return body["login"]
 
 
-def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[list[dict[str, Any]]]:
+def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     """Repositories to fetch by id because the listing did not bring them.
 
     On a full run: known active repositories missing from the listing (renamed, transferred or
@@ -232,10 +236,10 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[list[di
             continue
         batch.append(repo)
         if len(batch) == BATCH:
-            yield batch
+            yield Batch(batch)
             batch = []
     if batch:
-        yield batch
+        yield Batch(batch)
 
 
 def deactivate(engine: sa.Engine, tenant_id: int, integration_id: int, external_id: str) -> None:
