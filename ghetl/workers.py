@@ -183,18 +183,21 @@ class Pipeline:
         """Embed and store one message's rows and set their items' status; return the refused rows."""
         table = step.table
         external_ids = [str(i["external_id"]) for i in items]
+        vector = embeddings_table.alias("stored")
+        query = (
+            sa.select(table, vector.c.content_hash.label("stored_hash"))
+            .outerjoin(vector, sa.and_(
+                *(vector.c[k] == v for k, v in scope.items()),
+                vector.c.external_id == table.c.external_id,
+                vector.c.model == self.embedder.model,
+            ))
+            .where(table.c.tenant_id == scope["tenant_id"], table.c.integration_id == scope["integration_id"],
+                   table.c.external_id.in_(external_ids))
+        )
         with self.engine.connect() as conn:
-            rows = {
-                r["external_id"]: dict(r)
-                for r in conn.execute(
-                    sa.select(table).where(
-                        table.c.tenant_id == scope["tenant_id"],
-                        table.c.integration_id == scope["integration_id"],
-                        table.c.external_id.in_(external_ids),
-                    )
-                ).mappings()
-            }
-        new_rows, refused = self._vectors(step, scope, rows)
+            rows = {r["external_id"]: dict(r) for r in conn.execute(query).mappings()}
+        stored = {ext: row.pop("stored_hash") for ext, row in rows.items()}
+        new_rows, refused = self._vectors(step, scope, rows, stored)
         missing = {i["raw_data_id"]: "row to embed not found" for i in items
                    if str(i["external_id"]) not in rows and i["raw_data_id"] is not None}
         done = [i["raw_data_id"] for i in items if i["raw_data_id"] is not None
@@ -246,22 +249,12 @@ class Pipeline:
             log.info("embedded %d %s that had no %s vector yet", count, step.table_name, model)
 
     def _vectors(self, step: steps.Step, scope: dict[str, Any], rows: dict[str, dict[str, Any]],
-                 stored: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
+                 stored: dict[str, str | None]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Encode the rows whose (model, text) changed in one call; return the vector rows and the refused ones.
 
-        `stored` maps external ids to the content hashes already stored for the current model;
-        it is read here unless the caller knows it.
+        `stored` maps external ids to the content hashes already stored for the current model.
         """
         embedder = self.embedder
-        if stored is None:
-            with self.engine.connect() as conn:
-                stored = dict(conn.execute(
-                    sa.select(embeddings_table.c.external_id, embeddings_table.c.content_hash).where(
-                        *(embeddings_table.c[k] == v for k, v in scope.items()),
-                        embeddings_table.c.model == embedder.model,
-                        embeddings_table.c.external_id.in_(list(rows)),
-                    )
-                ).all())
         texts: dict[str, str] = {}
         hashes: dict[str, str] = {}
         for ext, row in rows.items():
