@@ -85,6 +85,19 @@ def server_cpu() -> dict[str, float]:
     return found
 
 
+def python_speed() -> float:
+    """Seconds for a fixed pure-Python loop: how fast this (shared, often noisy) machine is right now.
+
+    The same code has run twice as slowly at some moments of a session as at others, and the
+    wall time of a run moves with it: compare runs only together with this figure.
+    """
+    started = time.perf_counter()
+    total = 0
+    for n in range(10_000_000):
+        total += n
+    return time.perf_counter() - started
+
+
 def stage_rates(events: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
     """Per stage: items processed and seconds from its first event to its `finished` event."""
     first: dict[str, dt.datetime] = {}
@@ -165,6 +178,7 @@ def main() -> None:
                     raise SystemExit("the workers did not start consuming within a minute")
                 time.sleep(0.1)
 
+            speed_before = python_speed()
             servers_before = server_cpu()
             own_before = resource.getrusage(resource.RUSAGE_SELF)
             started = time.perf_counter()
@@ -182,6 +196,7 @@ def main() -> None:
             if sync_usage.code != 0:
                 raise SystemExit(f"ghetl sync exited {sync_usage.code}: {err.decode()[-2000:]}")
             result = json.loads(out)
+            speed_after = python_speed()
             time.sleep(0.3)
             unsubscribe()
 
@@ -210,6 +225,8 @@ def main() -> None:
     transform_messages = -(-counts["extracted"] // 100)
     print(f"scale-out (PostgreSQL + RabbitMQ), {args.repos} repositories, {args.workers} worker process(es) "
           f"x {args.concurrency} consumer(s) per stage")
+    print(f"  machine speed      {speed_before:.2f} s before, {speed_after:.2f} s after (a 10M-step Python loop; "
+          "lower is faster)")
     print(f"  overall            {result['overall']}")
     print(f"  wall seconds       {wall:.2f} (ghetl sync process, start to exit)")
     print(f"  sync seconds       {result['seconds']:.2f} (inside sync(): claim, extract, wait for FINISHED)")
