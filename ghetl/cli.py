@@ -106,7 +106,8 @@ def _print_summary(result: dict[str, Any]) -> None:
           f"({'full' if result['full'] else 'incremental'} sync of tenant {result['tenant']})")
     for step, counts in result["counts"].items():
         print(f"  {step}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-    print(f"  GitHub: {result['requests']} requests, {result['not_modified']} not modified (304), "
+    requests = result["requests"]
+    print(f"  GitHub: {requests} request{'' if requests == 1 else 's'}, {result['not_modified']} not modified (304), "
           f"{result['rate_limit_points']} rate-limit points")
 
 
