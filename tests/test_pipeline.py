@@ -332,3 +332,26 @@ def test_a_bad_item_fails_alone_and_the_next_run_retries_it(backend, sandbox, te
     assert second.overall == "FINISHED"
     assert second.counts["github_repositories"]["extracted"] == 1
     assert str(bad["id"]) in stored_ids(backend)
+
+
+def test_a_repository_the_database_cannot_store_fails_alone(backend, sandbox, tenant):
+    """A description with a NUL character: PostgreSQL text cannot hold it, SQLite can.
+
+    On PostgreSQL its row is refused and only that item fails, with the database's reason; the
+    batch around it is stored. Either way the run finishes with every other repository.
+    """
+    odd = sandbox.touch(sandbox.repos("acme")[3]["id"], description="nul \x00 inside")
+    others = {str(r["id"]) for r in sandbox.repos("acme")} - {str(odd["id"])}
+
+    result = backend.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert others <= stored_ids(backend)
+    failed = backend.rows("select external_id, failed_stage, error_message from raw_extraction_data "
+                          "where status = 'failed'")
+    if backend.engine.dialect.name == "postgresql":
+        assert [(f[0], f[1]) for f in failed] == [(str(odd["id"]), "transform")]
+        assert "database refused the row" in failed[0][2]
+        assert result.counts["github_repositories"]["failed"] == 1
+    else:
+        assert failed == [] and str(odd["id"]) in stored_ids(backend)
