@@ -137,3 +137,12 @@ def test_the_settings_examples_in_data_are_all_accepted(cli):
                      "--settings", json.dumps(settings))
         assert result.returncode == 0, (name, result.stderr)
     assert len(json.loads(cli("jobs", "--json").stdout)) == len(examples)
+
+
+def test_sandbox_and_status_server_default_to_different_ports():
+    from ghetl.cli import build_parser
+
+    parser = build_parser()
+    sandbox = parser.parse_args(["sandbox"])
+    status = parser.parse_args(["status-server"])
+    assert sandbox.port != status.port

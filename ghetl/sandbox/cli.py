@@ -7,7 +7,10 @@ import logging
 import signal
 import threading
 
-from .sandbox import DEFAULT_PORT, Sandbox
+
+
+DEFAULT_PORT = 8766
+"""Not the status server's 8765, so that both run side by side with their defaults."""
 
 
 def _counts(text: str) -> dict[str, int]:
@@ -41,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; prints one line saying what is served where."""
+    from .sandbox import Sandbox
+
     try:
         sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
                           core_limit=args.core_limit, search_limit=args.search_limit,

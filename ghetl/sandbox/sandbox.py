@@ -12,6 +12,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
+from .cli import DEFAULT_PORT
 from .faults import Faults
 from .limits import RateLimits, SecondaryLimit
 from .records import RequestRecord
@@ -22,7 +23,6 @@ from .state import Store
 log = logging.getLogger("ghetl.sandbox")
 
 DEFAULT_ORGS = {"acme": 120}
-DEFAULT_PORT = 8765
 
 
 class Sandbox:
@@ -33,7 +33,7 @@ class Sandbox:
     or ``sandbox-admin``), who administers every organization, but gets its own rate-limit
     buckets.  ``secondary_limit=(requests, seconds)`` turns on a per-token secondary limit.
     ``path_prefix="/api/v3"`` serves everything below that prefix, like GitHub Enterprise Server.
-    Until ``start`` binds a port, rendered URLs use http://127.0.0.1:8765 (the CLI default).
+    Until ``start`` binds a port, rendered URLs use http://127.0.0.1:8766 (the CLI default).
     As on GitHub, unauthenticated callers only see public repositories and GET /users/{user}/repos
     lists public repositories only; a user's private ones come from GET /user/repos with a token.
     """
