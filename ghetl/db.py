@@ -1,8 +1,9 @@
-"""The schema, the engine, and the two SQL shapes every stage needs (upsert, now).
+"""The schema, the engine, and the SQL shapes every stage needs (batch insert, upsert, now).
 
-One schema serves SQLite and PostgreSQL: JSON becomes JSONB on PostgreSQL, timestamps are
-stored as UTC and always come back timezone-aware, and upserts use each dialect's own
-`INSERT ... ON CONFLICT` so a batch of rows is one statement.
+One schema serves SQLite and PostgreSQL: JSON becomes JSONB on PostgreSQL (raw payloads plain
+`json`), timestamps are stored as UTC and always come back timezone-aware, and upserts use
+each dialect's own `INSERT ... ON CONFLICT`, so a batch of rows is one statement: on SQLite a
+native executemany, on PostgreSQL one JSON parameter that the server unpacks.
 """
 
 from __future__ import annotations
