@@ -224,6 +224,26 @@ def count_items(conn: Connection, run_id: str, step: str, changes: dict[str, int
     )
 
 
+def job_progress(conn: sa.Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
+    """Processed/total/failed per step and stage for the job's current run, counted from the database."""
+    if not job["run_id"]:
+        return {}
+    run = get_run(conn, job["run_id"])
+    totals = run["totals"] if run else {}
+    counts_by_step = item_counts(conn, job["run_id"])
+    progress = {}
+    for step in job["status"]["steps"]:
+        counts = counts_by_step.get(step, zero_counts())
+        total = totals.get(step)
+        stages = stage_progress(counts)
+        extracted = sum(counts[s] for s in ("pending", "transformed", "embedded", "failed"))
+        progress[step] = {
+            "extraction": {"processed": extracted, "total": total, "failed": 0},
+            **{s: {"processed": p["processed"], "total": total, "failed": p["failed"]} for s, p in stages.items()},
+        }
+    return progress
+
+
 def zero_counts() -> dict[str, int]:
     return {"pending": 0, "transformed": 0, "embedded": 0, "failed": 0, "failed_transform": 0, "failed_embedding": 0}
 

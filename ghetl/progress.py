@@ -41,6 +41,10 @@ class StageBars:
                 for n, stage in enumerate(STAGES)
             }
 
+    @property
+    def drawn(self) -> bool:
+        return bool(self._bars)
+
     def update(self, event: Event) -> None:
         bar = self._bars.get(event.get("stage", ""))
         if bar is None or event.get("processed") is None:

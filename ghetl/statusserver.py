@@ -128,26 +128,6 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, default=_json_default, separators=(",", ":"))
 
 
-def job_progress(conn: sa.Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
-    """Processed/total/failed per step and stage for the job's current run, counted from the database."""
-    if not job["run_id"]:
-        return {}
-    run = jobs.get_run(conn, job["run_id"])
-    totals = run["totals"] if run else {}
-    counts_by_step = jobs.item_counts(conn, job["run_id"])
-    progress = {}
-    for step in job["status"]["steps"]:
-        counts = counts_by_step.get(step, jobs.zero_counts())
-        total = totals.get(step)
-        stages = jobs.stage_progress(counts)
-        extracted = sum(counts[s] for s in ("pending", "transformed", "embedded", "failed"))
-        progress[step] = {
-            "extraction": {"processed": extracted, "total": total, "failed": 0},
-            **{s: {"processed": p["processed"], "total": total, "failed": p["failed"]} for s, p in stages.items()},
-        }
-    return progress
-
-
 def snapshot(engine: sa.Engine, tenant: dict[str, Any], job_id: int | None, reason: str) -> dict[str, Any]:
     """Everything a client needs to draw its tenant's jobs right now, read from `etl_jobs`."""
     with engine.connect() as conn:
@@ -156,7 +136,7 @@ def snapshot(engine: sa.Engine, tenant: dict[str, Any], job_id: int | None, reas
             {
                 "job_id": j["id"], "integration_id": j["integration_id"], "job_name": j["job_name"],
                 "run_id": j["run_id"], "overall": j["status"]["overall"], "status": j["status"],
-                "progress": job_progress(conn, j), "last_sync_date": j["last_sync_date"],
+                "progress": jobs.job_progress(conn, j), "last_sync_date": j["last_sync_date"],
                 "last_run_started_at": j["last_run_started_at"], "last_run_finished_at": j["last_run_finished_at"],
                 "error_message": redact(j["error_message"]) if j["error_message"] else None,
             }
@@ -477,7 +457,7 @@ def _job_states(engine: sa.Engine) -> dict[int, dict[str, Any]]:
     """Every job's status, run and error, with progress for the running ones."""
     with engine.connect() as conn:
         return {
-            j["id"]: {**j, "progress": job_progress(conn, j) if j["status"]["overall"] == "RUNNING" else {}}
+            j["id"]: {**j, "progress": jobs.job_progress(conn, j) if j["status"]["overall"] == "RUNNING" else {}}
             for j in jobs.list_jobs(conn)
         }
 

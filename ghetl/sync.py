@@ -99,6 +99,7 @@ def sync(
         run_workers = isinstance(broker, MemoryBroker)
     consumers = _start_consumers(broker, engine, stop, workers) if run_workers else None
     client = GitHubClient(integration["api_url"], token, policy=policy)
+    ended = False
     try:
         ordered = list(steps.registry().values())
         for step in ordered:
@@ -106,6 +107,7 @@ def sync(
                                        retry_ids=_failed_before(engine, job["run_id"], step.name))
             _extract(engine, broker, run, step, ctx, job, last_step=step is ordered[-1])
         _wait_for_end(engine, run, timeout, None if run_workers else broker)
+        ended = True
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         with engine.begin() as conn:
@@ -117,10 +119,24 @@ def sync(
         if consumers is not None:
             consumers.join()
         unsubscribe()
+        if ended and bars.drawn:
+            _settle(bars, engine, run)
         bars.close()
         if own_broker:
             broker.close()  # RabbitMQ: what was handed to the publisher is written before the process ends
     return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
+
+
+def _settle(bars: StageBars, engine: sa.Engine, run: jobs.Run) -> None:
+    """Draw the bars' last state from the database: the run's last status events may still be
+    on their way from the workers when the job is seen to have ended."""
+    with engine.connect() as conn:
+        job = jobs.job_by_id(conn, run.job_id)
+        progress = jobs.job_progress(conn, job) if job["run_id"] == run.run_id else {}
+    for step, stages in progress.items():
+        for stage, counts in stages.items():
+            bars.update(stage_event(run.tenant_id, run.job_id, run.run_id, step, stage,
+                                    job["status"]["steps"][step][stage], **counts))
 
 
 def _failed_before(engine: sa.Engine, previous_run: str | None, step: str) -> set[str]:
