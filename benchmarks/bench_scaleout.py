@@ -3,8 +3,9 @@
 Starts the GitHub sandbox in this process, a fresh PostgreSQL database, queues under a unique
 prefix and `ghetl worker all` processes, then runs `ghetl sync --full` as its own process, as
 an operator would. Prints wall seconds, repositories/s per stage (from the status events'
-timestamps), messages published, and the peak RSS and CPU seconds of every process (from
-`os.wait4`, which reports each child's own, so no extra dependency is needed). Cleans up after
+timestamps), messages published, the peak RSS of every process (VmHWM, sampled from /proc:
+`ru_maxrss` of a child also counts the parent's memory it was forked from) and its CPU seconds
+(from `os.wait4`, which reports each child's own). Cleans up after
 itself. The sandbox's page cache is warmed before the run, since GitHub's work is not done on
 this machine; `--cold-sandbox` leaves it cold. `--profile DIR` attaches py-spy (if installed)
 to the sync and the workers and leaves collapsed stacks in DIR.
@@ -46,7 +47,28 @@ class Usage(NamedTuple):
         return f"{self.rss_mb:.0f} MB peak RSS, {self.cpu_s:.1f} s CPU, exit {self.code}"
 
 
-def wait4(proc: subprocess.Popen[bytes], timeout: float) -> Usage:
+class PeakRss(threading.Thread):
+    """Follows a process's peak resident memory (VmHWM) until it exits; in MB."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.mb = pid, 0.0
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                with open(f"/proc/{self.pid}/status") as status:
+                    line = next((l for l in status if l.startswith("VmHWM:")), None)
+            except OSError:
+                return
+            if line is None:  # a zombie: it has exited
+                return
+            self.mb = max(self.mb, int(line.split()[1]) / 1024)
+            time.sleep(0.05)
+
+
+def wait4(proc: subprocess.Popen[bytes], timeout: float, peak: PeakRss) -> Usage:
     """Reap a child; return its exit code, its own peak RSS and the CPU time it used."""
     deadline = time.monotonic() + timeout
     pid, status, usage = 0, 0, None
@@ -57,7 +79,7 @@ def wait4(proc: subprocess.Popen[bytes], timeout: float) -> Usage:
         proc.kill()
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Usage(proc.returncode, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+    return Usage(proc.returncode, peak.mb, usage.ru_utime + usage.ru_stime)
 
 
 def server_cpu() -> dict[str, float]:
@@ -193,6 +215,7 @@ def main() -> None:
                     [sys.executable, "-m", "ghetl", "worker", "all", "--concurrency", str(args.concurrency)],
                     env=env, stdout=subprocess.DEVNULL, stderr=log,
                 )))
+            worker_peaks = [PeakRss(proc.pid) for proc in workers]
             expected = args.workers * args.concurrency
             deadline = time.monotonic() + 60
             while min(broker.consumer_count("transform"), broker.consumer_count("embedding")) < expected:
@@ -208,9 +231,10 @@ def main() -> None:
                 [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             ))
+            sync_peak = PeakRss(sync.pid)
             out = sync.stdout.read() if sync.stdout else b""
             err = sync.stderr.read() if sync.stderr else b""
-            sync_usage = wait4(sync, 600)
+            sync_usage = wait4(sync, 600, sync_peak)
             wall = time.perf_counter() - started
             servers = {k: v - servers_before.get(k, 0.0) for k, v in server_cpu().items()}
             own_after = resource.getrusage(resource.RUSAGE_SELF)
@@ -227,7 +251,7 @@ def main() -> None:
                 profiler.wait(30)
             for proc in workers:
                 proc.send_signal(signal.SIGTERM)
-            worker_usage = [(proc.pid, wait4(proc, 60)) for proc in workers]
+            worker_usage = [(proc.pid, wait4(proc, 60, peak)) for proc, peak in zip(workers, worker_peaks)]
             published = sum(_published(log) for log in logs)
             with lock:
                 run_events = [e for e in events if e.get("run_id") == result["run_id"]]
