@@ -100,9 +100,10 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
     """The owner's listing, newest update first, each page conditional on the ETag it had last time.
 
     A 304 page is unchanged since its items landed: an incremental run has nothing to do with
-    it, a full run gives its stored payloads again. Each page's ETag is stored in the transaction
-    that stores its items (`Batch.landed`), never before, which is what lets a run stopped by the rate limit
-    resume where it stopped: the pages it got are 304s, free, and only the rest costs.
+    it, a full run gives its stored payloads again. Each page's ETag is stored in the
+    transaction that stores its items (`Batch.landed`), never before, which is what lets a run
+    stopped by the rate limit resume where it stopped: the pages it got are 304s, free, and only
+    the rest costs.
     Paging stops at the first page that reaches repositories older than the cut-off; a
     repository touched meanwhile sorts to the top of page 1, whose ETag then no longer matches.
     The next page is requested while this one is being stored: still one request at a time,
