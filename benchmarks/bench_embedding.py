@@ -16,13 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -218,23 +218,18 @@ def search_benchmark(sizes: list[int], postgres: bool) -> None:
 
 
 def postgres_times(size: int) -> None:
-    name = f"ghetl_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        print(f"  PostgreSQL unreachable, skipped: {str(exc.orig).strip().splitlines()[0]}")
-        return
-    engine = db.engine(sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
-    try:
-        db.init(engine)
-        search_times(engine, "PostgreSQL", size)
-    finally:
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with contextlib.ExitStack() as cleanup:
+        try:
+            url = cleanup.enter_context(db.scratch_database(PG_ADMIN_URL, "ghetl_bench"))
+        except sa.exc.OperationalError as exc:
+            print(f"  PostgreSQL unreachable, skipped: {str(exc.orig).strip().splitlines()[0]}")
+            return
+        engine = db.engine(url)
+        try:
+            db.init(engine)
+            search_times(engine, "PostgreSQL", size)
+        finally:
+            engine.dispose()
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ import time
 import uuid
 from typing import Any, NamedTuple
 
-import sqlalchemy as sa
 
 PG_ADMIN_URL = os.environ.get("GHETL_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -177,95 +176,88 @@ def main() -> None:
     from ghetl.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
 
-    name = f"ghetl_bench_{uuid.uuid4().hex[:10]}"
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix,
-           "GITHUB_TOKEN": TOKEN}
-    env.pop("GHETL_EMBEDDER", None)
-    broker = RabbitBroker(AMQP_URL, prefix)
-    workers: list[subprocess.Popen[bytes]] = []
-    logs: list[Any] = []
-    events: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    try:
-        with Sandbox(orgs={"bench": args.repos}, seed=3) as sandbox:
-            if not args.cold_sandbox:
-                warm(sandbox.url)
-            engine = db.engine(url)
-            db.init(engine)
-            with engine.begin() as conn:
-                tenants.add_tenant(conn, "bench")
-                tenants.add_integration(conn, "bench", "bench", api_url=sandbox.url)
-            engine.dispose()
-            broker.declare()
+    with db.scratch_database(PG_ADMIN_URL, "ghetl_bench") as url:
+        env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix,
+               "GITHUB_TOKEN": TOKEN}
+        env.pop("GHETL_EMBEDDER", None)
+        broker = RabbitBroker(AMQP_URL, prefix)
+        workers: list[subprocess.Popen[bytes]] = []
+        logs: list[Any] = []
+        events: list[dict[str, Any]] = []
+        lock = threading.Lock()
+        try:
+            with Sandbox(orgs={"bench": args.repos}, seed=3) as sandbox:
+                if not args.cold_sandbox:
+                    warm(sandbox.url)
+                engine = db.engine(url)
+                db.init(engine)
+                with engine.begin() as conn:
+                    tenants.add_tenant(conn, "bench")
+                    tenants.add_integration(conn, "bench", "bench", api_url=sandbox.url)
+                engine.dispose()
+                broker.declare()
 
-            def record(event: dict[str, Any]) -> None:
+                def record(event: dict[str, Any]) -> None:
+                    with lock:
+                        events.append(event)
+
+                unsubscribe = broker.subscribe_status(record)
+                for _ in range(args.workers):
+                    log = tempfile.TemporaryFile()
+                    logs.append(log)
+                    workers.append(profile(f"worker{len(workers)}", subprocess.Popen(
+                        [sys.executable, "-m", "ghetl", "worker", "all", "--concurrency", str(args.concurrency)],
+                        env=env, stdout=subprocess.DEVNULL, stderr=log,
+                    )))
+                worker_peaks = [PeakRss(proc.pid) for proc in workers]
+                expected = args.workers * args.concurrency
+                deadline = time.monotonic() + 60
+                while min(broker.consumer_count("transform"), broker.consumer_count("embedding")) < expected:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the workers did not start consuming within a minute")
+                    time.sleep(0.1)
+
+                speed_before = python_speed()
+                servers_before = server_cpu()
+                own_before = resource.getrusage(resource.RUSAGE_SELF)
+                started = time.perf_counter()
+                sync = profile("sync", subprocess.Popen(
+                    [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
+                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                ))
+                sync_peak = PeakRss(sync.pid)
+                out = sync.stdout.read() if sync.stdout else b""
+                err = sync.stderr.read() if sync.stderr else b""
+                sync_usage = wait4(sync, 600, sync_peak)
+                wall = time.perf_counter() - started
+                servers = {k: v - servers_before.get(k, 0.0) for k, v in server_cpu().items()}
+                own_after = resource.getrusage(resource.RUSAGE_SELF)
+                sandbox_cpu = sum(getattr(own_after, f) - getattr(own_before, f) for f in ("ru_utime", "ru_stime"))
+                if sync_usage.code != 0:
+                    raise SystemExit(f"ghetl sync exited {sync_usage.code}: {err.decode()[-2000:]}")
+                result = json.loads(out)
+                speed_after = python_speed()
+                time.sleep(0.3)
+                unsubscribe()
+
+                for profiler in profilers:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(30)
+                for proc in workers:
+                    proc.send_signal(signal.SIGTERM)
+                worker_usage = [(proc.pid, wait4(proc, 60, peak)) for proc, peak in zip(workers, worker_peaks)]
+                published = sum(_published(log) for log in logs)
                 with lock:
-                    events.append(event)
-
-            unsubscribe = broker.subscribe_status(record)
-            for _ in range(args.workers):
-                log = tempfile.TemporaryFile()
-                logs.append(log)
-                workers.append(profile(f"worker{len(workers)}", subprocess.Popen(
-                    [sys.executable, "-m", "ghetl", "worker", "all", "--concurrency", str(args.concurrency)],
-                    env=env, stdout=subprocess.DEVNULL, stderr=log,
-                )))
-            worker_peaks = [PeakRss(proc.pid) for proc in workers]
-            expected = args.workers * args.concurrency
-            deadline = time.monotonic() + 60
-            while min(broker.consumer_count("transform"), broker.consumer_count("embedding")) < expected:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the workers did not start consuming within a minute")
-                time.sleep(0.1)
-
-            speed_before = python_speed()
-            servers_before = server_cpu()
-            own_before = resource.getrusage(resource.RUSAGE_SELF)
-            started = time.perf_counter()
-            sync = profile("sync", subprocess.Popen(
-                [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
-                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            ))
-            sync_peak = PeakRss(sync.pid)
-            out = sync.stdout.read() if sync.stdout else b""
-            err = sync.stderr.read() if sync.stderr else b""
-            sync_usage = wait4(sync, 600, sync_peak)
-            wall = time.perf_counter() - started
-            servers = {k: v - servers_before.get(k, 0.0) for k, v in server_cpu().items()}
-            own_after = resource.getrusage(resource.RUSAGE_SELF)
-            sandbox_cpu = sum(getattr(own_after, f) - getattr(own_before, f) for f in ("ru_utime", "ru_stime"))
-            if sync_usage.code != 0:
-                raise SystemExit(f"ghetl sync exited {sync_usage.code}: {err.decode()[-2000:]}")
-            result = json.loads(out)
-            speed_after = python_speed()
-            time.sleep(0.3)
-            unsubscribe()
-
-            for profiler in profilers:
-                profiler.send_signal(signal.SIGINT)
-                profiler.wait(30)
+                    run_events = [e for e in events if e.get("run_id") == result["run_id"]]
+        finally:
             for proc in workers:
-                proc.send_signal(signal.SIGTERM)
-            worker_usage = [(proc.pid, wait4(proc, 60, peak)) for proc, peak in zip(workers, worker_peaks)]
-            published = sum(_published(log) for log in logs)
-            with lock:
-                run_events = [e for e in events if e.get("run_id") == result["run_id"]]
-    finally:
-        for proc in workers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        broker.delete_queues()
-        broker.close()
-        db.dispose_engines()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            broker.delete_queues()
+            broker.close()
+            db.dispose_engines()
 
     counts = result["counts"]["github_repositories"]
     transform_messages = -(-counts["extracted"] // 100)

@@ -8,6 +8,7 @@ CI=true an unreachable server fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -72,42 +73,36 @@ def _embedded(tmp_path: Any) -> Iterator[Backend]:
 
 
 def _scaleout() -> Iterator[Backend]:
-    name = f"ghetl_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as exc:
-        _unavailable("PostgreSQL", exc)
-    url = sa.engine.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    env = {"GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix}
-    previous = os.environ.get("GHETL_QUEUE_PREFIX")
-    os.environ["GHETL_QUEUE_PREFIX"] = prefix
-    engine = db.engine(url)
-    db.init(engine)
-    from ghetl.rabbitmq import RabbitBroker
+    with contextlib.ExitStack() as cleanup:
+        try:
+            url = cleanup.enter_context(db.scratch_database(PG_ADMIN_URL, "ghetl_test"))
+        except sa.exc.OperationalError as exc:
+            _unavailable("PostgreSQL", exc)
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        env = {"GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix}
+        previous = os.environ.get("GHETL_QUEUE_PREFIX")
+        os.environ["GHETL_QUEUE_PREFIX"] = prefix
+        engine = db.engine(url)
+        db.init(engine)
+        from ghetl.rabbitmq import RabbitBroker
 
-    try:
-        broker = RabbitBroker(AMQP_URL)
-        broker.declare()
-    except Exception as exc:  # pika raises several unrelated types for a refused connection
-        engine.dispose()
-        _unavailable("RabbitMQ", exc)
-    try:
-        yield Backend("scaleout", url, AMQP_URL, engine, broker, env)
-    finally:
-        broker.delete_queues()
-        broker.close()
-        engine.dispose()
-        db._engines.pop(url, None)
-        if previous is None:
-            os.environ.pop("GHETL_QUEUE_PREFIX", None)
-        else:
-            os.environ["GHETL_QUEUE_PREFIX"] = previous
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        try:
+            broker = RabbitBroker(AMQP_URL)
+            broker.declare()
+        except Exception as exc:  # pika raises several unrelated types for a refused connection
+            engine.dispose()
+            _unavailable("RabbitMQ", exc)
+        try:
+            yield Backend("scaleout", url, AMQP_URL, engine, broker, env)
+        finally:
+            broker.delete_queues()
+            broker.close()
+            engine.dispose()
+            db._engines.pop(url, None)
+            if previous is None:
+                os.environ.pop("GHETL_QUEUE_PREFIX", None)
+            else:
+                os.environ["GHETL_QUEUE_PREFIX"] = previous
 
 
 @pytest.fixture(params=["embedded", "scaleout"])
