@@ -444,6 +444,13 @@ def _beside(column: sa.Column) -> tuple[Any, Any] | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _beside_columns(table: sa.Table, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns of a row shape that travel beside the batch: decided once per shape, as the
+    statement is, rather than again for every batch."""
+    return tuple(c for c in columns if _beside(table.c[c]))
+
+
 def _is_plain_json(column: sa.Column) -> bool:
     """`json` on PostgreSQL (raw payloads), not one of the JSONB columns."""
     impl = column.type.dialect_impl(_POSTGRESQL)
@@ -459,7 +466,7 @@ def _batch_select(table: sa.Table, columns: tuple[str, ...], *, ordered: bool = 
 
     Each value goes through the input function of its column's type, as a literal would.
     """
-    beside = [c for c in columns if _beside(table.c[c])]
+    beside = _beside_columns(table, columns)
     records = sa.func.json_populate_recordset(
         sa.literal_column(f"NULL::{table.name}"), sa.cast(sa.bindparam("rows"), postgresql.JSON)
     ).table_valued(*(c for c in columns if c not in beside), with_ordinality="ordinality")
@@ -478,7 +485,7 @@ def _batch_select(table: sa.Table, columns: tuple[str, ...], *, ordered: bool = 
 def _batch_params(table: sa.Table, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The JSON batch and the arrays beside it. Datetimes are written by orjson itself (a naive
     one as UTC, the only time ghetl stores); Python-side defaults are added by SQLAlchemy."""
-    beside = [c for c in rows[0] if _beside(table.c[c])]
+    beside = _beside_columns(table, tuple(rows[0]))
     records = [{k: v for k, v in row.items() if k not in beside} for row in rows] if beside else rows
     params: dict[str, Any] = {
         "rows": orjson.dumps(list(records), option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS).decode()

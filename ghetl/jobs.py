@@ -224,7 +224,7 @@ def count_items(conn: Connection, run_id: str, step: str, changes: dict[str, int
     )
 
 
-def job_progress(conn: sa.Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
+def job_progress(conn: Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
     """Processed/total/failed per step and stage for the job's current run, counted from the database."""
     if not job["run_id"]:
         return {}

@@ -230,7 +230,10 @@ def _extract(
 
 
 def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batch) -> list[dict[str, Any]]:
-    """Insert one page of raw payloads, with what the step records as they land; return the items of its transform message."""
+    """Insert one page of raw payloads, with what the step records as they land.
+
+    Returns the items of the page's transform message.
+    """
     now = utcnow()
     rows = [
         {
