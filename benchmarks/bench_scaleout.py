@@ -22,6 +22,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,12 +163,17 @@ def main() -> None:
     args = parser.parse_args()
 
     profilers: list[subprocess.Popen[bytes]] = []
+    py_spy = shutil.which("py-spy", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+    if args.profile:
+        if py_spy is None:
+            parser.error("--profile needs py-spy: pip install py-spy")
+        os.makedirs(args.profile, exist_ok=True)
 
     def profile(name: str, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         """Attach py-spy (collapsed stacks into DIR/name.txt); it writes them on SIGINT or when the process ends."""
         if args.profile:
             profilers.append(subprocess.Popen(
-                ["py-spy", "record", "--format", "raw", "--rate", "200", "--gil", "-o", f"{args.profile}/{name}.txt",
+                [py_spy, "record", "--format", "raw", "--rate", "200", "--gil", "-o", f"{args.profile}/{name}.txt",
                  "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             ))
         return proc

@@ -19,6 +19,15 @@ def unique_columns(engine: sa.Engine) -> dict[str, list[str]]:
             for u in inspector.get_unique_constraints(t)}
 
 
+def raw_storage(engine: sa.Engine) -> tuple[str, list[str] | None]:
+    """How PostgreSQL compresses new raw payloads (p: pglz, l: lz4) and the raw table's options."""
+    with engine.connect() as conn:
+        return tuple(conn.exec_driver_sql(
+            "SELECT a.attcompression, c.reloptions FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE c.relname = 'raw_extraction_data' AND a.attname = 'raw_data'"
+        ).one())
+
+
 def test_init_upgrades_schema_1_keeping_every_row(backend, tenant):
     first = backend.sync(tenant)
     assert first.overall == "FINISHED"
@@ -27,7 +36,10 @@ def test_init_upgrades_schema_1_keeping_every_row(backend, tenant):
             for name, (table, columns) in OLD_ORDER.items():
                 conn.exec_driver_sql(f"ALTER TABLE {table} DROP CONSTRAINT {name}, "
                                      f"ADD CONSTRAINT {name} UNIQUE ({', '.join(columns)})")
+            conn.exec_driver_sql("ALTER TABLE raw_extraction_data ALTER COLUMN raw_data SET COMPRESSION pglz, "
+                                 "RESET (fillfactor)")
         assert unique_columns(backend.engine)["uq_repositories_external"][0] == "tenant_id"
+        assert raw_storage(backend.engine) == ("p", None)
 
     assert db.init(backend.engine) == db.SCHEMA_VERSION
 
@@ -40,6 +52,7 @@ def test_init_upgrades_schema_1_keeping_every_row(backend, tenant):
             "uq_repositories_external": ["external_id", "tenant_id", "integration_id"],
             "uq_embeddings_record_model": ["external_id", "tenant_id", "integration_id", "table_name", "model"],
         }
+        assert raw_storage(backend.engine) == ("l", [f"fillfactor={db.RAW_FILLFACTOR}"])
     again = backend.sync(tenant, full=True)
     assert again.overall == "FINISHED"
     with backend.engine.connect() as conn:
