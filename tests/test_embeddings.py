@@ -7,6 +7,7 @@ CI=true, so CI can never pass by silently not running them.
 from __future__ import annotations
 
 import os
+import zlib
 from typing import Any
 
 import numpy as np
@@ -197,3 +198,26 @@ def test_switching_model_reembeds_and_never_mixes(backend: Any, make_sandbox: An
     use_embedder(hashing)
     assert backend.sync(tenant).overall == "FINISHED"
     assert hashing.texts == []
+
+
+def test_hashing_vectors_are_those_of_the_model_definition() -> None:
+    """Vectors stored under `ghetl-hashing-v1-384` must never change while the name stays:
+    each feature (a stem, or a pair of neighbouring stems) adds +1 or -1, chosen by bit 16 of
+    its CRC-32, at column CRC-32 mod 384; rows are unit length; an empty text is (1, 0, ...)."""
+    embedder = embeddings.HashingEmbedder()
+    texts = ["acme / payments-ledger\nDouble-entry ledger for card payments\nLanguage: Go",
+             "", "Topics: ci_cd, testing, tests", "naïve café ünïcode"]
+    expected = np.zeros((len(texts), 384), dtype=np.float64)
+    for row, text in enumerate(texts):
+        for feature in embedder._features(text):
+            h = zlib.crc32(feature.encode())
+            expected[row, h % 384] += 1.0 if (h >> 16) & 1 else -1.0
+    expected[1, 0] = 1.0
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+
+    got = embedder.embed(texts)
+
+    assert got.dtype == np.float32 and got.shape == (4, 384)
+    assert np.allclose(got, expected, atol=1e-6)
+    assert embedder._features(texts[2]) == ["topic", "ci", "cd", "test", "test", "topic ci", "ci cd", "cd test",
+                                            "test test"]
