@@ -152,6 +152,21 @@ def stage_rates(events: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
     return {stage: (n, (at - first[stage]).total_seconds()) for stage, (n, at) in done.items()}
 
 
+def timeline(events: list[dict[str, Any]], started: dt.datetime) -> str:
+    """When each stage started and finished, and when the job did, in seconds after the sync
+    process was started: where the time before the first page and after the last one goes."""
+    marks: dict[str, list[float]] = {}
+    finished = None
+    for event in events:
+        at = (dt.datetime.fromisoformat(event["timestamp"]) - started).total_seconds()
+        if event.get("type") == "stage":
+            marks.setdefault(event["stage"], []).append(at)
+        elif event.get("overall") == "FINISHED":
+            finished = at
+    spans = [f"{stage} +{min(ats):.2f}..+{max(ats):.2f}" for stage, ats in marks.items()]
+    return ", ".join(spans + ([f"job FINISHED +{finished:.2f}"] if finished is not None else []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repos", type=int, default=10_000)
@@ -228,6 +243,7 @@ def main() -> None:
                 servers_before = server_cpu()
                 own_before = resource.getrusage(resource.RUSAGE_SELF)
                 started = time.perf_counter()
+                started_at = dt.datetime.now(dt.timezone.utc)
                 sync = profile("sync", subprocess.Popen(
                     [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -277,6 +293,7 @@ def main() -> None:
     print(f"  repositories/s     {counts['embedded'] / wall:.0f} end to end")
     for stage, (n, seconds) in stage_rates(run_events).items():
         print(f"    {stage:<16} {n / seconds if seconds else float('inf'):.0f}/s ({n} in {seconds:.2f} s)")
+    print(f"  timeline           {timeline(run_events, started_at)}, process exit +{wall:.2f}")
     print(f"  stored/embedded    {counts['transformed']}/{counts['embedded']} (failed {counts['failed']})")
     print(f"  messages published {transform_messages} transform (sync, one per listing page) + {published} embedding (workers)")
     print(f"  API requests       {result['requests']}")
