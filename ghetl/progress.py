@@ -34,8 +34,10 @@ class StageBars:
     def __init__(self, *, enabled: bool) -> None:
         self._bars: dict[str, Any] = {}
         self._lock = threading.Lock()
+        if not enabled:
+            return
         tqdm, in_notebook = _bar_class()
-        if enabled and (in_notebook or sys.stderr.isatty()):
+        if in_notebook or sys.stderr.isatty():
             self._bars = {
                 stage: tqdm(total=None, desc=f"{stage:<10}", unit="repo", position=n, leave=True)
                 for n, stage in enumerate(STAGES)

@@ -92,7 +92,7 @@ def sync(
     log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
 
     bars = StageBars(enabled=progress)
-    unsubscribe = broker.subscribe_status(_for_run(run.run_id, bars.update, on_event))
+    unsubscribe = _listen(broker, run.run_id, bars, on_event)
     broker.publish_status(events)
     stop = threading.Event()
     if run_workers is None:
@@ -151,6 +151,17 @@ def _failed_before(engine: sa.Engine, previous_run: str | None, step: str) -> se
                 raw_extraction_data.c.status == "failed",
             )
         ).scalars())
+
+
+def _listen(broker: Broker, run_id: str, bars: StageBars, on_event: Callable[[Event], None] | None) -> Callable[[], None]:
+    """Feed the run's status events to the bars and `on_event`; returns how to stop.
+
+    Nobody listening (`--json`, a pipe, a log file) means no subscription at all: on RabbitMQ
+    it is a connection of its own, opened and closed for nothing.
+    """
+    if not bars.drawn and on_event is None:
+        return lambda: None
+    return broker.subscribe_status(_for_run(run_id, bars.update, on_event))
 
 
 def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callable[[Event], None]:
