@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
-from ghetl import db
+from ghetl import db, tenants
 from ghetl.db import embeddings, repositories
 
 OLD_ORDER = {
@@ -17,6 +18,29 @@ def unique_columns(engine: sa.Engine) -> dict[str, list[str]]:
     inspector = sa.inspect(engine)
     return {u["name"]: u["column_names"] for t in ("repositories", "embeddings")
             for u in inspector.get_unique_constraints(t)}
+
+
+SCHEMA_2_KEYS = {  # table: the foreign keys schema 2 declared, one per column
+    "raw_extraction_data": [("tenant_id", "tenants"), ("integration_id", "integrations"), ("job_id", "etl_jobs")],
+    "repositories": [("tenant_id", "tenants"), ("integration_id", "integrations")],
+    "embeddings": [("tenant_id", "tenants"), ("integration_id", "integrations")],
+    "etl_jobs": [("tenant_id", "tenants"), ("integration_id", "integrations")],
+}
+
+
+def foreign_keys(engine: sa.Engine, table: str) -> set[tuple[tuple[str, ...], str]]:
+    return {(tuple(fk["constrained_columns"]), fk["referred_table"]) for fk in sa.inspect(engine).get_foreign_keys(table)}
+
+
+def as_schema_2(conn: sa.Connection) -> None:
+    """Put back what schema 2 had: per-column foreign keys, no composite ones or their targets."""
+    for table, keys in SCHEMA_2_KEYS.items():
+        for fk in sa.inspect(conn).get_foreign_keys(table):
+            conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{fk["name"]}"')
+        for column, referred in keys:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD FOREIGN KEY ({column}) REFERENCES {referred} (id)")
+    conn.exec_driver_sql("ALTER TABLE integrations DROP CONSTRAINT uq_integrations_tenant")
+    conn.exec_driver_sql("ALTER TABLE etl_jobs DROP CONSTRAINT uq_etl_jobs_scope")
 
 
 def raw_storage(engine: sa.Engine) -> tuple[str, list[str] | None]:
@@ -38,6 +62,8 @@ def test_init_upgrades_schema_1_keeping_every_row(backend, tenant):
                                      f"ADD CONSTRAINT {name} UNIQUE ({', '.join(columns)})")
             conn.exec_driver_sql("ALTER TABLE raw_extraction_data ALTER COLUMN raw_data SET COMPRESSION pglz, "
                                  "RESET (fillfactor)")
+            as_schema_2(conn)
+        assert len(foreign_keys(backend.engine, "raw_extraction_data")) == 3
         assert unique_columns(backend.engine)["uq_repositories_external"][0] == "tenant_id"
         assert raw_storage(backend.engine) == ("p", None)
 
@@ -53,7 +79,27 @@ def test_init_upgrades_schema_1_keeping_every_row(backend, tenant):
             "uq_embeddings_record_model": ["external_id", "tenant_id", "integration_id", "table_name", "model"],
         }
         assert raw_storage(backend.engine) == ("l", [f"fillfactor={db.RAW_FILLFACTOR}"])
+        assert foreign_keys(backend.engine, "raw_extraction_data") == {
+            (("job_id", "tenant_id", "integration_id"), "etl_jobs")}
+        for table in ("repositories", "embeddings", "etl_jobs"):
+            assert foreign_keys(backend.engine, table) == {(("tenant_id", "integration_id"), "integrations")}
     again = backend.sync(tenant, full=True)
     assert again.overall == "FINISHED"
     with backend.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(repositories)).scalar() == stored
+
+
+def test_a_row_cannot_name_another_tenants_integration(backend, tenant):
+    """The tenant and the integration are checked as a pair: each exists, but not together."""
+    with backend.engine.begin() as conn:
+        other_tenant, _ = tenants.add_tenant(conn, "someone-else")
+        own_tenant = tenants.get_tenant(conn, tenant)["id"]
+        integration_id = conn.execute(sa.select(db.integrations.c.id).where(
+            db.integrations.c.tenant_id == own_tenant)).scalar_one()
+    row = {"tenant_id": other_tenant, "integration_id": integration_id, "external_id": "1", "name": "x",
+           "full_name": "o/x", "content_hash": "0" * 64}
+    with pytest.raises(sa.exc.IntegrityError), backend.engine.begin() as conn:
+        conn.execute(repositories.insert().values(**row))
+    with backend.engine.begin() as conn:
+        conn.execute(repositories.insert().values(**{**row, "tenant_id": own_tenant}))
+        assert conn.execute(sa.select(sa.func.count()).select_from(repositories)).scalar() == 1
