@@ -79,47 +79,51 @@ class Pipeline:
             return Outcome("retry", reason)
 
     def handle(self, stage: str, message: dict[str, Any]) -> None:
-        if "run_id" not in message or not message["run_id"]:
-            message["run_id"] = self._current_run(message["job_id"])
-        step = steps.get(message["step"])
-        self._mark_running(message, stage)
-        if stage == "transform":
-            forward = self._transform(step, message)
-            if forward:
-                self.broker.publish("embedding", [{**message, "table_name": step.table_name, "items": forward}])
-        elif stage == "embedding":
-            self._embed(step, message)
-        else:
+        """One message's work on one pooled connection, in a transaction per step of it: taking
+        a connection from the pool costs a round trip (the liveness check), and a message
+        took four."""
+        if stage not in broker_mod.STAGE_QUEUES:
             raise ValueError(f"unknown stage '{stage}'")
-        self._advance(message["run_id"])
-
-    def _current_run(self, job_id: int) -> str:
+        step = steps.get(message["step"])
         with self.engine.connect() as conn:
+            if "run_id" not in message or not message["run_id"]:
+                message["run_id"] = self._current_run(conn, message["job_id"])
+            self._mark_running(conn, message, stage)
+            if stage == "transform":
+                forward = self._transform(conn, step, message)
+                if forward:
+                    self.broker.publish("embedding", [{**message, "table_name": step.table_name, "items": forward}])
+            else:
+                self._embed(conn, step, message)
+            self._advance(conn, message["run_id"])
+
+    def _current_run(self, conn: sa.Connection, job_id: int) -> str:
+        with conn.begin():
             run_id = conn.execute(sa.select(etl_jobs.c.run_id).where(etl_jobs.c.id == job_id)).scalar()
         if not run_id:
             raise PoisonMessage(f"job {job_id} has no run to attach this message to")
         return run_id
 
-    def _mark_running(self, message: dict[str, Any], stage: str) -> None:
+    def _mark_running(self, conn: sa.Connection, message: dict[str, Any], stage: str) -> None:
         key = (message["run_id"], message["step"], stage)
         with self._lock:
             if key in self._started:
                 return
             self._started.add(key)
-        with self.engine.begin() as conn:
+        with conn.begin():
             events = jobs.stage_running(conn, message["run_id"], message["job_id"], message["step"], stage)
         self.broker.publish_status(events)
 
-    def _advance(self, run_id: str) -> None:
-        with self.engine.begin() as conn:
+    def _advance(self, conn: sa.Connection, run_id: str) -> None:
+        with conn.begin():
             events = jobs.advance(conn, run_id)
         self.broker.publish_status(events)
 
-    def _transform(self, step: steps.Step, message: dict[str, Any]) -> list[dict[str, Any]]:
+    def _transform(self, conn: sa.Connection, step: steps.Step, message: dict[str, Any]) -> list[dict[str, Any]]:
         """Upsert the batch's rows; return the items to forward to embedding (failed ones stay behind)."""
         ids = [i["raw_data_id"] for i in message["items"] if i["raw_data_id"] is not None]
         ctx = {"tenant_id": message["tenant_id"], "integration_id": message["integration_id"]}
-        with self.engine.begin() as conn:
+        with conn.begin():
             raws = {
                 r.id: r
                 for r in conn.execute(
@@ -156,7 +160,7 @@ class Pipeline:
                 forward.append({**item, "external_id": rows[raw_id]["external_id"]})
         return forward
 
-    def _embed(self, step: steps.Step, message: dict[str, Any]) -> None:
+    def _embed(self, conn: sa.Connection, step: steps.Step, message: dict[str, Any]) -> None:
         """Embed the batch's rows whose text changed; store vectors with the model name and hash.
 
         A row the embedder gives a zero or non-finite vector is not stored: the others are, and
@@ -170,15 +174,15 @@ class Pipeline:
             "table_name": step.table_name,
         }
         items = [i for i in message["items"] if i.get("external_id") is not None]
-        refused = self._embed_items(step, scope, message["run_id"], items) if items else {}
+        refused = self._embed_items(conn, step, scope, message["run_id"], items) if items else {}
         if any(i["last_job_item"] for i in message["items"]):
-            self._embed_missing(step, scope, message["run_id"], skip=set(refused))
+            self._embed_missing(conn, step, scope, message["run_id"], skip=set(refused))
         if refused:
             raise ValueError(f"embedder refused {len(refused)} of {len(items)} repositories: "
                              + "; ".join(f"{ext}: {why}" for ext, why in refused.items()))
 
     def _embed_items(
-        self, step: steps.Step, scope: dict[str, Any], run_id: str, items: list[dict[str, Any]]
+        self, conn: sa.Connection, step: steps.Step, scope: dict[str, Any], run_id: str, items: list[dict[str, Any]]
     ) -> dict[str, str]:
         """Embed and store one message's rows and set their items' status; return the refused rows."""
         table = step.table
@@ -194,7 +198,7 @@ class Pipeline:
             .where(table.c.tenant_id == scope["tenant_id"], table.c.integration_id == scope["integration_id"],
                    table.c.external_id.in_(external_ids))
         )
-        with self.engine.connect() as conn:
+        with conn.begin():
             rows = {r["external_id"]: dict(r) for r in conn.execute(query).mappings()}
         stored = {ext: row.pop("stored_hash") for ext, row in rows.items()}
         new_rows, refused = self._vectors(step, scope, rows, stored)
@@ -202,13 +206,14 @@ class Pipeline:
                    if str(i["external_id"]) not in rows and i["raw_data_id"] is not None}
         done = [i["raw_data_id"] for i in items if i["raw_data_id"] is not None
                 and i["raw_data_id"] not in missing and str(i["external_id"]) not in refused]
-        with self.engine.begin() as conn:
+        with conn.begin():
             upsert(conn, embeddings_table, new_rows, EMBEDDING_KEY)
             _move(conn, run_id, step.name, done, "embedded", "transformed")
             _fail(conn, run_id, step.name, missing, "embedding")
         return refused
 
-    def _embed_missing(self, step: steps.Step, scope: dict[str, Any], run_id: str, skip: set[str]) -> None:
+    def _embed_missing(self, conn: sa.Connection, step: steps.Step, scope: dict[str, Any], run_id: str,
+                       skip: set[str]) -> None:
         """Embed, in large batches, every row of the scope that has no vector of the current model.
 
         Rows of this run are left to their own messages, which other workers may still be
@@ -234,12 +239,12 @@ class Pipeline:
             )
             if skip:
                 query = query.where(table.c.external_id.not_in(sorted(skip)))
-            with self.engine.connect() as conn:
+            with conn.begin():
                 rows = {r["external_id"]: dict(r) for r in conn.execute(query.limit(CATCH_UP_BATCH)).mappings()}
             if not rows:
                 break
             new_rows, refused = self._vectors(step, scope, rows, stored={})
-            with self.engine.begin() as conn:
+            with conn.begin():
                 upsert(conn, embeddings_table, new_rows, EMBEDDING_KEY)
             for ext, why in refused.items():
                 log.warning("%s %s has no %s vector: %s", step.table_name, ext, model, why)
@@ -286,12 +291,13 @@ class Pipeline:
             log.error("a dead-lettered %s message belongs to no run; nothing to record", stage)
             return
         try:
-            with self.engine.begin() as conn:
-                _fail(conn, message["run_id"], message["step"], {i: reason for i in ids}, stage)
-            completion = [i for i in message["items"] if i.get("raw_data_id") is None and i.get("last_job_item")]
-            if stage == "transform" and completion:
-                self.broker.publish("embedding", [{**message, "items": completion}])
-            self._advance(message["run_id"])
+            with self.engine.connect() as conn:
+                with conn.begin():
+                    _fail(conn, message["run_id"], message["step"], {i: reason for i in ids}, stage)
+                completion = [i for i in message["items"] if i.get("raw_data_id") is None and i.get("last_job_item")]
+                if stage == "transform" and completion:
+                    self.broker.publish("embedding", [{**message, "items": completion}])
+                self._advance(conn, message["run_id"])
         except Exception:
             log.exception("could not record the failure of a %s message; its items stay pending", stage)
 
