@@ -11,7 +11,6 @@ Brokers only move bytes. What a delivery means (ack, retry later, dead-letter) i
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -19,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from . import config
 from .status import Event, StatusBus
@@ -52,14 +53,14 @@ def retry_delay(attempt: int) -> float:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":"), default=str).encode()
+    return orjson.dumps(message, default=str)
 
 
 def decode(body: bytes) -> dict[str, Any]:
     """Parse and normalise a message, or raise PoisonMessage saying what is wrong with it."""
     try:
-        message = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise PoisonMessage(f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
         raise PoisonMessage("message is not a JSON object")
