@@ -189,6 +189,28 @@ class GitHubClient:
         self._http = httpx.Client(headers=headers, timeout=self.policy.timeout, transport=transport, follow_redirects=True)
         self._buckets: dict[str, _Bucket] = {}
         self.stats = Stats()
+        # Built once per client rather than once per call: a Retrying and the state of its call
+        # refer to each other, so each one built per call (holding its response) lived on as
+        # garbage until the next full collection.
+        self._retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(
+                (_Transient, _SecondaryLimit, _PrimaryLimit, httpx.TimeoutException, httpx.NetworkError,
+                 httpx.RemoteProtocolError)
+            ),
+            stop=tenacity.stop_after_attempt(self.policy.retries + 1),
+            wait=self._backoff,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+        )
+        self._retrying_incomplete = tenacity.Retrying(
+            retry=tenacity.retry_if_result(lambda page: page.incomplete),
+            stop=tenacity.stop_after_attempt(self.policy.retries + 1),
+            wait=self._jittered,
+            sleep=self._sleep,
+            before_sleep=lambda state: log.warning("GitHub's search results for %s are incomplete; asking again",
+                                                   _short(state.args[0])),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
 
     def __enter__(self) -> GitHubClient:
         return self
@@ -219,18 +241,8 @@ class GitHubClient:
         raise; others (a plain 403 refusal, 404, 422, ...) are returned for the caller to judge.
         """
         url = path_or_url if "://" in path_or_url else f"{self.api_url}{path_or_url}"
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(
-                (_Transient, _SecondaryLimit, _PrimaryLimit, httpx.TimeoutException, httpx.NetworkError,
-                 httpx.RemoteProtocolError)
-            ),
-            stop=tenacity.stop_after_attempt(self.policy.retries + 1),
-            wait=self._backoff,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-        )
         try:
-            return retrying(self._attempt, url, etag)
+            return self._retrying(self._attempt, url, etag)
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             what = _describe(last)
@@ -401,15 +413,7 @@ class GitHubClient:
             return self._halves(url, size, int(params.get("page", 1)))
 
     def _page_once(self, url: str, etag: str | None) -> Page:
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_result(lambda page: page.incomplete),
-            stop=tenacity.stop_after_attempt(self.policy.retries + 1),
-            wait=self._jittered,
-            sleep=self._sleep,
-            before_sleep=lambda state: log.warning("GitHub's search results for %s are incomplete; asking again", _short(url)),
-            retry_error_callback=lambda state: state.outcome.result(),
-        )
-        page = retrying(self._fetch_page, url, etag)
+        page = self._retrying_incomplete(self._fetch_page, url, etag)
         if page.incomplete:
             self.stats.incomplete_results += 1
             log.warning(
