@@ -189,7 +189,7 @@ class Pipeline:
         external_ids = [str(i["external_id"]) for i in items]
         vector = embeddings_table.alias("stored")
         query = (
-            sa.select(table, vector.c.content_hash.label("stored_hash"))
+            sa.select(*step.embedded_columns, vector.c.content_hash.label("stored_hash"))
             .outerjoin(vector, sa.and_(
                 *(vector.c[k] == v for k, v in scope.items()),
                 vector.c.external_id == table.c.external_id,
@@ -231,7 +231,7 @@ class Pipeline:
                 embeddings_table.c.external_id == table.c.external_id,
                 embeddings_table.c.model == model,
             )
-            query = sa.select(table).where(
+            query = sa.select(*step.embedded_columns).where(
                 table.c.tenant_id == scope["tenant_id"],
                 table.c.integration_id == scope["integration_id"],
                 ~has_vector,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ghetl import embeddings
+from ghetl import embeddings, steps
 from tests.conftest import add_tenant
 
 
@@ -221,3 +221,18 @@ def test_hashing_vectors_are_those_of_the_model_definition() -> None:
     assert np.allclose(got, expected, atol=1e-6)
     assert embedder._features(texts[2]) == ["topic", "ci", "cd", "test", "test", "topic ci", "ci cd", "cd test",
                                             "test test"]
+
+
+def test_embedding_text_reads_only_the_columns_its_step_names(sandbox: Any, token: str) -> None:
+    """The embedding stage fetches only `EMBED_COLUMNS`: a column `embed_text` used without
+    naming it there would be silently missing from every vector."""
+    import httpx
+
+    step = steps.get("github_repositories")
+    payloads = httpx.get(f"{sandbox.url}/orgs/acme/repos", params={"per_page": 100},
+                         headers={"Authorization": f"Bearer {token}"}).json()
+    rows = [step.to_row(p, {"tenant_id": 1, "integration_id": 1}) for p in payloads]
+    assert any(r["description"] for r in rows) and any(r["topics"] for r in rows) and any(r["language"] for r in rows)
+    fetched = [c.name for c in step.embedded_columns]
+    for row in rows:
+        assert step.embed_text({k: row[k] for k in fetched}) == step.embed_text(row)

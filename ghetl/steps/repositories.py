@@ -295,6 +295,9 @@ def upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
     db.upsert(conn, repositories, rows, ("tenant_id", "integration_id", "external_id"), changed_when="content_hash")
 
 
+EMBED_COLUMNS = ("full_name", "description", "language", "topics")
+
+
 def embed_text(row: dict[str, Any]) -> str:
     """Name, description, language and topics: what an analyst would search a repository by."""
     parts = [row["full_name"].replace("/", " / "), row.get("description") or ""]
