@@ -272,16 +272,16 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
     locked and everything read again, so two workers racing to the end still finish it once;
     the last batch's worker always takes that path, since its own counts were committed first.
     """
-    run = get_run(conn, run_id)
-    if run is None:
+    found = _job_of_run(conn, run_id)
+    if found is None:
         return []
-    job = job_by_id(conn, run["job_id"])
+    job, totals = found
     if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
         return []
-    moves, events = _stage_changes(job, run, item_counts(conn, run_id))
+    moves, events = _stage_changes(job, {"run_id": run_id, "totals": totals}, item_counts(conn, run_id))
     if not moves and not _heartbeat_due(job):
         return events
-    job = _lock_job(conn, run["job_id"])
+    job = _lock_job(conn, job["id"])
     if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
         return []
     run = get_run(conn, run_id)
@@ -296,6 +296,19 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
     else:
         _save_status(conn, job, heartbeat_at=utcnow())
     return events
+
+
+def _job_of_run(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """The run's job and the run's totals in one query: `advance` runs after every batch."""
+    row = conn.execute(
+        sa.select(etl_jobs, etl_job_runs.c.totals.label("run_totals"))
+        .join(etl_job_runs, etl_job_runs.c.job_id == etl_jobs.c.id)
+        .where(etl_job_runs.c.run_id == run_id)
+    ).mappings().first()
+    if row is None:
+        return None
+    job = dict(row)
+    return job, job.pop("run_totals")
 
 
 def _stage_changes(
