@@ -429,9 +429,9 @@ def _fk_shape(columns: Iterable[str], referred_table: str, referred_columns: Ite
     return tuple(columns), referred_table, tuple(referred_columns)
 
 
-def dialect_insert(conn: Connection, table: sa.Table) -> Any:
-    """The INSERT of the connection's dialect, which is the one that has ON CONFLICT."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+def dialect_insert(dialect: str, table: sa.Table) -> Any:
+    """The INSERT of the dialect (a name, as `conn.dialect.name`), which is the one that has ON CONFLICT."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(table)
 
 

@@ -10,6 +10,7 @@ recorded as failed and the run goes on without them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections import Counter
@@ -29,6 +30,19 @@ log = logging.getLogger(__name__)
 TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 EMBEDDING_KEY = ("tenant_id", "integration_id", "table_name", "external_id", "model")
 CATCH_UP_BATCH = 500
+
+# The statements every message runs are built once (see jobs.item_counts).
+_RAW_BATCH = sa.select(
+    raw_extraction_data.c.id, raw_extraction_data.c.external_id, raw_extraction_data.c.raw_data,
+    raw_extraction_data.c.status,
+).where(raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)))
+_MOVE = (
+    raw_extraction_data.update()
+    .where(raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)),
+           raw_extraction_data.c.run_id == sa.bindparam("run"),
+           raw_extraction_data.c.status == sa.bindparam("from_status"))
+    .values(status=sa.bindparam("to_status"))
+)
 
 
 class Pipeline:
@@ -124,14 +138,7 @@ class Pipeline:
         ids = [i["raw_data_id"] for i in message["items"] if i["raw_data_id"] is not None]
         ctx = {"tenant_id": message["tenant_id"], "integration_id": message["integration_id"]}
         with conn.begin():
-            raws = {
-                r.id: r
-                for r in conn.execute(
-                    sa.select(raw_extraction_data.c.id, raw_extraction_data.c.external_id,
-                              raw_extraction_data.c.raw_data, raw_extraction_data.c.status)
-                    .where(raw_extraction_data.c.id.in_(ids))
-                )
-            }
+            raws = {r.id: r for r in conn.execute(_RAW_BATCH, {"ids": ids})}
             rows: dict[int, dict[str, Any]] = {}
             errors: dict[int, str] = {}
             for raw_id in ids:
@@ -185,21 +192,10 @@ class Pipeline:
         self, conn: sa.Connection, step: steps.Step, scope: dict[str, Any], run_id: str, items: list[dict[str, Any]]
     ) -> dict[str, str]:
         """Embed and store one message's rows and set their items' status; return the refused rows."""
-        table = step.table
         external_ids = [str(i["external_id"]) for i in items]
-        vector = embeddings_table.alias("stored")
-        query = (
-            sa.select(*step.embedded_columns, vector.c.content_hash.label("stored_hash"))
-            .outerjoin(vector, sa.and_(
-                *(vector.c[k] == v for k, v in scope.items()),
-                vector.c.external_id == table.c.external_id,
-                vector.c.model == self.embedder.model,
-            ))
-            .where(table.c.tenant_id == scope["tenant_id"], table.c.integration_id == scope["integration_id"],
-                   table.c.external_id.in_(external_ids))
-        )
         with conn.begin():
-            rows = {r["external_id"]: dict(r) for r in conn.execute(query).mappings()}
+            rows = {r["external_id"]: dict(r) for r in conn.execute(
+                _rows_to_embed(step), {**scope, "model": self.embedder.model, "ids": external_ids}).mappings()}
         stored = {ext: row.pop("stored_hash") for ext, row in rows.items()}
         new_rows, refused = self._vectors(step, scope, rows, stored)
         missing = {i["raw_data_id"]: "row to embed not found" for i in items
@@ -302,6 +298,23 @@ class Pipeline:
             log.exception("could not record the failure of a %s message; its items stay pending", stage)
 
 
+@functools.lru_cache(maxsize=16)
+def _rows_to_embed(step: steps.Step) -> sa.Select:
+    """A batch of the step's rows by id, with the content hash of the vector stored for them."""
+    table = step.table
+    vector = embeddings_table.alias("stored")
+    scope = ("tenant_id", "integration_id", "table_name", "model")
+    return (
+        sa.select(*step.embedded_columns, vector.c.content_hash.label("stored_hash"))
+        .outerjoin(vector, sa.and_(
+            *(vector.c[k] == sa.bindparam(k) for k in scope),
+            vector.c.external_id == table.c.external_id,
+        ))
+        .where(table.c.tenant_id == sa.bindparam("tenant_id"), table.c.integration_id == sa.bindparam("integration_id"),
+               table.c.external_id.in_(sa.bindparam("ids", expanding=True)))
+    )
+
+
 def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: dict[int, dict[str, Any]]) -> dict[int, str]:
     """Upsert the batch in one statement; if the database refuses it, find the bad rows one by one.
 
@@ -334,12 +347,7 @@ def _move(conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status
     """Move the run's items from one status to the next, counting only those that really moved."""
     if not ids:
         return
-    moved = conn.execute(
-        raw_extraction_data.update()
-        .where(raw_extraction_data.c.id.in_(ids), raw_extraction_data.c.run_id == run_id,
-               raw_extraction_data.c.status == from_status)
-        .values(status=to_status)
-    ).rowcount
+    moved = conn.execute(_MOVE, {"ids": ids, "run": run_id, "from_status": from_status, "to_status": to_status}).rowcount
     jobs.count_items(conn, run_id, step, {from_status: -moved, to_status: moved})
 
 
