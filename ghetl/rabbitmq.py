@@ -38,7 +38,6 @@ after GHETL_MAX_ATTEMPTS, so even a message that kills its worker cannot circle 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import random
@@ -49,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
@@ -618,6 +618,6 @@ def _attempt(properties: Any) -> int:
 
 def _call(callback: Callable[[Event], None], body: bytes) -> None:
     try:
-        callback(json.loads(body))
+        callback(orjson.loads(body))
     except Exception:
         log.exception("a status subscriber failed on an event; it stays subscribed")
