@@ -11,6 +11,7 @@ all-MiniLM-L6-v2 sentence model, matches meaning; needs `pip install torch==2.13
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import os
@@ -37,6 +38,7 @@ class Embedder(Protocol):
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+_WORD = re.compile(r"[^\W_]+")  # the parts of a \w+ token between underscores
 
 
 def _stem(token: str) -> str:
@@ -45,6 +47,12 @@ def _stem(token: str) -> str:
         if len(token) > len(suffix) + 3 and token.endswith(suffix):
             return token[: -len(suffix)]
     return token
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stem_and_crc(word: str) -> tuple[bytes, int]:
+    stem = _stem(word).encode()
+    return stem, zlib.crc32(stem)
 
 
 class HashingEmbedder:
@@ -59,8 +67,17 @@ class HashingEmbedder:
         self.model = f"ghetl-hashing-v1-{dimension}"
 
     def _features(self, text: str) -> list[str]:
+        """What the model is: word stems, then each pair of neighbouring stems."""
         words = [_stem(t) for t in _TOKEN.findall(text.lower()) for t in t.split("_") if t]
         return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+    def _hashes(self, text: str) -> list[int]:
+        """The CRC-32 of each of `_features(text)`, in order, twice as fast: a word's stem and
+        CRC are cached (a tenant's repositories share their words), and a pair's CRC continues
+        its first word's, as crc32(a + b" " + b) == crc32(b, crc32(b" ", crc32(a)))."""
+        words = [_stem_and_crc(t) for t in _WORD.findall(text.lower())]
+        pairs = [zlib.crc32(b, zlib.crc32(b" ", crc_a)) for (_, crc_a), (b, _) in zip(words, words[1:])]
+        return [crc for _, crc in words] + pairs
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Each feature adds +1 or -1 (a bit of its hash) at a column (the rest of its hash).
@@ -71,8 +88,8 @@ class HashingEmbedder:
         rows: list[int] = []
         hashes: list[int] = []
         for row, text in enumerate(texts):
-            features = self._features(text)
-            hashes += [zlib.crc32(f.encode()) for f in features]
+            features = self._hashes(text)
+            hashes += features
             rows += [row] * len(features)
         h = np.array(hashes, dtype=np.uint32)
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
