@@ -290,7 +290,7 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
     job, totals = found
     if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
         return []
-    moves, events = _stage_changes(job, {"run_id": run_id, "totals": totals}, item_counts(conn, run_id))
+    moves, events = _stage_changes(job, totals, item_counts(conn, run_id))
     if not moves and not _heartbeat_due(job):
         return events
     job = _lock_job(conn, job["id"])
@@ -298,7 +298,7 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
         return []
     run = get_run(conn, run_id)
     job["status"] = copy.deepcopy(job["status"])
-    moves, events = _stage_changes(job, run, item_counts(conn, run_id))
+    moves, events = _stage_changes(job, run["totals"], item_counts(conn, run_id))
     for step, stage, counts in moves:
         if job["status"]["steps"][step][stage] == "idle":
             _move(job, run_id, step, stage, "running", events)
@@ -320,16 +320,17 @@ def _job_of_run(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str
 
 
 def _stage_changes(
-    job: dict[str, Any], run: dict[str, Any], counts_by_step: dict[str, dict[str, int]]
+    job: dict[str, Any], totals: dict[str, int], counts_by_step: dict[str, dict[str, int]]
 ) -> tuple[list[tuple[str, str, dict[str, Any]]], list[Event]]:
-    """The stages that are done now (step, stage, final counts), and progress events of the others.
+    """The stages of the job's current run that are done now (step, stage, final counts), and
+    progress events of the others; `totals` are the run's extracted items per step.
 
     A stage is done when the one before it has finished and none of its items is pending; a
     stage finishing here lets the next one be judged in the same pass.
     """
     moves, events = [], []
     for step, circles in job["status"]["steps"].items():
-        total = run["totals"].get(step)
+        total = totals.get(step)
         progress = stage_progress(counts_by_step.get(step, zero_counts()))
         upstream_done = circles["extraction"] in ("finished", "failed") and total is not None
         for stage in ("transform", "embedding"):
@@ -339,7 +340,7 @@ def _stage_changes(
             if done:
                 moves.append((step, stage, counts))
             elif circles[stage] == "running":
-                events.append(stage_event(job["tenant_id"], job["id"], run["run_id"], step, stage, "running", **counts))
+                events.append(stage_event(job["tenant_id"], job["id"], job["run_id"], step, stage, "running", **counts))
             upstream_done = done or circles[stage] == "finished"
     return moves, events
 
