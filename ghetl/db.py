@@ -376,11 +376,13 @@ def _tune_raw_storage(conn: Connection) -> None:
     has_lz4 = conn.exec_driver_sql(
         "SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'"
     ).scalar()
+    if not has_lz4:
+        return
     current = conn.exec_driver_sql(
         "SELECT attcompression FROM pg_attribute "
         "WHERE attrelid = 'raw_extraction_data'::regclass AND attname = 'raw_data'"
-    ).scalar() if has_lz4 else None
-    if has_lz4 and current != "l":
+    ).scalar()
+    if current != "l":
         conn.exec_driver_sql("ALTER TABLE raw_extraction_data ALTER COLUMN raw_data SET COMPRESSION lz4")
 
 
@@ -516,8 +518,9 @@ def _beside_columns(table: sa.Table, columns: tuple[str, ...]) -> tuple[str, ...
     return tuple(c for c in columns if _beside(table.c[c]))
 
 
+@functools.lru_cache(maxsize=64)
 def _is_plain_json(column: sa.Column) -> bool:
-    """`json` on PostgreSQL (raw payloads), not one of the JSONB columns."""
+    """`json` on PostgreSQL (raw payloads), not one of the JSONB columns; asked for every batch."""
     impl = column.type.dialect_impl(_POSTGRESQL)
     return isinstance(impl, postgresql.JSON) and not isinstance(impl, postgresql.JSONB)
 
