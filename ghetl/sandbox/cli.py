@@ -7,8 +7,6 @@ import logging
 import signal
 import threading
 
-
-
 DEFAULT_PORT = 8766
 """Not the status server's 8765, so that both run side by side with their defaults."""
 
