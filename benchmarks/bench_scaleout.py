@@ -123,19 +123,17 @@ def python_speed() -> float:
 
 
 def warm(url: str) -> None:
-    """List the organisation once, so the sandbox serves pages from its cache during the run.
+    """List the organisation once, in the order the sync lists it, so the sandbox serves its
+    pages from its cache during the run (the sandbox caches each sort order apart).
 
     GitHub's servers do not run on this machine's two cores; a cold sandbox serialising ten
     thousand repositories would charge their work to the run (`--cold-sandbox` measures that).
     """
-    import httpx
+    from ghetl.github import GitHubClient
 
-    with httpx.Client(headers={"Authorization": f"token {TOKEN}"}) as client:
-        next_url: str | None = f"{url}/orgs/bench/repos?per_page=100"
-        while next_url:
-            response = client.get(next_url)
-            response.raise_for_status()
-            next_url = response.links.get("next", {}).get("url")
+    with GitHubClient(url, TOKEN) as client:
+        for _ in client.paginate(client.listing_url("bench", "Organization")):
+            pass
 
 
 def stage_rates(events: list[dict[str, Any]]) -> dict[str, tuple[int, float]]:
