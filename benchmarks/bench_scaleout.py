@@ -8,10 +8,12 @@ timestamps), messages published, the peak RSS of every process (VmHWM, sampled f
 (from `os.wait4`, which reports each child's own). Cleans up after
 itself. The sandbox's page cache is warmed before the run, since GitHub's work is not done on
 this machine; `--cold-sandbox` leaves it cold. `--profile DIR` attaches py-spy (if installed)
-to the sync and the workers and leaves collapsed stacks in DIR.
+to the sync and the workers and leaves collapsed stacks in DIR. `--runs N` repeats the whole
+measurement on fresh databases and ends with the spread of the wall seconds, since this shared
+machine's speed moves between runs.
 
     .venv/bin/python benchmarks/bench_scaleout.py [--repos 10000] [--workers 2] [--concurrency 1]
-                                                  [--cold-sandbox] [--profile DIR]
+                                                  [--cold-sandbox] [--runs 1] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,19 +175,36 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1, help="consumers per stage in each worker")
     parser.add_argument("--cold-sandbox", action="store_true",
                         help="do not warm the sandbox's page cache first (its CPU then counts in the run)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measure this many runs, each on a fresh database, and sum up their wall seconds")
     parser.add_argument("--profile", metavar="DIR", help="run every process under py-spy, collapsed stacks into DIR")
     args = parser.parse_args()
 
-    profilers: list[subprocess.Popen[bytes]] = []
     py_spy = shutil.which("py-spy", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     if args.profile:
         if py_spy is None:
             parser.error("--profile needs py-spy: pip install py-spy")
+        if args.runs != 1:
+            parser.error("--profile measures one run: leave out --runs")
         os.makedirs(args.profile, exist_ok=True)
+
+    walls = []
+    for _ in range(args.runs):
+        wall, lines = run_once(args, py_spy)
+        print("\n".join(lines), flush=True)
+        walls.append(wall)
+    if args.runs > 1:
+        print(f"wall seconds of {args.runs} runs: min {min(walls):.2f}, median {statistics.median(walls):.2f}, "
+              f"max {max(walls):.2f}; {sum(w <= 5 for w in walls)} of {args.runs} within 5 s")
+
+
+def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[str]]:
+    """One measured sync on a fresh database and fresh queues: its wall seconds and its report."""
+    profilers: list[subprocess.Popen[bytes]] = []
 
     def profile(name: str, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         """Attach py-spy (collapsed stacks into DIR/name.txt); it writes them on SIGINT or when the process ends."""
-        if args.profile:
+        if args.profile and py_spy:
             profilers.append(subprocess.Popen(
                 [py_spy, "record", "--format", "raw", "--rate", "200", "--gil", "-o", f"{args.profile}/{name}.txt",
                  "--pid", str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -280,30 +300,33 @@ def main() -> None:
             db.dispose_engines()
 
     counts = result["counts"]["github_repositories"]
+    lines = []
     transform_messages = -(-counts["extracted"] // 100)
-    print(f"scale-out (PostgreSQL + RabbitMQ), {args.repos} repositories, {args.workers} worker process(es) "
-          f"x {args.concurrency} consumer(s) per stage")
-    print(f"  machine speed      {speed_before:.2f} s before, {speed_after:.2f} s after (a 10M-step Python loop; "
+    lines.append(f"scale-out (PostgreSQL + RabbitMQ), {args.repos} repositories, {args.workers} worker process(es) "
+                 f"x {args.concurrency} consumer(s) per stage")
+    lines.append(f"  machine speed      {speed_before:.2f} s before, {speed_after:.2f} s after (a 10M-step Python loop; "
           "lower is faster)")
-    print(f"  overall            {result['overall']}")
-    print(f"  wall seconds       {wall:.2f} (ghetl sync process, start to exit)")
-    print(f"  sync seconds       {result['seconds']:.2f} (inside sync(): claim, extract, wait for FINISHED)")
-    print(f"  repositories/s     {counts['embedded'] / wall:.0f} end to end")
+    lines.append(f"  overall            {result['overall']}")
+    lines.append(f"  wall seconds       {wall:.2f} (ghetl sync process, start to exit)")
+    lines.append(f"  sync seconds       {result['seconds']:.2f} (inside sync(): claim, extract, wait for FINISHED)")
+    lines.append(f"  repositories/s     {counts['embedded'] / wall:.0f} end to end")
     for stage, (n, seconds) in stage_rates(run_events).items():
-        print(f"    {stage:<16} {n / seconds if seconds else float('inf'):.0f}/s ({n} in {seconds:.2f} s)")
-    print(f"  timeline           {timeline(run_events, started_at)}, process exit +{wall:.2f}")
-    print(f"  stored/embedded    {counts['transformed']}/{counts['embedded']} (failed {counts['failed']})")
-    print(f"  messages published {transform_messages} transform (sync, one per listing page) + {published} embedding (workers)")
-    print(f"  API requests       {result['requests']}")
-    print(f"  sync process       {sync_usage}")
+        lines.append(f"    {stage:<16} {n / seconds if seconds else float('inf'):.0f}/s ({n} in {seconds:.2f} s)")
+    lines.append(f"  timeline           {timeline(run_events, started_at)}, process exit +{wall:.2f}")
+    lines.append(f"  stored/embedded    {counts['transformed']}/{counts['embedded']} (failed {counts['failed']})")
+    lines.append(f"  messages published {transform_messages} transform (sync, one per listing page) + {published} "
+                 "embedding (workers)")
+    lines.append(f"  API requests       {result['requests']}")
+    lines.append(f"  sync process       {sync_usage}")
     for pid, usage in worker_usage:
-        print(f"  worker {pid:<11} {usage}")
+        lines.append(f"  worker {pid:<11} {usage}")
     own = resource.getrusage(resource.RUSAGE_SELF)
-    print(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU, "
-          f"{sandbox_cpu:.1f} s of it during the sync (the sandbox serving the pages, "
-          f"{'cold' if args.cold_sandbox else 'warmed before the run'})")
+    lines.append(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU, "
+                 f"{sandbox_cpu:.1f} s of it during the sync (the sandbox serving the pages, "
+                 f"{'cold' if args.cold_sandbox else 'warmed before the run'})")
     for server, seconds in servers.items():
-        print(f"  {server:<18} {seconds:.1f} s CPU during the sync (all of the server's processes)")
+        lines.append(f"  {server:<18} {seconds:.1f} s CPU during the sync (all of the server's processes)")
+    return wall, lines
 
 
 def _published(log: Any) -> int:
