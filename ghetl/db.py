@@ -338,12 +338,14 @@ def dispose_engines() -> None:
 def init(eng: Engine) -> int:
     """Create missing tables and add missing columns; safe to run any number of times.
 
-    Upgrades are additive (new tables, new nullable columns), which is what a release of ghetl
-    is allowed to need; nothing stored is rewritten or dropped.
+    Upgrades are additive (new tables, new nullable columns, keys), which is what a release of
+    ghetl is allowed to need; nothing stored is dropped, and the one value rewritten is the
+    content hash of inactive repositories (see `_forget_hashes_of_inactive`).
     """
     metadata.create_all(eng)
     with eng.begin() as conn:
         _add_missing_columns(conn)
+        _forget_hashes_of_inactive(conn)
         if conn.dialect.name == "postgresql":
             _match_unique_constraints(conn)
             _match_foreign_keys(conn)
@@ -352,6 +354,13 @@ def init(eng: Engine) -> int:
         if current != SCHEMA_VERSION:
             conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
     return SCHEMA_VERSION
+
+
+def _forget_hashes_of_inactive(conn: Connection) -> None:
+    """An earlier ghetl left an inactive repository its content hash, so when it came back
+    unchanged it matched and stayed inactive; empty the hash as deactivation now does."""
+    conn.execute(repositories.update().where(repositories.c.active.is_(False), repositories.c.content_hash != "")
+                 .values(content_hash=""))
 
 
 def _add_missing_columns(conn: Connection) -> None:

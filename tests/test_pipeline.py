@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from ghetl import jobs, tenants
 from ghetl.broker import encode
 from ghetl.db import etl_jobs, raw_extraction_data, repositories
+from ghetl.steps.repositories import deactivate
 from ghetl.workers import Pipeline
 
 from .conftest import add_tenant
@@ -139,6 +140,21 @@ def test_rename_updates_the_same_row_and_delete_marks_inactive(backend, sandbox,
     assert rows[str(renamed["id"])].active
     assert not rows[str(deleted["id"])].active
     assert result.stats.get("deactivated") == 1
+
+
+def test_an_inactive_repository_seen_again_is_active_again(backend, sandbox, tenant):
+    backend.sync(tenant)
+    repo = sandbox.repos("acme")[7]
+    external_id = str(repo["id"])
+    tenant_id, integration_id = backend.scalar("select id from tenants"), backend.scalar("select id from integrations")
+    deactivate(backend.engine, tenant_id, integration_id, external_id)
+    assert not backend.scalar(f"select active from repositories where external_id = '{external_id}'")
+
+    result = backend.sync(tenant, full=True)
+
+    assert result.overall == "FINISHED"
+    assert backend.scalar(f"select active from repositories where external_id = '{external_id}'")
+    assert backend.scalar("select count(*) from repositories where not active") == 0
 
 
 def test_incremental_sync_picks_up_a_rename_by_id(backend, sandbox, tenant):

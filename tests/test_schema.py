@@ -103,3 +103,17 @@ def test_a_row_cannot_name_another_tenants_integration(backend, tenant):
     with backend.engine.begin() as conn:
         conn.execute(repositories.insert().values(**{**row, "tenant_id": own_tenant}))
         assert conn.execute(sa.select(sa.func.count()).select_from(repositories)).scalar() == 1
+
+
+def test_init_lets_repositories_deactivated_by_an_earlier_ghetl_come_back(backend, sandbox, tenant):
+    backend.sync(tenant)
+    gone, kept = (str(r["id"]) for r in sandbox.repos("acme")[:2])
+    with backend.engine.begin() as conn:  # what an earlier ghetl's deactivation left: the hash kept
+        conn.execute(repositories.update().where(repositories.c.external_id == gone).values(active=False))
+
+    db.init(backend.engine)
+    result = backend.sync(tenant, full=True)
+
+    assert result.overall == "FINISHED"
+    assert backend.scalar(f"select active from repositories where external_id = '{gone}'")
+    assert backend.scalar(f"select content_hash from repositories where external_id = '{kept}'") != ""

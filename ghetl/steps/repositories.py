@@ -244,7 +244,12 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
 
 
 def deactivate(engine: sa.Engine, tenant_id: int, integration_id: int, external_id: str) -> None:
-    """GitHub no longer has it: keep the row for history, mark it inactive."""
+    """GitHub no longer has it: keep the row for history, mark it inactive.
+
+    The content hash is emptied with it (no content hashes to ""): the stored one described the
+    active row, and an unchanged repository that comes back (a token that regains access, a
+    transient 404) would otherwise match it and never be written active again.
+    """
     with engine.begin() as conn:
         conn.execute(
             repositories.update()
@@ -253,7 +258,7 @@ def deactivate(engine: sa.Engine, tenant_id: int, integration_id: int, external_
                 repositories.c.integration_id == integration_id,
                 repositories.c.external_id == external_id,
             )
-            .values(active=False)
+            .values(active=False, content_hash="")
         )
     log.info("repository %s is gone from GitHub (404); marked inactive", external_id)
 
