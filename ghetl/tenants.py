@@ -20,6 +20,7 @@ from . import config, jobs, settings as settings_mod
 from .db import integrations, tenants
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_LENGTH = tenants.c.name.type.length
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 
 
@@ -33,9 +34,7 @@ def hash_key(key: str) -> str:
 
 def add_tenant(conn: Connection, name: str) -> tuple[int, str]:
     """Create a tenant; return its id and its status-stream key (shown once, stored hashed)."""
-    name = name.strip()
-    if not name:
-        raise ValueError("tenant name must not be empty")
+    name = _checked_name(name)
     if conn.execute(sa.select(tenants.c.id).where(tenants.c.name == name)).first():
         raise ValueError(f"tenant '{name}' already exists")
     key = secrets.token_urlsafe(24)
@@ -43,6 +42,24 @@ def add_tenant(conn: Connection, name: str) -> tuple[int, str]:
         tenants.insert().values(name=name, stream_key_hash=hash_key(key)).returning(tenants.c.id)
     ).scalar_one()
     return tenant_id, key
+
+
+def _checked_name(name: str) -> str:
+    """The name stripped, or a ValueError saying what to change.
+
+    All digits are refused because every command reads `--tenant 42` as the tenant with id 42;
+    control characters because names are printed one per line.
+    """
+    name = name.strip()
+    if not name:
+        raise ValueError("tenant name must not be empty")
+    if name.isdigit():
+        raise ValueError(f"tenant name '{name}' is all digits, which --tenant reads as a tenant id; add a letter")
+    if not name.isprintable():
+        raise ValueError(f"tenant name {name!r} holds a control character (newline, tab, ...); remove it")
+    if len(name) > _NAME_LENGTH:
+        raise ValueError(f"tenant name is {len(name)} characters long; shorten it to {_NAME_LENGTH} at most")
+    return name
 
 
 def rotate_key(conn: Connection, name: str) -> str:
@@ -59,9 +76,16 @@ def check_key(conn: Connection, tenant_id: int, key: str) -> bool:
 
 
 def get_tenant(conn: Connection, name_or_id: str | int) -> dict[str, Any]:
-    column = tenants.c.id if isinstance(name_or_id, int) or str(name_or_id).isdigit() else tenants.c.name
-    value = int(name_or_id) if column is tenants.c.id else name_or_id
-    row = conn.execute(sa.select(tenants).where(column == value)).mappings().first()
+    """A tenant by id (an int, or a string of digits) or by name.
+
+    Digits that are no tenant's id are tried as a name too: an earlier ghetl accepted all-digit
+    names, and such a tenant must stay reachable.
+    """
+    row = None
+    if isinstance(name_or_id, int) or name_or_id.isdigit():
+        row = conn.execute(sa.select(tenants).where(tenants.c.id == int(name_or_id))).mappings().first()
+    if row is None and isinstance(name_or_id, str):
+        row = conn.execute(sa.select(tenants).where(tenants.c.name == name_or_id)).mappings().first()
     if row is None:
         raise NotFound(f"unknown tenant '{name_or_id}'; create it with: ghetl tenant add {name_or_id}")
     return dict(row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,24 @@ def test_duplicate_tenant_is_one_line(cli):
     cli("init")
     cli("tenant", "add", "t1")
     assert "already exists" in one_line_error(cli("tenant", "add", "t1"))
+
+
+@pytest.mark.parametrize("name, says", [("42", "all digits"), ("two\nlines", "control character"),
+                                        ("x" * 201, "200 at most")])
+def test_tenant_names_every_command_can_reach(cli, name, says):
+    cli("init")
+    assert says in one_line_error(cli("tenant", "add", name))
+    assert cli("tenant", "list").stdout == ""
+
+
+def test_an_all_digit_tenant_name_an_earlier_ghetl_accepted_stays_reachable(cli, tmp_path):
+    cli("init")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        conn.execute("INSERT INTO tenants (id, name, active, created_at, updated_at) "
+                     "VALUES (7, '42', 1, '2026-01-01', '2026-01-01')")
+
+    assert cli("tenant", "key", "42").returncode == 0
+    assert "unknown tenant '43'" in one_line_error(cli("tenant", "key", "43"))
 
 
 def test_invalid_settings_name_the_key_and_write_nothing(cli):
