@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -35,9 +36,10 @@ EXPECTED_ERRORS = (
     ValueError,
     LookupError,
     TimeoutError,
-    sa.exc.OperationalError,
+    sa.exc.DBAPIError,
     ConnectionError,
 )
+_MISSING_TABLE = re.compile(r"no such table|relation \S+ does not exist")
 
 
 def _engine() -> sa.Engine:
@@ -307,9 +309,11 @@ def run() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, sa.exc.OperationalError):
+    if isinstance(exc, sa.exc.DBAPIError):
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        return f"database unavailable or schema missing ({first}); check GHETL_DATABASE_URL and run: ghetl init"
+        if _MISSING_TABLE.search(first):
+            return f"the database has no ghetl schema yet ({first}); run: ghetl init"
+        return f"database error ({first}); check GHETL_DATABASE_URL"
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

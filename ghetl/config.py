@@ -25,7 +25,11 @@ def database_url() -> str:
     if url:
         return url
     path = default_database_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create {path.parent} for the default SQLite database ({exc.strerror}); "
+                         "set GHETL_DATABASE_URL or run ghetl from a directory you can write to") from exc
     return f"sqlite:///{path}"
 
 

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from . import config
+from . import config, logs
 
 SCHEMA_VERSION = 3
 RAW_FILLFACTOR = 50
@@ -285,7 +285,14 @@ def engine(url: str | None = None) -> Engine:
     """One pooled engine per URL per process, so every stage shares connections."""
     url = url or config.database_url()
     if url not in _engines:
-        _engines[url] = _create_engine(url)
+        try:
+            _engines[url] = _create_engine(url)
+        except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ValueError(
+                f"cannot use the database URL '{logs.safe_url(url)}' ({reason}); set GHETL_DATABASE_URL to "
+                "postgresql+psycopg2://USER@HOST:5432/DATABASE or sqlite:///PATH"
+            ) from exc
     return _engines[url]
 
 

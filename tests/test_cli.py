@@ -90,6 +90,27 @@ def test_an_all_digit_tenant_name_an_earlier_ghetl_accepted_stays_reachable(cli,
     assert "unknown tenant '43'" in one_line_error(cli("tenant", "key", "43"))
 
 
+@pytest.mark.parametrize("url", ["not a url", "foo://bar", "mysql://u@127.0.0.1/x",
+                                 "postgresql+psycopg2://u:hunter2pw@127.0.0.1:abc/x"])
+def test_an_unusable_database_url_is_one_line(cli, url):
+    line = one_line_error(cli("init", GHETL_DATABASE_URL=url))
+    assert "set GHETL_DATABASE_URL to" in line
+    assert "hunter2pw" not in line
+
+
+def test_a_file_that_is_not_a_database_is_one_line(cli, tmp_path):
+    (tmp_path / "cli.db").write_text("not a database")
+    assert "check GHETL_DATABASE_URL" in one_line_error(cli("jobs"))
+
+
+def test_no_room_for_the_default_database_is_one_line(cli, tmp_path):
+    (tmp_path / "data").write_text("a file where the default database's folder would go")
+    env = {k: v for k, v in os.environ.items() if k != "GHETL_DATABASE_URL"}
+    result = subprocess.run([sys.executable, "-m", "ghetl", "jobs"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert "set GHETL_DATABASE_URL" in one_line_error(result)
+
+
 def test_invalid_settings_name_the_key_and_write_nothing(cli):
     cli("init")
     cli("tenant", "add", "t1")
