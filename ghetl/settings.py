@@ -68,6 +68,9 @@ def _check_filter(value: Any) -> None:
         return
     if not isinstance(value, str) or not value.strip():
         raise SettingsError(f"settings key 'repository_filter' must be {DESCRIPTIONS['repository_filter']}, got {value!r}")
+    if not value.isprintable():
+        raise SettingsError("settings key 'repository_filter' holds a control character (a NUL, newline, tab...); "
+                            "remove it")
     if _OWNER_QUALIFIER.search(value):
         raise SettingsError(
             "settings key 'repository_filter' must not contain user:, org: or repo: qualifiers; "
@@ -83,3 +86,5 @@ def _check_filter(value: Any) -> None:
 def _check_patterns(value: Any) -> None:
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
         raise SettingsError(f"settings key 'name_patterns' must be a {DESCRIPTIONS['name_patterns']}, got {value!r}")
+    if not all(p.isprintable() for p in value):
+        raise SettingsError("settings key 'name_patterns' holds a control character (a NUL, newline, tab...); remove it")

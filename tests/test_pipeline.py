@@ -289,7 +289,9 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
     for settings, key in (({"repository_filer": "x"}, "repository_filer"), ({"include_forks": "no"}, "include_forks"),
-                          ({"repository_filter": "org:other api"}, "repository_filter"), ("{not json", "JSON")):
+                          ({"repository_filter": "org:other api"}, "repository_filter"), ("{not json", "JSON"),
+                          ({"repository_filter": "api\u0000"}, "repository_filter"),
+                          ({"name_patterns": ["api-*\n"]}, "name_patterns")):
         with pytest.raises(ValueError, match=key):
             with backend.engine.begin() as conn:
                 tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
