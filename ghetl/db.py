@@ -349,6 +349,7 @@ def init(eng: Engine) -> int:
     ghetl is allowed to need; nothing stored is dropped, and the one value rewritten is the
     content hash of inactive repositories (see `_forget_hashes_of_inactive`).
     """
+    _refuse_newer_schema(eng)
     metadata.create_all(eng)
     with eng.begin() as conn:
         _add_missing_columns(conn)
@@ -361,6 +362,18 @@ def init(eng: Engine) -> int:
         if current != SCHEMA_VERSION:
             conn.execute(schema_info.insert().values(version=SCHEMA_VERSION))
     return SCHEMA_VERSION
+
+
+def _refuse_newer_schema(eng: Engine) -> None:
+    """Stop before touching a database a newer ghetl upgraded: matching its keys and columns to
+    this older schema would undo what the newer one changed."""
+    with eng.connect() as conn:
+        if not sa.inspect(conn).has_table(schema_info.name):
+            return
+        stored = conn.execute(sa.select(sa.func.max(schema_info.c.version))).scalar() or 0
+    if stored > SCHEMA_VERSION:
+        raise ValueError(f"the database holds ghetl schema {stored}, newer than this ghetl's {SCHEMA_VERSION}; "
+                         "run the newer ghetl against it, not this one")
 
 
 def _forget_hashes_of_inactive(conn: Connection) -> None:

@@ -117,3 +117,15 @@ def test_init_lets_repositories_deactivated_by_an_earlier_ghetl_come_back(backen
     assert result.overall == "FINISHED"
     assert backend.scalar(f"select active from repositories where external_id = '{gone}'")
     assert backend.scalar(f"select content_hash from repositories where external_id = '{kept}'") != ""
+
+
+def test_init_refuses_a_database_a_newer_ghetl_upgraded(backend):
+    with backend.engine.begin() as conn:
+        conn.execute(db.schema_info.insert().values(version=db.SCHEMA_VERSION + 1))
+    before = foreign_keys(backend.engine, "repositories")
+
+    with pytest.raises(ValueError, match=f"schema {db.SCHEMA_VERSION + 1}, newer"):
+        db.init(backend.engine)
+
+    assert foreign_keys(backend.engine, "repositories") == before
+    assert backend.scalar("select count(*) from ghetl_schema") == 2
