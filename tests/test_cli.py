@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -109,6 +110,15 @@ def test_no_room_for_the_default_database_is_one_line(cli, tmp_path):
     result = subprocess.run([sys.executable, "-m", "ghetl", "jobs"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert "set GHETL_DATABASE_URL" in one_line_error(result)
+
+
+def test_sandbox_refuses_what_it_cannot_serve_in_one_line(cli):
+    assert "0 or more" in cli("sandbox", "--orgs", "acme:-5").stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert f"cannot listen on 127.0.0.1:{port}" in one_line_error(cli("sandbox", "--port", str(port)))
 
 
 def test_invalid_settings_name_the_key_and_write_nothing(cli):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 
 DEFAULT_PORT = 8766
@@ -20,6 +21,8 @@ def _counts(text: str) -> dict[str, int]:
             counts[name.strip()] = int(number) if number else 30
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected NAME:COUNT, got {part!r}") from None
+        if counts[name.strip()] < 0:
+            raise argparse.ArgumentTypeError(f"a repository count must be 0 or more, got {part!r}")
     return counts
 
 
@@ -49,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
                           core_limit=args.core_limit, search_limit=args.search_limit,
                           reset_seconds=args.reset_seconds, path_prefix=args.path_prefix)
     except ValueError as exc:
-        print(f"cannot start the sandbox: {exc}")
+        print(f"ghetl: error: cannot start the sandbox: {exc}", file=sys.stderr)
         return 2
     try:
         sandbox.start(host=args.host, port=args.port)
     except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        print(f"ghetl: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     stopping = threading.Event()
 
