@@ -69,6 +69,12 @@ class GitHubUnavailable(GitHubError):
     """GitHub kept failing (5xx, HTML pages, dropped connections, timeouts) after every retry."""
 
 
+class GitHubUnreachable(GitHubError):
+    """No connection could be made to the API URL after every retry (refused, unknown host, TLS
+    handshake failed, connect timeout): the URL is wrong or the network is down, so a smaller
+    page or the next repository would fare no better, and the run stops."""
+
+
 class _Transient(Exception):
     """One attempt failed in a way that a later attempt may not."""
 
@@ -251,6 +257,11 @@ class GitHubClient:
                 raise RateLimited(
                     f"GitHub kept applying its secondary rate limit to {_short(url)} after {attempts} attempts; "
                     "run the sync again in a few minutes", None,
+                ) from None
+            if isinstance(last, (httpx.ConnectError, httpx.ConnectTimeout)):
+                raise GitHubUnreachable(
+                    f"could not connect to GitHub at {self.api_url} ({what}) after {attempts} attempts; "
+                    "check the integration's API URL and the network"
                 ) from None
             raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {_short(url)} ({what}) after {attempts} attempts") from None
 
@@ -606,11 +617,20 @@ def _short(url: str) -> str:
 
 
 def _describe(failure: BaseException | None) -> str:
+    """What went wrong, in words, with the system's own reason where it gives one
+    ("[Errno 111] Connection refused", "[Errno -2] Name or service not known", an SSL error)."""
+    if failure is None:
+        return "unknown failure"
+    reason = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+    if isinstance(failure, httpx.ConnectTimeout):
+        return "the connection timed out"
     if isinstance(failure, httpx.TimeoutException):
         return "GitHub did not answer in time"
+    if isinstance(failure, httpx.ConnectError):
+        return reason or "the connection was refused"
     if isinstance(failure, (httpx.NetworkError, httpx.RemoteProtocolError)):
-        return "the connection to GitHub broke"
-    return str(failure) if failure is not None else "unknown failure"
+        return "the connection to GitHub broke" + (f": {reason}" if reason else "")
+    return reason or type(failure).__name__
 
 
 def _message(response: httpx.Response) -> str:

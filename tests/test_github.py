@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -23,7 +24,8 @@ import sqlalchemy as sa
 
 from ghetl import db, tenants
 from ghetl.db import raw_extraction_data, repositories
-from ghetl.github import GitHubClient, GitHubError, GitHubUnavailable, Policy, RateLimited, TokenRejected
+from ghetl.github import (GitHubClient, GitHubError, GitHubUnavailable, GitHubUnreachable, Policy, RateLimited,
+                          TokenRejected)
 
 from .conftest import TOKEN, add_tenant
 
@@ -156,6 +158,18 @@ def test_server_errors_html_pages_and_dropped_connections_are_retried(make_sandb
     # backoff 0.01 s doubling, plus up to 0.01 s jitter, capped at 0.05 s: five waits stay well under 0.5 s
     assert 0.02 < c.stats.waited_seconds < 0.5
     assert time.monotonic() - started < 3
+
+
+def test_an_api_url_nothing_answers_on_stops_with_the_reason_and_what_to_check():
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    c = GitHubClient(f"http://127.0.0.1:{port}", TOKEN, policy=FAST)
+
+    with pytest.raises(GitHubUnreachable, match=r"Connection refused.* after 4 attempts; check the integration's API URL"):
+        c.page(f"http://127.0.0.1:{port}/orgs/acme/repos?per_page=100")
+
+    assert c.stats.smaller_pages == 0  # a smaller page would not connect either
 
 
 def test_a_read_timeout_is_retried(make_sandbox):
