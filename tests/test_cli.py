@@ -110,6 +110,42 @@ def test_rejected_token_says_so(cli, make_sandbox):
     assert TOKEN not in line
 
 
+HEX_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_token_with_a_trailing_carriage_return_is_stripped(cli, make_sandbox):
+    sb = make_sandbox(orgs={"acme": 20}, tokens={HEX_TOKEN})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+
+    result = cli("sync", "--tenant", "t1", "--json", GHE_CRED=HEX_TOKEN + "\r")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["overall"] == "FINISHED"
+    assert sb.requests and all(r.authenticated for r in sb.requests)
+    assert HEX_TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("inside", [" ", "\nX-Injected: 1\n", "\u00e9"], ids=["space", "newline", "non-ascii"])
+def test_a_token_with_whitespace_or_non_ascii_inside_is_refused_and_never_shown(cli, make_sandbox, inside):
+    sb = make_sandbox(orgs={"acme": 5})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+    head, tail = HEX_TOKEN[:20], HEX_TOKEN[20:]
+
+    result = cli("sync", "--tenant", "t1", "--quiet", GHE_CRED=head + inside + tail)
+
+    line = one_line_error(result)
+    assert "$GHE_CRED holds whitespace or a non-ASCII character inside the token" in line
+    shown = result.stdout + result.stderr + cli("jobs").stdout + cli("jobs", "--json").stdout
+    assert head not in shown and tail not in shown
+    assert sb.requests == []
+    [job] = json.loads(cli("jobs", "--json").stdout)
+    assert job["status"]["overall"] == "READY" and job["error_message"] is None
+
+
 def test_two_syncs_at_once_one_is_refused(cli, make_sandbox, tmp_path):
     sb = make_sandbox(orgs={"acme": 400})
     sb.inject("delay", path=r"/(orgs|organizations)/", seconds=0.4, times=10)
