@@ -281,6 +281,20 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
     assert backend.scalar("select count(*) from etl_jobs") == 0
 
 
+def test_a_token_given_as_the_token_variable_or_in_the_url_is_refused_before_anything_is_written(backend):
+    with backend.engine.begin() as conn:
+        tenants.add_tenant(conn, "t1")
+    with pytest.raises(ValueError, match="--token-env takes the NAME") as named:
+        with backend.engine.begin() as conn:
+            tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
+    with pytest.raises(ValueError, match="not in the URL") as in_url:
+        with backend.engine.begin() as conn:
+            tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
+    assert "a" * 36 not in str(named.value) and "s3cr3tvalue" not in str(in_url.value)
+    assert backend.scalar("select count(*) from integrations") == 0
+    assert backend.scalar("select count(*) from etl_jobs") == 0
+
+
 def test_an_error_quoting_the_token_is_stored_and_streamed_masked(backend, make_sandbox, monkeypatch):
     secret = "0123456789abcdef0123456789abcdef0000c0de"
     monkeypatch.setenv("GHE_CRED", secret)
