@@ -95,12 +95,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     if args.json:
-        print(json.dumps(result.as_dict(), default=str, indent=2))
+        _print_json(result.as_dict())
     else:
         _print_summary(result.as_dict())
     if result.overall != "FINISHED":
-        print(f"ghetl: error: sync {result.overall}: {result.error}", file=sys.stderr)
-        return 1
+        return _error(f"sync {result.overall}: {result.error}")
     return 0
 
 
@@ -119,7 +118,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
         rows = jobs.list_jobs(conn, tenant_id)
     if args.json:
-        print(json.dumps(rows, default=str, indent=2))
+        _print_json(rows)
         return 0
     for job in rows:
         circles = "; ".join(
@@ -129,7 +128,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         last = job["last_sync_date"].isoformat(timespec="seconds") if job["last_sync_date"] else "never"
         line = f"{job['id']}\ttenant {job['tenant_id']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\tlast sync {last}"
         if job["error_message"]:
-            line += f"\terror: {job['error_message']}"
+            line += f"\terror: {logs.redact(job['error_message'])}"
         print(line)
     return 0
 
@@ -196,8 +195,7 @@ def cmd_status_server(args: argparse.Namespace) -> int:
     try:
         StatusServer(_engine(), broker, args.host, args.port, poll_interval=poll or None).run()
     except OSError as exc:
-        print(f"ghetl: error: {exc}", file=sys.stderr)
-        return 1
+        return _error(str(exc))
     finally:
         broker.close()
     return 0
@@ -287,8 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             log.exception("failed")
-        print(f"ghetl: error: {logs.redact(_one_line(exc))}", file=sys.stderr)
-        return 1
+        return _error(_one_line(exc))
 
 
 def run() -> None:
@@ -306,6 +303,32 @@ def run() -> None:
     code = main()
     gc.freeze()
     sys.exit(code)
+
+
+def _error(message: str) -> int:
+    """Print the command's one error line, redacted, and return the exit code for it.
+
+    Error texts come from GitHub, httpx and the database as well as from ghetl, so every one
+    is redacted here rather than by each command.
+    """
+    print(f"ghetl: error: {logs.redact(message)}", file=sys.stderr)
+    return 1
+
+
+def _print_json(data: Any) -> None:
+    """Print as JSON with every string redacted: job rows and run summaries carry error texts.
+    (Redacting the printed text instead could mask a number and break the JSON.)"""
+    print(json.dumps(_redacted(data), default=str, indent=2))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return logs.redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

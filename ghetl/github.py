@@ -33,7 +33,7 @@ import httpx
 import orjson
 import tenacity
 
-from . import __version__
+from . import __version__, logs
 from .config import env_float
 from .settings import SEARCH_QUERY_MAX
 
@@ -186,6 +186,8 @@ class GitHubClient:
         self.api_url = api_url.rstrip("/")
         self._origin = _origin(httpx.URL(self.api_url))
         self._token = token
+        if token:
+            logs.register_secret(token)
         self.policy = policy or Policy.from_env()
         headers = {
             "Accept": "application/vnd.github+json",

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection
 
 from . import steps
 from .db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
+from .logs import redact
 from .status import STAGES, Event, job_event, stage_event
 
 STALE_AFTER = dt.timedelta(minutes=5)
@@ -165,14 +166,18 @@ def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: 
 
 
 def extraction_done(conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None) -> list[Event]:
-    """Record how many items the step has in this run; until then its later stages cannot finish."""
+    """Record how many items the step has in this run; until then its later stages cannot finish.
+
+    `error` is redacted here, as in `fail`: the run's error becomes the job's, which `ghetl
+    jobs`, the status stream and notebooks show, so no caller has to remember to.
+    """
     job = _lock_job(conn, run.job_id)
     if job["run_id"] != run.run_id:
         return []
     row = get_run(conn, run.run_id)
     values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": stats}
     if error:
-        values["error_message"] = error
+        values["error_message"] = redact(error)
     conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run.run_id).values(**values))
     job["status"] = copy.deepcopy(job["status"])
     events: list[Event] = []
@@ -368,6 +373,7 @@ def _finish(conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> list[
 
 def fail(conn: Connection, run: Run, message: str) -> list[Event]:
     """End a run at once as FAILED (interrupted or crashed); circles still running turn failed."""
+    message = redact(message)
     job = _lock_job(conn, run.job_id)
     if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
         return []

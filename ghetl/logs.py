@@ -6,10 +6,15 @@ import logging
 import os
 import re
 import sys
+import threading
 from typing import Any
 
 _TOKEN_SHAPES = re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})\b")
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|KEY)$")
+MIN_SECRET_LENGTH = 8
+
+_secrets: frozenset[str] = frozenset()
+_secrets_lock = threading.Lock()
 
 
 def safe_url(url: str) -> str:
@@ -17,11 +22,26 @@ def safe_url(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
+def register_secret(value: str) -> None:
+    """Have `redact` mask this value from now on, whatever its shape.
+
+    A token's variable may have any name (an integration's `--token-env GHE_CRED`) and a GHES
+    or app token any shape, so neither the name nor the shape rules can be relied on to spot
+    it; whoever holds a token registers it. Shorter values are not masked: they would turn up
+    inside ordinary words.
+    """
+    global _secrets
+    if len(value) >= MIN_SECRET_LENGTH and value not in _secrets:
+        with _secrets_lock:
+            _secrets = _secrets | {value}
+
+
 def redact(text: str) -> str:
-    """Mask GitHub token shapes and the values of secret-looking environment variables."""
+    """Mask GitHub token shapes, registered secrets and the values of secret-looking environment variables."""
     text = _TOKEN_SHAPES.sub("[token]", text)
-    for name, value in os.environ.items():
-        if value and len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
+    named = {v for k, v in os.environ.items() if len(v) >= MIN_SECRET_LENGTH and _SECRET_ENV.search(k)}
+    for value in sorted(_secrets | named, key=len, reverse=True):
+        if value in text:
             text = text.replace(value, "[token]")
     return text
 

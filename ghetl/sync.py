@@ -8,7 +8,6 @@ this process on `memory://`, `ghetl worker` processes on RabbitMQ.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import httpx
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import db, jobs, steps, tenants
+from . import config, db, jobs, steps, tenants
 from . import settings as settings_mod
 from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
@@ -83,7 +82,7 @@ def sync(
         integration = tenants.get_integration(conn, tenant_row["id"], integration_id)
         job = jobs.get_job(conn, tenant_row["id"], integration["id"])
         settings = settings_mod.parse(integration["settings"])
-    token = os.environ.get(integration["token_env"])
+    token = config.github_token(integration["token_env"])
     if not token:
         log.warning("no token in $%s: GitHub allows 60 unauthenticated requests an hour", integration["token_env"])
     policy = Policy.from_env()

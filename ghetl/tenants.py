@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 from typing import Any
@@ -19,8 +21,11 @@ from sqlalchemy.engine import Connection
 from . import config, jobs, settings as settings_mod
 from .db import integrations, tenants
 
+log = logging.getLogger(__name__)
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME_LENGTH = tenants.c.name.type.length
+_TOKEN_LIKE = re.compile(r"^(gh[pousr]_|github_pat_)|^[0-9A-Fa-f]{40}$")
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 
 
@@ -104,17 +109,20 @@ def add_integration(
     token_env: str = config.DEFAULT_TOKEN_ENV,
     settings: str | dict[str, Any] | None = None,
 ) -> int:
-    """Create a GitHub integration and its job; refuse bad settings before anything is written."""
+    """Create a GitHub integration and its job; refuse bad settings before anything is written.
+
+    A token variable that is unset here is only warned about: the syncs may run on another host.
+    """
     tenant_row = get_tenant(conn, tenant)
     if not _OWNER.match(owner or ""):
         raise ValueError(f"owner '{owner}' is not a GitHub user or organisation name")
-    if not _ENV_NAME.match(token_env or ""):
-        raise ValueError(f"--token-env must name an environment variable, got '{token_env}'")
-    api_url = (api_url or config.api_url()).rstrip("/")
-    if not api_url.startswith(("http://", "https://")):
-        raise ValueError(f"api url must start with http:// or https://, got '{api_url}'")
+    _check_token_env(token_env)
+    api_url = config.check_api_url(api_url, "--api-url") if api_url else config.api_url()
     parsed = settings_mod.parse(settings)
     stored = {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
+    if not os.environ.get(token_env):
+        log.warning("$%s is not set here; set it to the token wherever ghetl sync runs for this integration",
+                    token_env)
     integration_id = conn.execute(
         integrations.insert()
         .values(tenant_id=tenant_row["id"], owner=owner, api_url=api_url, token_env=token_env, settings=stored)
@@ -122,6 +130,16 @@ def add_integration(
     ).scalar_one()
     jobs.create_github_job(conn, tenant_row["id"], integration_id)
     return integration_id
+
+
+def _check_token_env(token_env: str) -> None:
+    """Refuse a token given where its variable's name belongs: the name is stored and shown."""
+    if _TOKEN_LIKE.match(token_env or ""):
+        raise ValueError("--token-env takes the NAME of the environment variable that holds the token "
+                         "(e.g. GITHUB_TOKEN), not the token")
+    if not _ENV_NAME.match(token_env or ""):
+        raise ValueError("--token-env must be the name of an environment variable: letters, digits and _, "
+                         "not starting with a digit")
 
 
 def update_settings(conn: Connection, integration_id: int, settings: str | dict[str, Any]) -> dict[str, Any]:

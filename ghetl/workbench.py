@@ -192,7 +192,7 @@ class TokenCheck:
 
 def check_token(api_url: str, token_env: str = config.DEFAULT_TOKEN_ENV) -> TokenCheck:
     """Ask GitHub's /rate_limit (which costs nothing) with the token; raise if it is missing or refused."""
-    token = os.environ.get(token_env)
+    token = config.github_token(token_env)
     if not token:
         raise ValueError(f"${token_env} is empty: export the tenant's GitHub token in it, then run this step again")
     with GitHubClient(api_url, token) as client:
@@ -224,7 +224,7 @@ def preview_repositories(
     `repository_filter` is set) and applies the same filters, without touching the database.
     """
     parsed = settings_mod.parse(settings)
-    with GitHubClient(api_url, os.environ.get(token_env)) as client:
+    with GitHubClient(api_url, config.github_token(token_env)) as client:
         owner_type = client.owner_type(owner)
         viewer = _viewer(client) if owner_type == "User" and client.authenticated else None
         found = {repo["id"]: repo for page in client.paginate(client.listing_url(owner, owner_type, viewer))

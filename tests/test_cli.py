@@ -160,6 +160,121 @@ def test_rejected_token_says_so(cli, make_sandbox):
     assert TOKEN not in line
 
 
+HEX_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_token_with_a_trailing_carriage_return_is_stripped(cli, make_sandbox):
+    sb = make_sandbox(orgs={"acme": 20}, tokens={HEX_TOKEN})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+
+    result = cli("sync", "--tenant", "t1", "--json", GHE_CRED=HEX_TOKEN + "\r")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["overall"] == "FINISHED"
+    assert sb.requests and all(r.authenticated for r in sb.requests)
+    assert HEX_TOKEN not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("inside", [" ", "\nX-Injected: 1\n", "\u00e9"], ids=["space", "newline", "non-ascii"])
+def test_a_token_with_whitespace_or_non_ascii_inside_is_refused_and_never_shown(cli, make_sandbox, inside):
+    sb = make_sandbox(orgs={"acme": 5})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+    head, tail = HEX_TOKEN[:20], HEX_TOKEN[20:]
+
+    result = cli("sync", "--tenant", "t1", "--quiet", GHE_CRED=head + inside + tail)
+
+    line = one_line_error(result)
+    assert "$GHE_CRED holds whitespace or a non-ASCII character inside the token" in line
+    shown = result.stdout + result.stderr + cli("jobs").stdout + cli("jobs", "--json").stdout
+    assert head not in shown and tail not in shown
+    assert sb.requests == []
+    [job] = json.loads(cli("jobs", "--json").stdout)
+    assert job["status"]["overall"] == "READY" and job["error_message"] is None
+
+
+@pytest.mark.parametrize("value", ["ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_pat_11ABCDEFG0abcdefghijklmn",
+                                   "abcdef0123456789abcdef0123456789abcdef01", HEX_TOKEN])
+def test_token_env_refuses_a_token(cli, value):
+    cli("init")
+    cli("tenant", "add", "t1")
+
+    result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+                 "--token-env", value)
+
+    assert "--token-env takes the NAME of the environment variable that holds the token" in one_line_error(result)
+    assert value not in result.stdout + result.stderr
+    assert json.loads(cli("jobs", "--json").stdout) == []
+
+
+def test_integration_add_warns_once_when_the_token_variable_is_unset(cli):
+    cli("init")
+    cli("tenant", "add", "t1")
+    add = ("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+           "--token-env", "GHETL_TEST_UNSET_CRED")
+    assert "GHETL_TEST_UNSET_CRED" not in os.environ
+
+    unset = cli(*add)
+    set_ = cli(*add, GHETL_TEST_UNSET_CRED=HEX_TOKEN)
+
+    assert unset.returncode == 0 and set_.returncode == 0
+    warnings = [line for line in unset.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "$GHETL_TEST_UNSET_CRED is not set here" in warnings[0]
+    assert "WARNING" not in set_.stderr
+    assert len(json.loads(cli("jobs", "--json").stdout)) == 2
+
+
+def test_an_api_url_with_credentials_is_refused_without_showing_them(cli):
+    cli("init")
+    cli("tenant", "add", "t1")
+    add = ("integration", "add", "--tenant", "t1", "--owner", "acme")
+
+    given = cli(*add, "--api-url", "http://user:s3cr3tpassw0rd@127.0.0.1:1")
+    from_env = cli(*add, GITHUB_API_URL="https://x-access-token:s3cr3tpassw0rd@ghe.example.com/api/v3")
+
+    for result, source in ((given, "--api-url"), (from_env, "GITHUB_API_URL")):
+        line = one_line_error(result)
+        assert line.startswith(f"ghetl: error: {source} ") and "not in the URL" in line
+        assert "s3cr3tpassw0rd" not in result.stdout + result.stderr
+    assert json.loads(cli("jobs", "--json").stdout) == []
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:abc", "http://[::1", "http://exa mple.com", "http://", "http://127.0.0.1:99999",
+    "http://127.0.0.1:0", f"http://{'a' * 64}.example.com", "ftp://ghe.example.com", "ghe.example.com/api/v3",
+    "https://ghe.example.com/api/v3?x=1", f"https://ghe.example.com/{'v' * 500}",
+])
+def test_a_malformed_api_url_is_refused_at_integration_add(cli, url):
+    cli("init")
+    cli("tenant", "add", "t1")
+
+    result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", url)
+
+    assert one_line_error(result).startswith("ghetl: error: --api-url ")
+    assert json.loads(cli("jobs", "--json").stdout) == []
+
+
+@pytest.mark.parametrize(("url", "stored"), [
+    ("https://api.github.com", "https://api.github.com"),
+    ("https://ghe.example.com/api/v3/", "https://ghe.example.com/api/v3"),
+    ("http://127.0.0.1:8799", "http://127.0.0.1:8799"),
+    ("http://[::1]:8799", "http://[::1]:8799"),
+    (f"https://{'g' * 63}.example.com/api/v3", f"https://{'g' * 63}.example.com/api/v3"),
+])
+def test_the_usual_api_urls_are_accepted(cli, tmp_path, url, stored):
+    cli("init")
+    cli("tenant", "add", "t1")
+
+    result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", url)
+
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        assert conn.execute("select api_url from integrations").fetchall() == [(stored,)]
+
+
 def test_two_syncs_at_once_one_is_refused(cli, make_sandbox, tmp_path):
     sb = make_sandbox(orgs={"acme": 400})
     sb.inject("delay", path=r"/(orgs|organizations)/", seconds=0.4, times=10)

@@ -103,6 +103,18 @@ def test_check_token_reports_budget_and_scopes_and_refuses_bad_tokens(make_sandb
         workbench.check_token(sandbox.url, "ACME_TOKEN")
 
 
+def test_check_token_strips_the_newline_of_a_token_file_and_refuses_inner_whitespace(make_sandbox, monkeypatch):
+    sandbox = make_sandbox(orgs={"acme": 3}, tokens={TOKEN})
+    monkeypatch.setenv("ACME_TOKEN", TOKEN + "\n")
+    assert workbench.check_token(sandbox.url, "ACME_TOKEN").remaining("core") > 0
+
+    monkeypatch.setenv("ACME_TOKEN", TOKEN[:10] + " " + TOKEN[10:])
+    with pytest.raises(ValueError, match=r"\$ACME_TOKEN holds whitespace") as refused:
+        workbench.check_token(sandbox.url, "ACME_TOKEN")
+    assert TOKEN[10:] not in str(refused.value)
+    assert sandbox.requests[-1].authenticated and len(sandbox.requests) == 1
+
+
 @pytest.mark.parametrize("settings", [
     {"repository_filter": "language:Python", "include_archived": False},
     {"include_forks": False, "visibility": "private"},

@@ -22,7 +22,7 @@ from dataclasses import replace
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, tenants
+from ghetl import db, logs, tenants
 from ghetl.db import raw_extraction_data, repositories
 from ghetl.github import (GitHubClient, GitHubError, GitHubUnavailable, GitHubUnreachable, Policy, RateLimited,
                           TokenRejected)
@@ -134,6 +134,13 @@ def test_the_token_goes_only_to_the_api_host(make_sandbox):
     assert [r.authenticated for r in sb.requests] == [True]
     assert [(r.path, r.authenticated) for r in elsewhere.requests] == [("/orgs/other", False)]
     assert c.stats.requests == 2
+
+
+def test_the_clients_token_is_masked_in_any_text_whatever_its_shape():
+    token = "0123456789abcdef0123456789abcdef0000beef"
+    GitHubClient("http://127.0.0.1:9", token).close()
+
+    assert logs.redact(f"Illegal header value b'Bearer {token}\\r'") == "Illegal header value b'Bearer [token]\\r'"
 
 
 # ----- faults -----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from ghetl import jobs, tenants
+from ghetl import jobs, logs, tenants
 from ghetl.broker import encode
 from ghetl.db import etl_jobs, raw_extraction_data, repositories
 from ghetl.steps.repositories import deactivate
@@ -297,6 +297,48 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
                 tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
     assert backend.scalar("select count(*) from integrations") == 0
     assert backend.scalar("select count(*) from etl_jobs") == 0
+
+
+def test_a_token_given_as_the_token_variable_or_in_the_url_is_refused_before_anything_is_written(backend):
+    with backend.engine.begin() as conn:
+        tenants.add_tenant(conn, "t1")
+    with pytest.raises(ValueError, match="--token-env takes the NAME") as named:
+        with backend.engine.begin() as conn:
+            tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
+    with pytest.raises(ValueError, match="not in the URL") as in_url:
+        with backend.engine.begin() as conn:
+            tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
+    assert "a" * 36 not in str(named.value) and "s3cr3tvalue" not in str(in_url.value)
+    assert backend.scalar("select count(*) from integrations") == 0
+    assert backend.scalar("select count(*) from etl_jobs") == 0
+
+
+def test_an_error_quoting_the_token_is_stored_and_streamed_masked(backend, make_sandbox, monkeypatch):
+    secret = "0123456789abcdef0123456789abcdef0000c0de"
+    monkeypatch.setenv("GHE_CRED", secret)
+    sb = make_sandbox(orgs={"acme": 5})
+    sb.inject("status", path="/orgs/acme/repos", times=50, status=422, body={"message": f"token {secret} refused"})
+    tenant = add_tenant(backend, sb, token_env="GHE_CRED")
+    events = []
+
+    result = backend.sync(tenant, on_event=events.append)
+
+    assert result.overall == "FAILED" and "token [token] refused" in result.error
+    job = job_row(backend)
+    assert job["error_message"] == result.error
+    assert [e["error"] for e in events if e.get("type") == "job" and e["overall"] == "FAILED"] == [result.error]
+    assert secret not in backend.scalar("select error_message from etl_job_runs")
+
+
+def test_a_run_failed_with_a_secret_in_its_reason_stores_it_masked(backend, sandbox, tenant):
+    logs.register_secret("any-shape-of-secret")
+    with backend.engine.begin() as conn:
+        job = jobs.list_jobs(conn)[0]
+        run, _ = jobs.start(conn, job, full=False)
+        events = jobs.fail(conn, run, "crashed: header 'Bearer any-shape-of-secret' refused")
+
+    assert job_row(backend)["error_message"] == "crashed: header 'Bearer [token]' refused"
+    assert events[-1]["error"] == "crashed: header 'Bearer [token]' refused"
 
 
 def test_integration_add_creates_the_job_with_idle_circles(backend):
