@@ -165,15 +165,22 @@ def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: 
     return events
 
 
-def extraction_done(conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None) -> list[Event]:
+def extraction_done(
+    conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None, *, last_step: bool
+) -> list[Event]:
     """Record how many items the step has in this run; until then its later stages cannot finish.
 
+    The last step's embedding stage also owes the catch-up (every row still without a vector
+    of the workers' model, embedded with the run's last item): it is counted as pending work
+    here, so the stage cannot finish while a worker is still at it.
     `error` is redacted here, as in `fail`: the run's error becomes the job's, which `ghetl
     jobs`, the status stream and notebooks show, so no caller has to remember to.
     """
     job = _lock_job(conn, run.job_id)
     if job["run_id"] != run.run_id:
         return []
+    if last_step:
+        count_items(conn, run.run_id, step, {"catch_up": 1})
     row = get_run(conn, run.run_id)
     values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": stats}
     if error:
@@ -235,6 +242,14 @@ def count_items(conn: Connection, run_id: str, step: str, changes: dict[str, int
 
 
 @functools.lru_cache(maxsize=4)
+def catch_up_done(conn: Connection, run_id: str, step: str) -> None:
+    """The step's catch-up is over (done, or given up with its message); a redelivery changes nothing."""
+    conn.execute(etl_run_counts.update().where(
+        etl_run_counts.c.run_id == run_id, etl_run_counts.c.step == step, etl_run_counts.c.status == "catch_up",
+        etl_run_counts.c.n > 0,
+    ).values(n=etl_run_counts.c.n - 1))
+
+
 def _count_statement(dialect: str) -> Any:
     stmt = dialect_insert(dialect, etl_run_counts)
     return stmt.on_conflict_do_update(index_elements=["run_id", "step", "status"],
@@ -262,7 +277,8 @@ def job_progress(conn: Connection, job: dict[str, Any]) -> dict[str, dict[str, d
 
 
 def zero_counts() -> dict[str, int]:
-    return {"pending": 0, "transformed": 0, "embedded": 0, "failed": 0, "failed_transform": 0, "failed_embedding": 0}
+    return {"pending": 0, "transformed": 0, "embedded": 0, "failed": 0, "failed_transform": 0, "failed_embedding": 0,
+            "catch_up": 0}
 
 
 def stage_progress(counts: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -275,7 +291,7 @@ def stage_progress(counts: dict[str, int]) -> dict[str, dict[str, int]]:
         },
         "embedding": {
             "processed": counts["embedded"] + counts["failed"],
-            "pending": counts["pending"] + counts["transformed"],
+            "pending": counts["pending"] + counts["transformed"] + counts["catch_up"],
             "failed": counts["failed_embedding"],
         },
     }

@@ -230,7 +230,7 @@ def _extract(
         log.error("extraction stopped: %s; the %d repositories fetched so far are kept", error, total)
     stats = {**ctx.client.stats.as_dict(), **ctx.stats}
     with engine.begin() as conn:
-        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error))
+        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error, last_step=last_step))
     if held:
         held[-1].update(last_item=True, last_job_item=last_step)
         broker.publish("transform", [{**envelope, "items": held}])

@@ -165,7 +165,7 @@ class Pipeline:
                 forward.append(item)
             elif raw_id in rows and raw_id not in errors:
                 forward.append({**item, "external_id": rows[raw_id]["external_id"]})
-        return forward
+        return forward + _end_left_behind(message["items"], forward)
 
     def _embed(self, conn: sa.Connection, step: steps.Step, message: dict[str, Any]) -> None:
         """Embed the batch's rows whose text changed; store vectors with the model name and hash.
@@ -184,6 +184,8 @@ class Pipeline:
         refused = self._embed_items(conn, step, scope, message["run_id"], items) if items else {}
         if any(i["last_job_item"] for i in message["items"]):
             self._embed_missing(conn, step, scope, message["run_id"], skip=set(refused))
+            with conn.begin():
+                jobs.catch_up_done(conn, message["run_id"], step.name)
         if refused:
             raise ValueError(f"embedder refused {len(refused)} of {len(items)} repositories: "
                              + "; ".join(f"{ext}: {why}" for ext, why in refused.items()))
@@ -290,12 +292,24 @@ class Pipeline:
             with self.engine.connect() as conn:
                 with conn.begin():
                     _fail(conn, message["run_id"], message["step"], {i: reason for i in ids}, stage)
-                completion = [i for i in message["items"] if i.get("raw_data_id") is None and i.get("last_job_item")]
-                if stage == "transform" and completion:
-                    self.broker.publish("embedding", [{**message, "items": completion}])
+                    if stage == "embedding" and any(i.get("last_job_item") for i in message["items"]):
+                        jobs.catch_up_done(conn, message["run_id"], message["step"])
+                if stage == "transform" and (end := _end_left_behind(message["items"], [])):
+                    self.broker.publish("embedding", [{**message, "items": end}])
                 self._advance(conn, message["run_id"])
         except Exception:
             log.exception("could not record the failure of a %s message; its items stay pending", stage)
+
+
+def _end_left_behind(items: list[dict[str, Any]], forwarded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The run's end, as a completion item, when it is among `items` but not among those going on.
+
+    The item flagged `last_job_item` tells the embedding stage to do the run's catch-up, which
+    the run counts on; when that item itself failed in transform, the flag must still get there.
+    """
+    if any(i.get("last_job_item") for i in items) and not any(i.get("last_job_item") for i in forwarded):
+        return [{**broker_mod.completion_item(), "first_item": False}]
+    return []
 
 
 @functools.lru_cache(maxsize=16)

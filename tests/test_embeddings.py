@@ -7,13 +7,16 @@ CI=true, so CI can never pass by silently not running them.
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from ghetl import embeddings, steps
+from ghetl.db import etl_jobs
 from tests.conftest import add_tenant
 
 
@@ -198,6 +201,43 @@ def test_switching_model_reembeds_and_never_mixes(backend: Any, make_sandbox: An
     use_embedder(hashing)
     assert backend.sync(tenant).overall == "FINISHED"
     assert hashing.texts == []
+
+
+class Slow(Counting):
+    """Takes its time over each batch and notes the job's state when it is done, as a large
+    model re-embedding a whole tenant would: the job must not be FINISHED meanwhile."""
+
+    def __init__(self, inner: embeddings.Embedder, backend: Any) -> None:
+        super().__init__(inner)
+        self.backend = backend
+        self.job_states: list[str] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        time.sleep(0.3)
+        with self.backend.engine.connect() as conn:
+            self.job_states.append(conn.execute(sa.select(etl_jobs.c.status)).scalar_one()["overall"])
+        return super().embed(texts)
+
+
+@pytest.mark.parametrize("changed", [0, 3], ids=["nothing-changed", "some-changed"])
+def test_the_job_ends_only_after_the_catch_up_of_a_new_model(backend: Any, make_sandbox: Any, token: str,
+                                                              use_embedder: Any, changed: int) -> None:
+    sandbox = make_sandbox(orgs={"acme": 40}, seed=13)
+    tenant = add_tenant(backend, sandbox)
+    use_embedder(embeddings.HashingEmbedder())
+    assert backend.sync(tenant).overall == "FINISHED"
+    for repo in sandbox.repos("acme")[:changed]:
+        sandbox.touch(repo["full_name"], description="now about something else")
+    slow = use_embedder(Slow(embeddings.HashingEmbedder(256), backend))
+
+    events: list[dict[str, Any]] = []
+    result = backend.sync(tenant, on_event=events.append)
+
+    assert result.overall == "FINISHED"
+    assert slow.job_states and set(slow.job_states) == {"RUNNING"}
+    assert vectors_by_model(backend)[slow.model] == 40
+    finished = [e for e in events if e.get("type") == "job" and e.get("overall") == "FINISHED"]
+    assert len(finished) == 1
 
 
 def test_hashing_vectors_are_those_of_the_model_definition() -> None:

@@ -363,12 +363,15 @@ def test_the_overall_check_constraint_refuses_unknown_states(backend):
             conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
 
 
-def test_a_bad_item_fails_alone_and_the_next_run_retries_it(backend, sandbox, tenant, monkeypatch):
+@pytest.mark.parametrize("which", ["one", "the-last"])
+def test_a_bad_item_fails_alone_and_the_next_run_retries_it(backend, sandbox, tenant, monkeypatch, which):
+    """Also when it is the run's last item, which carries the run's end to the embedding stage."""
     from dataclasses import replace
 
     from ghetl import steps
 
-    bad = sandbox.repos("acme")[7]
+    repos = sandbox.repos("acme")
+    bad = repos[7] if which == "one" else min(repos, key=lambda r: (r["updated_at"], r["id"]))  # listed last
     step = steps.registry()["github_repositories"]
 
     def picky_to_row(payload, ctx):
