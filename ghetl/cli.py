@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from . import broker as broker_mod
 from . import db, jobs, logs, sandbox, tenants
+from .argtypes import port, positive_int, positive_seconds
 from .github import GitHubError
 from .settings import SettingsError
 
@@ -201,13 +202,6 @@ def cmd_status_server(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ghetl",
@@ -245,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="every repository, not only those changed since the last sync")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=int, default=1, help="consumer threads per stage on memory:// (default 1)")
-    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument("--workers", type=positive_int, default=1, help="consumer threads per stage on memory:// (default 1)")
+    p.add_argument("--timeout", type=positive_seconds, help="give up waiting after this many seconds")
 
     p = add("jobs", cmd_jobs, "show jobs with their status circles")
     p.add_argument("--tenant", help="only this tenant's jobs")
@@ -255,17 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
             "(hash or minilm; use the one the tenant was synced with)")
     p.add_argument("--tenant", required=True, help="tenant name or id")
-    p.add_argument("--limit", type=_positive, default=10, help="how many repositories to show (default 10)")
+    p.add_argument("--limit", type=positive_int, default=10, help="how many repositories to show (default 10)")
     p.add_argument("text", help="what you are looking for, in your own words")
 
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
     p.add_argument("stage", choices=("transform", "embedding", "all"))
-    p.add_argument("--concurrency", type=_positive, default=1, help="consumers per stage in this process (default 1)")
+    p.add_argument("--concurrency", type=positive_int, default=1, help="consumers per stage in this process (default 1)")
 
     p = add("status-server", cmd_status_server, "serve the WebSocket status stream until stopped (Ctrl-C)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
-    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
-    p.add_argument("--poll", type=float, metavar="SECONDS",
+    p.add_argument("--port", type=port, default=8765, help="port to listen on (default 8765; 0 = any free port)")
+    p.add_argument("--poll", type=positive_seconds, metavar="SECONDS",
                    help="also read job changes from the database this often (default: 1 on memory://, off on RabbitMQ)")
 
     p = add("sandbox", lambda a: sandbox.run(a), "serve the local GitHub API sandbox")

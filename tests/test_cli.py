@@ -146,3 +146,29 @@ def test_sandbox_and_status_server_default_to_different_ports():
     sandbox = parser.parse_args(["sandbox"])
     status = parser.parse_args(["status-server"])
     assert sandbox.port != status.port
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["sync", "--tenant", "t1", "--workers", "0"], "argument --workers: must be 1 or more, got 0"),
+    (["sync", "--tenant", "t1", "--workers", "-3"], "argument --workers: must be 1 or more, got -3"),
+    (["sync", "--tenant", "t1", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, got '-1'"),
+    (["sync", "--tenant", "t1", "--timeout", "0"], "argument --timeout: must be a number of seconds above 0, got '0'"),
+    (["sync", "--tenant", "t1", "--timeout", "nan"], "argument --timeout: must be a number of seconds above 0, got 'nan'"),
+    (["sync", "--tenant", "t1", "--timeout", "inf"], "argument --timeout: must be a number of seconds above 0, got 'inf'"),
+    (["status-server", "--poll", "0"], "argument --poll: must be a number of seconds above 0, got '0'"),
+    (["status-server", "--poll", "-1"], "argument --poll: must be a number of seconds above 0, got '-1'"),
+    (["status-server", "--poll", "nan"], "argument --poll: must be a number of seconds above 0, got 'nan'"),
+    (["status-server", "--port", "99999"], "argument --port: must be 0 to 65535 (0 = any free port), got 99999"),
+    (["status-server", "--port", "-1"], "argument --port: must be 0 to 65535 (0 = any free port), got -1"),
+    (["sandbox", "--port", "65536"], "argument --port: must be 0 to 65535 (0 = any free port), got 65536"),
+    (["search", "--tenant", "t1", "--limit", "abc", "x"], "argument --limit: expected a whole number, got 'abc'"),
+    (["worker", "all", "--concurrency", "0"], "argument --concurrency: must be 1 or more, got 0"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_out_of_range_options_are_refused_by_argparse_in_one_readable_line(argv, error, capsys):
+    from ghetl.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"ghetl {argv[0]}: error: {error}"
