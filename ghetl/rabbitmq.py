@@ -86,7 +86,7 @@ def prefetch() -> int:
     comes back after its worker died is the one that was being handled, so the lost attempt is
     charged to it and not to a bystander that merely waited in the prefetch buffer.
     """
-    return max(1, int(config.env_float("GHETL_PREFETCH", 1)))
+    return int(config.env_float("GHETL_PREFETCH", 1, minimum=1))
 
 
 class Backoff:
@@ -435,6 +435,7 @@ class RabbitBroker:
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
         """Run `concurrency` consumer threads per stage, each on its own connection, until `stop` is set."""
         self._ensure_declared()
+        prefetch()  # checked in the caller's thread: a bad value is one error, not consumer threads that die
         broker_mod.run_consumers(self._consume_loop, stages, deliver, concurrency=concurrency, stop=stop)
 
     def _consume_loop(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:

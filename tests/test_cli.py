@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,10 @@ def test_sandbox_and_status_server_default_to_different_ports():
     assert sandbox.port != status.port
 
 
+def job_states(cli) -> list[str]:
+    return [j["status"]["overall"] for j in json.loads(cli("jobs", "--json").stdout)]
+
+
 @pytest.mark.parametrize(("argv", "error"), [
     (["sync", "--tenant", "t1", "--workers", "0"], "argument --workers: must be 1 or more, got 0"),
     (["sync", "--tenant", "t1", "--workers", "-3"], "argument --workers: must be 1 or more, got -3"),
@@ -172,3 +177,56 @@ def test_out_of_range_options_are_refused_by_argparse_in_one_readable_line(argv,
 
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"ghetl {argv[0]}: error: {error}"
+
+
+@pytest.mark.parametrize("broker_url", [
+    "amqp://guest:guest@127.0.0.1:1/%2F",
+    "amqp://guest:wrongpass@127.0.0.1:5672/%2F",
+    "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+], ids=["unreachable", "bad-credentials", "missing-vhost"])
+def test_a_broker_that_cannot_be_used_stops_the_sync_before_its_job_starts(cli, make_sandbox, broker_url):
+    sb = make_sandbox(orgs={"acme": 20})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet", GHETL_BROKER_URL=broker_url))
+
+    assert "RabbitMQ" in line and "GHETL_BROKER_URL" in line
+    assert job_states(cli) == ["READY"]
+    assert cli("sync", "--tenant", "t1", "--quiet").returncode == 0
+    assert job_states(cli) == ["FINISHED"]
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("GHETL_EMBEDDER", "bogus"), ("GHETL_MAX_ATTEMPTS", "abc"), ("GHETL_MAX_ATTEMPTS", "0"),
+    ("GHETL_RETRY_DELAY", "nan"),
+])
+def test_a_bad_consumer_setting_stops_the_sync_before_its_job_starts(cli, make_sandbox, variable, value):
+    """Read in the consumer threads, these used to dead-letter every message (and end FINISHED)
+    or kill the threads and leave the sync waiting forever."""
+    sb = make_sandbox(orgs={"acme": 20})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet", **{variable: value}))
+
+    assert variable in line and f"'{value}'" in line
+    assert job_states(cli) == ["READY"]
+    jobs = json.loads(cli("jobs", "--json").stdout)
+    assert jobs[0]["last_sync_date"] is None
+    assert sb.requests == []
+
+
+def test_a_malformed_stored_api_url_is_one_line_and_starts_no_run(cli, tmp_path):
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://127.0.0.1:9")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:  # stored before `integration add` checked URLs
+        conn.execute("UPDATE integrations SET api_url = 'http://127.0.0.1:abc'")
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet"))
+
+    assert "invalid API URL 'http://127.0.0.1:abc'" in line and "ghetl integration add" in line
+    assert job_states(cli) == ["READY"]

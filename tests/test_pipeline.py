@@ -355,3 +355,19 @@ def test_a_repository_the_database_cannot_store_fails_alone(backend, sandbox, te
         assert result.counts["github_repositories"]["failed"] == 1
     else:
         assert failed == [] and str(odd["id"]) in stored_ids(backend)
+
+
+def test_consumers_that_die_end_the_sync_failed_instead_of_a_wait(embedded, sandbox, token, monkeypatch):
+    """On memory:// the stages are threads of the sync: once they are gone nothing would end the run."""
+    tenant = add_tenant(embedded, sandbox)
+
+    def broken(self, stage, body, attempt):
+        raise RuntimeError("a consumer bug")
+
+    monkeypatch.setattr(Pipeline, "deliver", broken)
+
+    with pytest.raises(RuntimeError, match="a consumer bug"):
+        embedded.sync(tenant, timeout=30)
+
+    job = job_row(embedded)
+    assert job["status"]["overall"] == "FAILED" and "a consumer bug" in job["error_message"]
