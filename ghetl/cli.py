@@ -267,15 +267,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron, systemd, `timeout`) raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt, so that it takes the same way out: a sync then marks its job FAILED
+    "interrupted" instead of leaving it RUNNING for the next sync to trip over."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.configure(args.verbose)
     try:
         return args.func(args)
+    except Terminated:
+        print("ghetl: interrupted (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("ghetl: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             log.exception("failed")
@@ -286,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The `ghetl` command as a process (the console script and `python -m ghetl`).
 
+    SIGTERM raises `Terminated` (commands that stop gracefully, `worker` and `status-server`,
+    install their own handler); it is set here and not in `main`, which tests call in-process.
+
     The objects alive around the command (the modules of SQLAlchemy, httpx, pika...) are never
     garbage, so they are frozen out of the collector's reach: full collections during the run
     stop walking them again, and at exit the interpreter no longer walks them all before it
@@ -294,6 +310,7 @@ def run() -> None:
     0.2 CPU-s in a 10 000-repository sync, but each httpx response is a reference cycle that
     holds its page until a collection: the sync's peak memory grew from 75 to 104 MB.)
     """
+    signal.signal(signal.SIGTERM, _terminate)
     gc.freeze()
     code = main()
     gc.freeze()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -230,3 +231,26 @@ def test_a_malformed_stored_api_url_is_one_line_and_starts_no_run(cli, tmp_path)
 
     assert "invalid API URL 'http://127.0.0.1:abc'" in line and "ghetl integration add" in line
     assert job_states(cli) == ["READY"]
+
+
+def test_sigterm_fails_the_running_job_like_ctrl_c(cli, make_sandbox, tmp_path):
+    """cron, systemd and `timeout` stop a sync with SIGTERM: the job must not stay RUNNING."""
+    sb = make_sandbox(orgs={"acme": 50})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
+           "GITHUB_TOKEN": TOKEN}
+    running: list[subprocess.Popen[str]] = []
+    sb.inject("mutate", path=r"/(orgs|organizations)/", action=lambda _sb: running[0].send_signal(signal.SIGTERM))
+    running.append(subprocess.Popen([sys.executable, "-m", "ghetl", "sync", "--tenant", "t1", "--quiet"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+    _, stderr = running[0].communicate(timeout=60)
+
+    assert running[0].returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == "ghetl: interrupted (SIGTERM)"
+    assert "Traceback" not in stderr
+    [job] = json.loads(cli("jobs", "--json").stdout)
+    assert (job["status"]["overall"], job["error_message"]) == ("FAILED", "interrupted")
+    assert cli("sync", "--tenant", "t1", "--quiet").returncode == 0
