@@ -146,7 +146,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Consume until SIGTERM/SIGINT, then finish and ack the messages in hand and exit 0."""
+    """Consume until SIGTERM/SIGINT, then finish and ack the messages in hand and exit 0.
+
+    The broker, the database, the retry settings and the embedder are all checked before the
+    first message is taken: a worker that cannot do the work must not take it.
+    """
+    from .embeddings import get_embedder
     from .workers import Pipeline
 
     stages = list(broker_mod.STAGE_QUEUES) if args.stage == "all" else [args.stage]
@@ -154,6 +159,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if isinstance(broker, broker_mod.MemoryBroker):
         raise ValueError("ghetl worker needs RabbitMQ: set GHETL_BROKER_URL=amqp://user:pass@host:5672/vhost "
                          "(with memory:// the stages run inside ghetl sync)")
+    broker.declare()
+    db.check_ready(_engine())
+    broker_mod.check_settings()
+    pipeline = Pipeline(_engine(), broker, get_embedder() if "embedding" in stages else None)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -162,7 +171,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    pipeline = Pipeline(_engine(), broker)
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -172,7 +180,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             outcomes[outcome.action] += 1
         return outcome
 
-    broker.declare()  # type: ignore[attr-defined]
     queues = ", ".join(broker.queue(s) for s in stages)  # type: ignore[attr-defined]
     log.info("worker %d consuming %s at %s, %d consumer(s) per queue; stop with Ctrl-C or SIGTERM",
              os.getpid(), queues, logs.safe_url(broker.url), args.concurrency)
@@ -188,6 +195,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status_server(args: argparse.Namespace) -> int:
     from .statusserver import StatusServer
 
+    db.check_ready(_engine())
     broker = broker_mod.connect()
     poll = args.poll if args.poll is not None else (1.0 if isinstance(broker, broker_mod.MemoryBroker) else None)
     if poll:
