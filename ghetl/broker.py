@@ -37,10 +37,13 @@ class PoisonMessage(ValueError):
 
 @dataclass
 class Outcome:
-    """What to do with a delivery: "ack", "retry" (after a delay) or "dead" (dead-letter queue)."""
+    """What to do with a delivery: "ack", "retry" (after a delay), "dead" (dead-letter queue), or
+    "requeue": back to its queue after `delay` seconds as the same attempt, for a failure that
+    is not the message's (the database is down), so that an outage does not use up its attempts."""
 
     action: str
     reason: str = ""
+    delay: float = 0.0
 
 
 def max_attempts() -> int:
@@ -216,6 +219,9 @@ class MemoryBroker:
                 timer = threading.Timer(retry_delay(attempt), q.put, args=((body, attempt + 1),))
                 timer.daemon = True
                 timer.start()
+            elif outcome.action == "requeue":
+                stop.wait(outcome.delay)
+                q.put((body, attempt))
             elif outcome.action == "dead":
                 with self._lock:
                     self.dead_letters.append(DeadLetter(stage, body, outcome.reason, attempt))

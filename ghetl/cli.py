@@ -187,8 +187,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         broker.consume(stages, deliver, concurrency=args.concurrency, stop=stop)
     finally:
         broker.close()
-    log.info("worker %d stopped: %d messages done, %d sent to retry, %d dead-lettered, %d published",
-             os.getpid(), outcomes["ack"], outcomes["retry"], outcomes["dead"], broker.published)  # type: ignore[attr-defined]
+    log.info("worker %d stopped: %d messages done, %d sent to retry, %d put back while the database was down, "
+             "%d dead-lettered, %d published", os.getpid(), outcomes["ack"], outcomes["retry"], outcomes["requeue"],
+             outcomes["dead"], broker.published)  # type: ignore[attr-defined]
     return 0
 
 
