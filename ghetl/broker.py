@@ -37,19 +37,30 @@ class PoisonMessage(ValueError):
 
 @dataclass
 class Outcome:
-    """What to do with a delivery: "ack", "retry" (after a delay) or "dead" (dead-letter queue)."""
+    """What to do with a delivery: "ack", "retry" (after a delay), "dead" (dead-letter queue), or
+    "requeue": back to its queue after `delay` seconds as the same attempt, for a failure that
+    is not the message's (the database is down), so that an outage does not use up its attempts."""
 
     action: str
     reason: str = ""
+    delay: float = 0.0
 
 
 def max_attempts() -> int:
-    return int(config.env_float("GHETL_MAX_ATTEMPTS", 5))
+    return int(config.env_float("GHETL_MAX_ATTEMPTS", 5, minimum=1))
 
 
 def retry_delay(attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: doubling from GHETL_RETRY_DELAY (default 1 s), capped at a minute."""
-    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0) * 2 ** (attempt - 1))
+    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0, minimum=0) * 2 ** (attempt - 1))
+
+
+def check_settings() -> None:
+    """Read the settings that consumers read on every delivery, in the thread that starts them:
+    a bad value is then one error at start, not a consumer thread that dies (and a sync that
+    waits for it forever)."""
+    max_attempts()
+    retry_delay(1)
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -112,6 +123,9 @@ class Broker(Protocol):
 
     url: str
 
+    def declare(self) -> None:
+        """Make sure the broker can be reached and holds the queues; raise ConnectionError if not."""
+
     def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
         """Return only when the broker holds every message (durably, where it can)."""
 
@@ -129,9 +143,22 @@ def run_consumers(
     loop: Callable[[str, Deliver, threading.Event], None], stages: list[str], deliver: Deliver, *,
     concurrency: int, stop: threading.Event,
 ) -> None:
-    """Run `loop(stage, deliver, stop)` in `concurrency` threads per stage; return when all have ended."""
+    """Run `loop(stage, deliver, stop)` in `concurrency` threads per stage; return when all have ended.
+
+    A loop that raises sets `stop`, so the others end too, and its error is raised here: a
+    process whose consumers died one by one would otherwise go on without them, unnoticed.
+    """
+    errors: list[BaseException] = []
+
+    def guarded(stage: str) -> None:
+        try:
+            loop(stage, deliver, stop)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
     threads = [
-        threading.Thread(target=loop, args=(stage, deliver, stop), name=f"ghetl-{stage}-{n}", daemon=True)
+        threading.Thread(target=guarded, args=(stage,), name=f"ghetl-{stage}-{n}", daemon=True)
         for stage in stages
         for n in range(concurrency)
     ]
@@ -139,6 +166,8 @@ def run_consumers(
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
 
 
 @dataclass
@@ -160,6 +189,9 @@ class MemoryBroker:
     def __post_init__(self) -> None:
         self._queues: dict[str, queue.Queue[tuple[bytes, int]]] = {s: queue.Queue() for s in STAGE_QUEUES}
         self._lock = threading.Lock()
+
+    def declare(self) -> None:
+        """Nothing to check: the queues are this process's own."""
 
     def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
         for message in messages:
@@ -187,6 +219,9 @@ class MemoryBroker:
                 timer = threading.Timer(retry_delay(attempt), q.put, args=((body, attempt + 1),))
                 timer.daemon = True
                 timer.start()
+            elif outcome.action == "requeue":
+                stop.wait(outcome.delay)
+                q.put((body, attempt))
             elif outcome.action == "dead":
                 with self._lock:
                     self.dead_letters.append(DeadLetter(stage, body, outcome.reason, attempt))

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from . import broker as broker_mod
 from . import db, jobs, logs, sandbox, tenants
+from .argtypes import port, positive_int, positive_seconds
 from .github import GitHubError
 from .settings import SettingsError
 
@@ -146,7 +147,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Consume until SIGTERM/SIGINT, then finish and ack the messages in hand and exit 0."""
+    """Consume until SIGTERM/SIGINT, then finish and ack the messages in hand and exit 0.
+
+    The broker, the database, the retry settings and the embedder are all checked before the
+    first message is taken: a worker that cannot do the work must not take it.
+    """
+    from .embeddings import get_embedder
     from .workers import Pipeline
 
     stages = list(broker_mod.STAGE_QUEUES) if args.stage == "all" else [args.stage]
@@ -154,6 +160,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if isinstance(broker, broker_mod.MemoryBroker):
         raise ValueError("ghetl worker needs RabbitMQ: set GHETL_BROKER_URL=amqp://user:pass@host:5672/vhost "
                          "(with memory:// the stages run inside ghetl sync)")
+    broker.declare()
+    db.check_ready(_engine())
+    broker_mod.check_settings()
+    pipeline = Pipeline(_engine(), broker, get_embedder() if "embedding" in stages else None)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -162,7 +172,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    pipeline = Pipeline(_engine(), broker)
     outcomes: Counter[str] = Counter()
     lock = threading.Lock()
 
@@ -172,7 +181,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
             outcomes[outcome.action] += 1
         return outcome
 
-    broker.declare()  # type: ignore[attr-defined]
     queues = ", ".join(broker.queue(s) for s in stages)  # type: ignore[attr-defined]
     log.info("worker %d consuming %s at %s, %d consumer(s) per queue; stop with Ctrl-C or SIGTERM",
              os.getpid(), queues, logs.safe_url(broker.url), args.concurrency)
@@ -180,14 +188,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         broker.consume(stages, deliver, concurrency=args.concurrency, stop=stop)
     finally:
         broker.close()
-    log.info("worker %d stopped: %d messages done, %d sent to retry, %d dead-lettered, %d published",
-             os.getpid(), outcomes["ack"], outcomes["retry"], outcomes["dead"], broker.published)  # type: ignore[attr-defined]
+    log.info("worker %d stopped: %d messages done, %d sent to retry, %d put back while the database was down, "
+             "%d dead-lettered, %d published", os.getpid(), outcomes["ack"], outcomes["retry"], outcomes["requeue"],
+             outcomes["dead"], broker.published)  # type: ignore[attr-defined]
     return 0
 
 
 def cmd_status_server(args: argparse.Namespace) -> int:
     from .statusserver import StatusServer
 
+    db.check_ready(_engine())
     broker = broker_mod.connect()
     poll = args.poll if args.poll is not None else (1.0 if isinstance(broker, broker_mod.MemoryBroker) else None)
     if poll:
@@ -199,13 +209,6 @@ def cmd_status_server(args: argparse.Namespace) -> int:
     finally:
         broker.close()
     return 0
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,8 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="every repository, not only those changed since the last sync")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=int, default=1, help="consumer threads per stage on memory:// (default 1)")
-    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+    p.add_argument("--workers", type=positive_int, default=1, help="consumer threads per stage on memory:// (default 1)")
+    p.add_argument("--timeout", type=positive_seconds, help="give up waiting after this many seconds")
 
     p = add("jobs", cmd_jobs, "show jobs with their status circles")
     p.add_argument("--tenant", help="only this tenant's jobs")
@@ -255,22 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
             "(hash or minilm; use the one the tenant was synced with)")
     p.add_argument("--tenant", required=True, help="tenant name or id")
-    p.add_argument("--limit", type=_positive, default=10, help="how many repositories to show (default 10)")
+    p.add_argument("--limit", type=positive_int, default=10, help="how many repositories to show (default 10)")
     p.add_argument("text", help="what you are looking for, in your own words")
 
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
     p.add_argument("stage", choices=("transform", "embedding", "all"))
-    p.add_argument("--concurrency", type=_positive, default=1, help="consumers per stage in this process (default 1)")
+    p.add_argument("--concurrency", type=positive_int, default=1, help="consumers per stage in this process (default 1)")
 
     p = add("status-server", cmd_status_server, "serve the WebSocket status stream until stopped (Ctrl-C)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
-    p.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765)")
-    p.add_argument("--poll", type=float, metavar="SECONDS",
+    p.add_argument("--port", type=port, default=8765, help="port to listen on (default 8765; 0 = any free port)")
+    p.add_argument("--poll", type=positive_seconds, metavar="SECONDS",
                    help="also read job changes from the database this often (default: 1 on memory://, off on RabbitMQ)")
 
     p = add("sandbox", lambda a: sandbox.run(a), "serve the local GitHub API sandbox")
     sandbox.add_arguments(p)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (cron, systemd, `timeout`) raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt, so that it takes the same way out: a sync then marks its job FAILED
+    "interrupted" instead of leaving it RUNNING for the next sync to trip over."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -279,9 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(args.verbose)
     try:
         return args.func(args)
+    except Terminated:
+        print("ghetl: interrupted (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("ghetl: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             log.exception("failed")
@@ -291,6 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The `ghetl` command as a process (the console script and `python -m ghetl`).
 
+    SIGTERM raises `Terminated` (commands that stop gracefully, `worker` and `status-server`,
+    install their own handler); it is set here and not in `main`, which tests call in-process.
+
     The objects alive around the command (the modules of SQLAlchemy, httpx, pika...) are never
     garbage, so they are frozen out of the collector's reach: full collections during the run
     stop walking them again, and at exit the interpreter no longer walks them all before it
@@ -299,6 +318,7 @@ def run() -> None:
     0.2 CPU-s in a 10 000-repository sync, but each httpx response is a reference cycle that
     holds its page until a collection: the sync's peak memory grew from 75 to 104 MB.)
     """
+    signal.signal(signal.SIGTERM, _terminate)
     gc.freeze()
     code = main()
     gc.freeze()

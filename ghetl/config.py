@@ -7,6 +7,7 @@ worker on another host are configured the same way; the defaults give the embedd
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -101,12 +102,16 @@ def github_token(env_name: str) -> str | None:
     return token or None
 
 
-def env_float(name: str, default: float) -> float:
-    """A number from the environment, with the variable named in the error when it is not one."""
+def env_float(name: str, default: float, minimum: float | None = None) -> float:
+    """A number from the environment, with the variable named in the error when it is not one
+    (or, given a `minimum`, when it is below it, infinite or NaN)."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if minimum is not None and not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name} must be a number of {minimum:g} or more, got {raw!r}")
+    return value

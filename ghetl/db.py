@@ -383,6 +383,18 @@ def _forget_hashes_of_inactive(conn: Connection) -> None:
                  .values(content_hash=""))
 
 
+def check_ready(eng: Engine) -> None:
+    """Raise unless the database answers and holds ghetl's schema.
+
+    Long-running commands (a worker, the status server) check this at start: otherwise they
+    would start, then fail every message or every poll for as long as they run.
+    """
+    with eng.connect() as conn:
+        if not sa.inspect(conn).has_table(schema_info.name):
+            raise LookupError(f"no ghetl schema at {eng.url.render_as_string(hide_password=True)}; "
+                              "check GHETL_DATABASE_URL and run: ghetl init")
+
+
 def _add_missing_columns(conn: Connection) -> None:
     inspector = sa.inspect(conn)
     for table in metadata.sorted_tables:

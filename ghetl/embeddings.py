@@ -184,7 +184,8 @@ def _load(name: str) -> Embedder:
     if name == "hash":
         return HashingEmbedder()
     if name == "minilm":
-        return SentenceEmbedder(minilm_path(), MINILM, threads=int(config.env_float("GHETL_EMBEDDER_THREADS", 1)))
+        threads = int(config.env_float("GHETL_EMBEDDER_THREADS", 1, minimum=1))
+        return SentenceEmbedder(minilm_path(), MINILM, threads=threads)
     raise ValueError(f"GHETL_EMBEDDER must be 'hash' or 'minilm', got '{name}'")
 
 

@@ -33,6 +33,9 @@ before the original is acked. Lost connections are re-opened with backoff; whate
 acked is redelivered by RabbitMQ, and a redelivery counts as a failed attempt: its items are
 parked one message each for the next attempt, handled again idempotently, and dead-lettered
 after GHETL_MAX_ATTEMPTS, so even a message that kills its worker cannot circle forever.
+A "requeue" (the database is down, which is not the message's fault) holds the message for its
+delay, then publishes it back to its work queue as the same attempt, and acks it: a nack would
+bring it back marked redelivered, which would count as a failed attempt.
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def prefetch() -> int:
     comes back after its worker died is the one that was being handled, so the lost attempt is
     charged to it and not to a bystander that merely waited in the prefetch buffer.
     """
-    return max(1, int(config.env_float("GHETL_PREFETCH", 1)))
+    return int(config.env_float("GHETL_PREFETCH", 1, minimum=1))
 
 
 class Backoff:
@@ -435,6 +438,7 @@ class RabbitBroker:
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
         """Run `concurrency` consumer threads per stage, each on its own connection, until `stop` is set."""
         self._ensure_declared()
+        prefetch()  # checked in the caller's thread: a bad value is one error, not consumer threads that die
         broker_mod.run_consumers(self._consume_loop, stages, deliver, concurrency=concurrency, stop=stop)
 
     def _consume_loop(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:
@@ -460,13 +464,14 @@ class RabbitBroker:
                 if stop.is_set():
                     break
                 if method is not None:
-                    self._handle(channel, stage, deliver, method, properties, body)
+                    self._handle(channel, stage, deliver, method, properties, body, stop)
             channel.cancel()
         finally:
             if connection.is_open:
                 connection.close()
 
-    def _handle(self, channel: BlockingChannel, stage: str, deliver: Deliver, method: Any, properties: Any, body: bytes) -> None:
+    def _handle(self, channel: BlockingChannel, stage: str, deliver: Deliver, method: Any, properties: Any, body: bytes,
+                stop: threading.Event) -> None:
         attempt = _attempt(properties)
         if method.redelivered:
             attempt = self._count_lost_attempt(channel, stage, method, body, attempt)
@@ -483,6 +488,9 @@ class RabbitBroker:
                 self._retry(channel, stage, [body], attempt)
             elif outcome.action == "dead":
                 self._dead_letter(stage, body, outcome.reason, attempt)
+            elif outcome.action == "requeue":
+                _pause(channel.connection, outcome.delay, stop)
+                self._publisher.publish([Outgoing("", self.queue(stage), body, {ATTEMPT: attempt})])
         except PublishRejected as exc:
             log.error("could not move a %s message to its %s queue (%s); it goes back to its queue", stage, outcome.action, exc)
             channel.basic_nack(method.delivery_tag, requeue=True)
@@ -607,6 +615,13 @@ def _keeping_connection_alive(connection: pika.BlockingConnection, deliver: Deli
     if "error" in result:
         raise result["error"]
     return result["outcome"]
+
+
+def _pause(connection: pika.BlockingConnection, seconds: float, stop: threading.Event) -> None:
+    """Wait while answering RabbitMQ's heartbeats; end early when the consumer is asked to stop."""
+    deadline = time.monotonic() + seconds
+    while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+        connection.sleep(min(0.25, left))
 
 
 def _attempt(properties: Any) -> int:

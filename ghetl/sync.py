@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import sqlalchemy as sa
@@ -23,8 +23,12 @@ from . import settings as settings_mod
 from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
 from .github import GitHubClient, GitHubError, Policy
+from .logs import safe_url
 from .progress import StageBars
 from .status import Event, stage_event
+
+if TYPE_CHECKING:
+    from .embeddings import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,8 @@ def sync(
     engine = engine or db.engine()
     own_broker = broker is None
     broker = broker or broker_mod.connect()
+    if run_workers is None:
+        run_workers = isinstance(broker, MemoryBroker)
     started = time.monotonic()
     with engine.begin() as conn:
         tenant_row = tenants.get_tenant(conn, tenant)
@@ -84,28 +90,34 @@ def sync(
         settings = settings_mod.parse(integration["settings"])
     token = config.github_token(integration["token_env"])
     if not token:
-        log.warning("no token in $%s: GitHub allows 60 unauthenticated requests an hour", integration["token_env"])
+        raise ValueError(
+            f"${integration['token_env']} is empty: export the GitHub token of integration {integration['id']} in it "
+            "(without one GitHub hides private repositories, which a sync would then take for deleted)"
+        )
     policy = Policy.from_env()
+    client = _client(tenant_row["name"], integration, token, policy)
+    embedder = _check_consumers(workers) if run_workers else None
+    broker.declare()
     with engine.begin() as conn:
         run, events = jobs.start(conn, job, full=full)
-    log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
 
     bars = StageBars(enabled=progress)
-    unsubscribe = _listen(broker, run.run_id, bars, on_event)
-    broker.publish_status(events)
     stop = threading.Event()
-    if run_workers is None:
-        run_workers = isinstance(broker, MemoryBroker)
-    consumers = _start_consumers(broker, engine, stop, workers) if run_workers else None
-    client = GitHubClient(integration["api_url"], token, policy=policy)
+    consumers: _Consumers | None = None
+    unsubscribe: Callable[[], None] | None = None
     ended = False
     try:
+        log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
+        unsubscribe = _listen(broker, run.run_id, bars, on_event)
+        broker.publish_status(events)
+        if run_workers:
+            consumers = _Consumers(broker, engine, stop, workers, embedder)
         ordered = list(steps.registry().values())
         for step in ordered:
             ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
                                        retry_ids=_failed_before(engine, job["run_id"], step.name))
             _extract(engine, broker, run, step, ctx, job, last_step=step is ordered[-1])
-        _wait_for_end(engine, run, timeout, None if run_workers else broker)
+        _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers)
         ended = True
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -117,7 +129,8 @@ def sync(
         stop.set()
         if consumers is not None:
             consumers.join()
-        unsubscribe()
+        if unsubscribe is not None:
+            unsubscribe()
         if ended and bars.drawn:
             _settle(bars, engine, run)
         bars.close()
@@ -173,20 +186,63 @@ def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callabl
     return forward
 
 
-def _start_consumers(broker: Broker, engine: sa.Engine, stop: threading.Event, workers: int) -> threading.Thread:
-    """The stages in this process (embedded default); imported here, since a sync on RabbitMQ
-    leaves them to `ghetl worker` processes and need not load numpy and the embedder."""
-    from .workers import Pipeline
+def _client(tenant: str, integration: dict[str, Any], token: str | None, policy: Policy) -> GitHubClient:
+    """The integration's GitHub client, built before the job starts: a malformed stored API URL
+    is then one line, and no run is left behind."""
+    try:
+        return GitHubClient(integration["api_url"], token, policy=policy)
+    except httpx.InvalidURL as exc:
+        raise ValueError(
+            f"integration {integration['id']} has an invalid API URL '{safe_url(integration['api_url'])}' ({exc}); "
+            f"add one with a valid URL: ghetl integration add --tenant {tenant} --owner {integration['owner']} --api-url URL"
+        ) from None
 
-    thread = threading.Thread(
-        target=broker.consume,
-        args=(list(broker_mod.STAGE_QUEUES), Pipeline(engine, broker).deliver),
-        kwargs={"concurrency": workers, "stop": stop},
-        name="ghetl-consumers",
-        daemon=True,
-    )
-    thread.start()
-    return thread
+
+def _check_consumers(workers: int) -> Embedder:
+    """Read what the consumers of this process need before the job starts, in this thread: a
+    bad setting is then one error and no run, not a consumer thread that dies mid-run.
+
+    Imported here, since a sync on RabbitMQ leaves the stages to `ghetl worker` processes and
+    need not load numpy and the embedder.
+    """
+    from .embeddings import get_embedder
+
+    if workers < 1:
+        raise ValueError(f"workers must be 1 or more, got {workers}")
+    broker_mod.check_settings()
+    return get_embedder()
+
+
+class _Consumers:
+    """The transform and embedding consumers of this process (embedded default), in a thread
+    that keeps what stopped them: a sync must not wait forever for consumers that are gone."""
+
+    def __init__(self, broker: Broker, engine: sa.Engine, stop: threading.Event, workers: int,
+                 embedder: Embedder | None) -> None:
+        from .workers import Pipeline
+
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._consume,
+            args=(broker, Pipeline(engine, broker, embedder).deliver, workers, stop),
+            name="ghetl-consumers",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _consume(self, broker: Broker, deliver: broker_mod.Deliver, workers: int, stop: threading.Event) -> None:
+        try:
+            broker.consume(list(broker_mod.STAGE_QUEUES), deliver, concurrency=workers, stop=stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def check(self) -> None:
+        """Raise what stopped the consumers, if they stopped."""
+        if self.error is not None:
+            raise self.error
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 def _extract(
@@ -265,11 +321,13 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batc
     ]
 
 
-def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remote: Broker | None = None) -> None:
+def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remote: Broker | None = None,
+                  consumers: _Consumers | None = None) -> None:
     """Poll the job until its run ended, keeping the heartbeat fresh meanwhile.
 
     With `remote`, the stages run in other processes: a stage queue that nobody consumes would
-    make this wait forever in silence, so it is pointed out every few seconds.
+    make this wait forever in silence, so it is pointed out every few seconds. With `consumers`,
+    they run in this one, and their failure ends the wait.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     last_beat, last_check = time.monotonic(), float("-inf")
@@ -279,6 +337,8 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
             job = jobs.job_by_id(conn, run.job_id)
         if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
             return
+        if consumers is not None:
+            consumers.check()
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"the job did not finish within {timeout:.0f} s")
         if time.monotonic() - last_beat > HEARTBEAT_SECONDS:

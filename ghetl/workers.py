@@ -5,7 +5,9 @@ its stage's circle to running, do the stage's work in one database transaction, 
 next stage's message only after that commit, then let `jobs.advance` count what is done.
 Everything step-specific comes from the step registry, so this file never changes when a step
 is added. A failing message is retried by the broker; on its last attempt its items are
-recorded as failed and the run goes on without them.
+recorded as failed and the run goes on without them. A database that cannot be reached is not
+the message's fault: the message goes back to its queue without using up an attempt, and the
+worker backs off until the database answers again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -28,6 +31,9 @@ from .db import etl_jobs, raw_extraction_data, upsert, utcnow
 log = logging.getLogger(__name__)
 
 TRANSIENT = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+UNREACHABLE_SQLSTATES = ("57P01", "57P02", "57P03")  # admin shutdown, crash shutdown, cannot connect now
+UNREACHABLE_SQLITE = ("SQLITE_BUSY", "SQLITE_CANTOPEN")
+OUTAGE_DELAY, OUTAGE_DELAY_MAX = 0.5, 10.0
 EMBEDDING_KEY = ("tenant_id", "integration_id", "table_name", "external_id", "model")
 CATCH_UP_BATCH = 500
 
@@ -54,6 +60,8 @@ class Pipeline:
         self._embedder = embedder
         self._started: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
+        self._outage_since: float | None = None
+        self._outage_failures = 0
 
     @property
     def embedder(self) -> embeddings.Embedder:
@@ -63,7 +71,7 @@ class Pipeline:
         return self._embedder
 
     def deliver(self, stage: str, body: bytes, attempt: int) -> Outcome:
-        """Handle one delivery and say whether to ack, retry or dead-letter it.
+        """Handle one delivery and say whether to ack, retry, requeue or dead-letter it.
 
         An `attempt` beyond GHETL_MAX_ATTEMPTS is not tried: the broker passes one when every
         allowed attempt ended with its worker gone, and the message is then recorded as failed.
@@ -82,8 +90,9 @@ class Pipeline:
             return Outcome("dead", reason)
         try:
             self.handle(stage, message)
-            return Outcome("ack")
         except Exception as exc:
+            if database_unavailable(exc):
+                return self._wait_for_database(exc)
             reason = f"{type(exc).__name__}: {exc}"[:500]
             if attempt >= broker_mod.max_attempts():
                 log.error("a %s message failed %d times, dead-lettered: %s", stage, attempt, reason)
@@ -91,6 +100,30 @@ class Pipeline:
                 return Outcome("dead", reason)
             log.warning("a %s message failed (attempt %d), will retry: %s", stage, attempt, reason)
             return Outcome("retry", reason)
+        self._database_back()
+        return Outcome("ack")
+
+    def _wait_for_database(self, exc: Exception) -> Outcome:
+        """Put the message back, after a pause that doubles while the outage lasts; say so once per outage."""
+        reason = _first_line(exc)
+        with self._lock:
+            first = self._outage_since is None
+            if first:
+                self._outage_since = time.monotonic()
+            self._outage_failures += 1
+            delay = min(OUTAGE_DELAY_MAX, OUTAGE_DELAY * 2 ** (self._outage_failures - 1))
+        if first:
+            log.warning("the database is unavailable (%s); messages go back to their queue, without counting "
+                        "an attempt, until it answers again", reason)
+        return Outcome("requeue", f"database unavailable: {reason}", delay)
+
+    def _database_back(self) -> None:
+        if self._outage_since is None:
+            return
+        with self._lock:
+            since, self._outage_since, self._outage_failures = self._outage_since, None, 0
+        if since is not None:
+            log.info("the database answers again after %.0f s; messages are handled again", time.monotonic() - since)
 
     def handle(self, stage: str, message: dict[str, Any]) -> None:
         """One message's work on one pooled connection, in a transaction per step of it: taking
@@ -310,6 +343,30 @@ def _end_left_behind(items: list[dict[str, Any]], forwarded: list[dict[str, Any]
     if any(i.get("last_job_item") for i in items) and not any(i.get("last_job_item") for i in forwarded):
         return [{**broker_mod.completion_item(), "first_item": False}]
     return []
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether a failure is the database's own (unreachable, connection dropped, shutting down,
+    locked) rather than one of the statement: an error of the message, such as a refused row or
+    a deadlock, still counts as a failed attempt.
+
+    psycopg2 gives no SQLSTATE (pgcode None) for errors of the client library itself, such as a
+    refused or broken connection; other drivers have no `pgcode` at all.
+    """
+    if not isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlite_error = getattr(exc.orig, "sqlite_errorname", None)
+    if sqlite_error is not None:
+        return sqlite_error in UNREACHABLE_SQLITE
+    code = getattr(exc.orig, "pgcode", "")
+    return code is None or code.startswith("08") or code in UNREACHABLE_SQLSTATES
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @functools.lru_cache(maxsize=16)

@@ -113,6 +113,20 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
         yield from _scaleout()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_without_schema(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """The URL of a database that answers but was never given a schema (`ghetl init`)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'never-initialised.db'}"
+        return
+    with contextlib.ExitStack() as cleanup:
+        try:
+            url = cleanup.enter_context(db.scratch_database(PG_ADMIN_URL, "ghetl_test"))
+        except sa.exc.OperationalError as exc:
+            _unavailable("PostgreSQL", exc)
+        yield url
+
+
 @pytest.fixture
 def embedded(tmp_path: Any) -> Iterator[Backend]:
     """Only the embedded default, for tests about things the back end cannot change."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -196,6 +197,21 @@ def test_a_token_with_whitespace_or_non_ascii_inside_is_refused_and_never_shown(
     assert job["status"]["overall"] == "READY" and job["error_message"] is None
 
 
+def test_a_sync_without_its_token_is_refused_before_it_starts(cli, make_sandbox):
+    """Without a token GitHub hides private repositories: a full sync would mark them deleted."""
+    sb = make_sandbox(orgs={"acme": 5})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--full", "--quiet", GHE_CRED="  "))
+
+    assert "$GHE_CRED is empty" in line
+    assert sb.requests == []
+    [job] = json.loads(cli("jobs", "--json").stdout)
+    assert job["status"]["overall"] == "READY"
+
+
 @pytest.mark.parametrize("value", ["ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_pat_11ABCDEFG0abcdefghijklmn",
                                    "abcdef0123456789abcdef0123456789abcdef01", HEX_TOKEN])
 def test_token_env_refuses_a_token(cli, value):
@@ -311,3 +327,109 @@ def test_sandbox_and_status_server_default_to_different_ports():
     sandbox = parser.parse_args(["sandbox"])
     status = parser.parse_args(["status-server"])
     assert sandbox.port != status.port
+
+
+def job_states(cli) -> list[str]:
+    return [j["status"]["overall"] for j in json.loads(cli("jobs", "--json").stdout)]
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["sync", "--tenant", "t1", "--workers", "0"], "argument --workers: must be 1 or more, got 0"),
+    (["sync", "--tenant", "t1", "--workers", "-3"], "argument --workers: must be 1 or more, got -3"),
+    (["sync", "--tenant", "t1", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, got '-1'"),
+    (["sync", "--tenant", "t1", "--timeout", "0"], "argument --timeout: must be a number of seconds above 0, got '0'"),
+    (["sync", "--tenant", "t1", "--timeout", "nan"], "argument --timeout: must be a number of seconds above 0, got 'nan'"),
+    (["sync", "--tenant", "t1", "--timeout", "inf"], "argument --timeout: must be a number of seconds above 0, got 'inf'"),
+    (["status-server", "--poll", "0"], "argument --poll: must be a number of seconds above 0, got '0'"),
+    (["status-server", "--poll", "-1"], "argument --poll: must be a number of seconds above 0, got '-1'"),
+    (["status-server", "--poll", "nan"], "argument --poll: must be a number of seconds above 0, got 'nan'"),
+    (["status-server", "--port", "99999"], "argument --port: must be 0 to 65535 (0 = any free port), got 99999"),
+    (["status-server", "--port", "-1"], "argument --port: must be 0 to 65535 (0 = any free port), got -1"),
+    (["sandbox", "--port", "65536"], "argument --port: must be 0 to 65535 (0 = any free port), got 65536"),
+    (["search", "--tenant", "t1", "--limit", "abc", "x"], "argument --limit: expected a whole number, got 'abc'"),
+    (["worker", "all", "--concurrency", "0"], "argument --concurrency: must be 1 or more, got 0"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else "")
+def test_out_of_range_options_are_refused_by_argparse_in_one_readable_line(argv, error, capsys):
+    from ghetl.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"ghetl {argv[0]}: error: {error}"
+
+
+@pytest.mark.parametrize("broker_url", [
+    "amqp://guest:guest@127.0.0.1:1/%2F",
+    "amqp://guest:wrongpass@127.0.0.1:5672/%2F",
+    "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+], ids=["unreachable", "bad-credentials", "missing-vhost"])
+def test_a_broker_that_cannot_be_used_stops_the_sync_before_its_job_starts(cli, make_sandbox, broker_url):
+    sb = make_sandbox(orgs={"acme": 20})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet", GHETL_BROKER_URL=broker_url))
+
+    assert "RabbitMQ" in line and "GHETL_BROKER_URL" in line
+    assert job_states(cli) == ["READY"]
+    assert cli("sync", "--tenant", "t1", "--quiet").returncode == 0
+    assert job_states(cli) == ["FINISHED"]
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("GHETL_EMBEDDER", "bogus"), ("GHETL_MAX_ATTEMPTS", "abc"), ("GHETL_MAX_ATTEMPTS", "0"),
+    ("GHETL_RETRY_DELAY", "nan"),
+])
+def test_a_bad_consumer_setting_stops_the_sync_before_its_job_starts(cli, make_sandbox, variable, value):
+    """Read in the consumer threads, these used to dead-letter every message (and end FINISHED)
+    or kill the threads and leave the sync waiting forever."""
+    sb = make_sandbox(orgs={"acme": 20})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet", **{variable: value}))
+
+    assert variable in line and f"'{value}'" in line
+    assert job_states(cli) == ["READY"]
+    jobs = json.loads(cli("jobs", "--json").stdout)
+    assert jobs[0]["last_sync_date"] is None
+    assert sb.requests == []
+
+
+def test_a_malformed_stored_api_url_is_one_line_and_starts_no_run(cli, tmp_path):
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://127.0.0.1:9")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:  # stored before `integration add` checked URLs
+        conn.execute("UPDATE integrations SET api_url = 'http://127.0.0.1:abc'")
+
+    line = one_line_error(cli("sync", "--tenant", "t1", "--quiet"))
+
+    assert "invalid API URL 'http://127.0.0.1:abc'" in line and "ghetl integration add" in line
+    assert job_states(cli) == ["READY"]
+
+
+def test_sigterm_fails_the_running_job_like_ctrl_c(cli, make_sandbox, tmp_path):
+    """cron, systemd and `timeout` stop a sync with SIGTERM: the job must not stay RUNNING."""
+    sb = make_sandbox(orgs={"acme": 50})
+    cli("init")
+    cli("tenant", "add", "t1")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
+           "GITHUB_TOKEN": TOKEN}
+    running: list[subprocess.Popen[str]] = []
+    sb.inject("mutate", path=r"/(orgs|organizations)/", action=lambda _sb: running[0].send_signal(signal.SIGTERM))
+    running.append(subprocess.Popen([sys.executable, "-m", "ghetl", "sync", "--tenant", "t1", "--quiet"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+    _, stderr = running[0].communicate(timeout=60)
+
+    assert running[0].returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == "ghetl: interrupted (SIGTERM)"
+    assert "Traceback" not in stderr
+    [job] = json.loads(cli("jobs", "--json").stdout)
+    assert (job["status"]["overall"], job["error_message"]) == ("FAILED", "interrupted")
+    assert cli("sync", "--tenant", "t1", "--quiet").returncode == 0

@@ -4,21 +4,24 @@ a handler that keeps failing. Nothing is lost, nothing is stored twice, every ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from ghetl.broker import wait_until
 from ghetl.embeddings import HashingEmbedder
 from ghetl.workers import Pipeline
 
-from .conftest import TOKEN, Backend, add_tenant
+from .conftest import PG_ADMIN_URL, TOKEN, Backend, add_tenant
 from .test_scaleout import Workers, rabbitmqctl, scaleout, stored_once, sync_remote, workers  # noqa: F401  (fixtures)
 
 
@@ -262,3 +265,61 @@ def test_a_delivery_longer_than_the_heartbeat_keeps_its_connection(scaleout: Bac
         assert broker.dead_letters == []
     finally:
         broker.close()
+
+
+@contextlib.contextmanager
+def worker_role(database_url: str) -> Iterator[tuple[str, Callable[[bool], None]]]:
+    """A login role of its own for the workers, whose access the test can cut and give back:
+    yields the workers' database URL and `allow(flag)`; cutting also drops its connections."""
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    url = sa.engine.make_url(database_url)
+    role = f"{url.database}_worker"
+
+    def allow(flag: bool) -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER ROLE "{role}" {"LOGIN" if flag else "NOLOGIN"}')
+            if not flag:
+                conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"),
+                             {"role": role})
+
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    try:
+        yield url.set(username=role).render_as_string(hide_password=False), allow
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :role"),
+                         {"role": role})
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+        admin.dispose()
+
+
+def test_a_database_outage_puts_messages_back_without_using_up_their_attempts(
+    scaleout: Backend, workers: Workers, make_sandbox: Any, token: str
+) -> None:
+    """The workers' database refuses them (and drops their connections) for longer than all the
+    retries of a message take (3 attempts, 0.05 s apart): no message is dead-lettered, the outage
+    is one warning line, and the run finishes once the database is back."""
+    sandbox = make_sandbox(orgs={"acme": 200}, seed=24)
+    tenant = add_tenant(scaleout, sandbox)
+    with worker_role(scaleout.database_url) as (url, allow):
+        workers.env["GHETL_DATABASE_URL"] = url
+        workers.start("all")
+        allow(False)
+        results: list[Any] = []
+        syncing = threading.Thread(target=lambda: results.append(sync_remote(scaleout, tenant, full=True, timeout=120)))
+        syncing.start()
+        try:
+            assert wait_until(lambda: "the database is unavailable" in workers.log_text(), timeout=60), workers.log_text()
+            time.sleep(1.5)
+        finally:
+            allow(True)
+            syncing.join(150)
+        assert workers.stop() == [0]
+
+    assert_clean_finish(scaleout, results[0], 200)
+    assert scaleout.broker.dead_letters == []  # type: ignore[attr-defined]
+    log = workers.log_text()
+    assert log.count("the database is unavailable") == 1 and "answers again" in log
+    assert "Traceback" not in log and "will retry" not in log
+    assert log.count("dead-lettered") == 1 and " 0 dead-lettered" in log  # only in the worker's closing tally

@@ -5,15 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
 
 from ghetl import jobs, logs, tenants
-from ghetl.broker import encode
+from ghetl.broker import MemoryBroker, Outcome, encode, max_attempts
 from ghetl.db import etl_jobs, raw_extraction_data, repositories
 from ghetl.steps.repositories import deactivate
-from ghetl.workers import Pipeline
+from ghetl.workers import Pipeline, database_unavailable
 
 from .conftest import add_tenant
 
@@ -418,3 +419,70 @@ def test_a_repository_the_database_cannot_store_fails_alone(backend, sandbox, te
         assert result.counts["github_repositories"]["failed"] == 1
     else:
         assert failed == [] and str(odd["id"]) in stored_ids(backend)
+
+
+def test_consumers_that_die_end_the_sync_failed_instead_of_a_wait(embedded, sandbox, token, monkeypatch):
+    """On memory:// the stages are threads of the sync: once they are gone nothing would end the run."""
+    tenant = add_tenant(embedded, sandbox)
+
+    def broken(self, stage, body, attempt):
+        raise RuntimeError("a consumer bug")
+
+    monkeypatch.setattr(Pipeline, "deliver", broken)
+
+    with pytest.raises(RuntimeError, match="a consumer bug"):
+        embedded.sync(tenant, timeout=30)
+
+    job = job_row(embedded)
+    assert job["status"]["overall"] == "FAILED" and "a consumer bug" in job["error_message"]
+
+
+UNKNOWN_RUN_MESSAGE = encode({"tenant_id": 1, "integration_id": 1, "job_id": 1, "run_id": "r1", "step": "github_repositories",
+                              "items": [{"raw_data_id": 1, "external_id": "1"}]})
+
+
+def test_an_unreachable_database_puts_the_message_back_without_using_an_attempt(backend, tmp_path, caplog):
+    """Not even the last attempt is used up: a database outage is not the message's fault."""
+    url = (f"sqlite:///{tmp_path / 'gone' / 'x.db'}" if backend.name == "embedded"
+           else "postgresql+psycopg2://postgres@127.0.0.1:1/x")
+    unreachable = sa.create_engine(url)
+    pipeline = Pipeline(unreachable, backend.broker)
+    try:
+        outcomes = [pipeline.deliver("transform", UNKNOWN_RUN_MESSAGE, attempt) for attempt in (1, 2, max_attempts())]
+    finally:
+        unreachable.dispose()
+
+    assert [o.action for o in outcomes] == ["requeue"] * 3
+    assert 0 < outcomes[0].delay < outcomes[1].delay < outcomes[2].delay
+    assert [r.levelname for r in caplog.records if "database is unavailable" in r.getMessage()] == ["WARNING"]
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_a_failing_statement_is_not_taken_for_an_outage(backend):
+    statements = (["SELECT * FROM no_such_table"] if backend.name == "embedded"
+                  else ["SET LOCAL statement_timeout = 1", "SELECT pg_sleep(1)"])
+    with backend.engine.connect() as conn, pytest.raises(sa.exc.OperationalError) as failed:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+
+    assert not database_unavailable(failed.value)
+
+
+def test_the_in_process_broker_puts_a_requeued_message_back_as_the_same_attempt():
+    broker = MemoryBroker()
+    deliveries = []
+    stop = threading.Event()
+
+    def deliver(stage, body, attempt):
+        deliveries.append((attempt, time.monotonic()))
+        if len(deliveries) == 1:
+            return Outcome("requeue", "database unavailable", delay=0.3)
+        stop.set()
+        return Outcome("ack")
+
+    broker.publish_raw("transform", b"{}")
+    broker.consume(["transform"], deliver, concurrency=1, stop=stop)
+
+    assert [attempt for attempt, _ in deliveries] == [1, 1]
+    assert deliveries[1][1] - deliveries[0][1] >= 0.3
+    assert broker.pending("transform") == 0 and broker.dead_letters == []

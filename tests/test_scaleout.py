@@ -292,3 +292,20 @@ def test_worker_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path) -
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/")
     assert "s3cretpass" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_worker_on_a_database_without_schema_exits_with_one_line(scaleout: Backend, database_without_schema: str) -> None:
+    """Started anyway, it would take every message and fail it."""
+    env = {**os.environ, **scaleout.env, "GHETL_DATABASE_URL": database_without_schema}
+    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ghetl: error: no ghetl schema at ") and done.stderr.endswith("run: ghetl init\n")
+    assert len(done.stderr.splitlines()) == 1
+
+
+def test_worker_on_an_unreachable_database_exits_with_one_line(scaleout: Backend) -> None:
+    env = {**os.environ, **scaleout.env, "GHETL_DATABASE_URL": "postgresql+psycopg2://postgres:s3cretpass@127.0.0.1:1/x"}
+    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("ghetl: error: database unavailable") and "GHETL_DATABASE_URL" in done.stderr
+    assert "s3cretpass" not in done.stderr and len(done.stderr.splitlines()) == 1

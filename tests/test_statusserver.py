@@ -257,6 +257,16 @@ def test_the_cli_server_says_when_its_port_is_taken(embedded):
     assert "Traceback" not in result.stderr
 
 
+def test_the_cli_server_on_a_database_without_schema_exits_with_one_line(database_without_schema):
+    """Started anyway, it would listen and log a failed poll every second for as long as it ran."""
+    env = {**os.environ, "GHETL_DATABASE_URL": database_without_schema, "GHETL_BROKER_URL": "memory://"}
+    result = subprocess.run([sys.executable, "-m", "ghetl", "status-server", "--port", "0"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("ghetl: error: no ghetl schema at ") and "run: ghetl init" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_errors_reach_clients_as_messages_without_tokens(embedded, sandbox, token):
     tenant = add_tenant(embedded, sandbox)
     key = stream_key(embedded, tenant)
