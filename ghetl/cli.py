@@ -356,7 +356,8 @@ def _one_line(exc: BaseException) -> str:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if _MISSING_TABLE.search(first):
             return f"the database has no ghetl schema yet ({first}); run: ghetl init"
-        return f"database error ({first}); check GHETL_DATABASE_URL"
+        trouble = "database unavailable" if isinstance(exc, sa.exc.OperationalError) else "database error"
+        return f"{trouble} ({first}); check GHETL_DATABASE_URL"
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
