@@ -217,8 +217,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     with db.scratch_database(PG_ADMIN_URL, "ghetl_bench") as url:
-        env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix,
-               "GITHUB_TOKEN": TOKEN}
+        os.environ["GITHUB_TOKEN"] = TOKEN  # the integration is added here, the sync runs with `env`
+        env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix}
         env.pop("GHETL_EMBEDDER", None)
         broker = RabbitBroker(AMQP_URL, prefix)
         workers: list[subprocess.Popen[bytes]] = []
