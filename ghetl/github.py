@@ -254,18 +254,19 @@ class GitHubClient:
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             what = _describe(last)
-            attempts = exc.last_attempt.attempt_number
+            n = exc.last_attempt.attempt_number
+            attempts = f"{n} attempt{'' if n == 1 else 's'}"
             if isinstance(last, _SecondaryLimit):
                 raise RateLimited(
-                    f"GitHub kept applying its secondary rate limit to {_short(url)} after {attempts} attempts; "
+                    f"GitHub kept applying its secondary rate limit to {_short(url)} after {attempts}; "
                     "run the sync again in a few minutes", None,
                 ) from None
             if isinstance(last, (httpx.ConnectError, httpx.ConnectTimeout)):
                 raise GitHubUnreachable(
-                    f"could not connect to GitHub at {self.api_url} ({what}) after {attempts} attempts; "
+                    f"could not connect to GitHub at {self.api_url} ({what}) after {attempts}; "
                     "check the integration's API URL and the network"
                 ) from None
-            raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {_short(url)} ({what}) after {attempts} attempts") from None
+            raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {_short(url)} ({what}) after {attempts}") from None
 
     def _attempt(self, url: str, etag: str | None) -> tuple[httpx.Response, Any]:
         resource = "search" if "/search/" in httpx.URL(url).path else "core"
