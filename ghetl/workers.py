@@ -330,8 +330,9 @@ class Pipeline:
                 if stage == "transform" and (end := _end_left_behind(message["items"], [])):
                     self.broker.publish("embedding", [{**message, "items": end}])
                 self._advance(conn, message["run_id"])
-        except Exception:
-            log.exception("could not record the failure of a %s message; its items stay pending", stage)
+        except Exception as exc:
+            log.error("could not record the failure of a %s message (%s); its items stay pending", stage, _first_line(exc))
+            log.debug("the failure to record it", exc_info=True)
 
 
 def _end_left_behind(items: list[dict[str, Any]], forwarded: list[dict[str, Any]]) -> list[dict[str, Any]]:
