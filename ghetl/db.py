@@ -135,6 +135,8 @@ etl_job_runs = sa.Table(
     sa.Column("job_id", sa.Integer, sa.ForeignKey("etl_jobs.id"), nullable=False, index=True),
     sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
     sa.Column("full", sa.Boolean, nullable=False, default=False),
+    # Run without a token: GitHub showed it public repositories only (NULL in rows of older runs).
+    sa.Column("anonymous", sa.Boolean, default=False),
     sa.Column("cutoff", UTCDateTime),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),

@@ -86,11 +86,13 @@ def list_jobs(conn: Connection, tenant_id: int | None = None) -> list[dict[str, 
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def start(conn: Connection, job: dict[str, Any], *, full: bool) -> tuple[Run, list[Event]]:
+def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool = False) -> tuple[Run, list[Event]]:
     """Claim the job for a new run with one conditional UPDATE, or raise AlreadyRunning.
 
     A run whose process died stops refreshing `heartbeat_at`; after STALE_AFTER it no longer
     blocks the job, so a crashed scheduler run cannot lock a tenant out forever.
+    An `anonymous` run (no token) does not move `last_sync_date` when it finishes: it saw no
+    private repository, so the next run with a token must look as far back as this one did.
     """
     now = utcnow()
     run_id = uuid.uuid4().hex
@@ -121,8 +123,8 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool) -> tuple[Run, li
     run = Run(run_id, job["id"], job["tenant_id"], job["integration_id"], now, full or last is None, cutoff)
     conn.execute(
         etl_job_runs.insert().values(
-            run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, cutoff=cutoff,
-            started_at=now, overall="RUNNING", stats={}, totals={},
+            run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, anonymous=anonymous,
+            cutoff=cutoff, started_at=now, overall="RUNNING", stats={}, totals={},
         )
     )
     return run, [job_event(run.tenant_id, run.job_id, run_id, "RUNNING")]
@@ -378,7 +380,7 @@ def _finish(conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> list[
     overall = "FAILED" if error else "FINISHED"
     job["status"]["overall"] = overall
     values: dict[str, Any] = {"last_run_finished_at": now, "error_message": error, "heartbeat_at": None}
-    if not error:
+    if not error and not run["anonymous"]:
         values["last_sync_date"] = run["started_at"]
     _save_status(conn, job, **values)
     conn.execute(

@@ -90,16 +90,15 @@ def sync(
         settings = settings_mod.parse(integration["settings"])
     token = config.github_token(integration["token_env"])
     if not token:
-        raise ValueError(
-            f"${integration['token_env']} is empty: export the GitHub token of integration {integration['id']} in it "
-            "(without one GitHub hides private repositories, which a sync would then take for deleted)"
-        )
+        log.warning("$%s is empty: without a token GitHub shows public repositories only and allows 60 requests "
+                    "an hour; this run marks nothing deleted and leaves last_sync_date where it is",
+                    integration["token_env"])
     policy = Policy.from_env()
     client = _client(tenant_row["name"], integration, token, policy)
     embedder = _check_consumers(workers) if run_workers else None
     broker.declare()
     with engine.begin() as conn:
-        run, events = jobs.start(conn, job, full=full)
+        run, events = jobs.start(conn, job, full=full, anonymous=token is None)
 
     bars = StageBars(enabled=progress)
     stop = threading.Event()

@@ -197,21 +197,6 @@ def test_a_token_with_whitespace_or_non_ascii_inside_is_refused_and_never_shown(
     assert job["status"]["overall"] == "READY" and job["error_message"] is None
 
 
-def test_a_sync_without_its_token_is_refused_before_it_starts(cli, make_sandbox):
-    """Without a token GitHub hides private repositories: a full sync would mark them deleted."""
-    sb = make_sandbox(orgs={"acme": 5})
-    cli("init")
-    cli("tenant", "add", "t1")
-    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
-
-    line = one_line_error(cli("sync", "--tenant", "t1", "--full", "--quiet", GHE_CRED="  "))
-
-    assert "$GHE_CRED is empty" in line
-    assert sb.requests == []
-    [job] = json.loads(cli("jobs", "--json").stdout)
-    assert job["status"]["overall"] == "READY"
-
-
 @pytest.mark.parametrize("value", ["ghp_abcdefghijklmnopqrstuvwxyz0123456789", "github_pat_11ABCDEFG0abcdefghijklmn",
                                    "abcdef0123456789abcdef0123456789abcdef01", HEX_TOKEN])
 def test_token_env_refuses_a_token(cli, value):

@@ -158,6 +158,22 @@ def test_an_inactive_repository_seen_again_is_active_again(backend, sandbox, ten
     assert backend.scalar("select count(*) from repositories where not active") == 0
 
 
+def test_a_run_without_a_token_marks_nothing_deleted_and_keeps_the_cutoff(backend, sandbox, tenant, monkeypatch):
+    """Without a token GitHub lists public repositories only and answers 404 for private ones."""
+    backend.sync(tenant)
+    private = backend.scalar("select count(*) from repositories where is_private")
+    before = job_row(backend)["last_sync_date"]
+    assert private > 0
+
+    monkeypatch.delenv("GITHUB_TOKEN")
+    result = backend.sync(tenant, full=True)
+
+    assert result.overall == "FINISHED"
+    assert backend.scalar("select count(*) from repositories where not active") == 0
+    assert job_row(backend)["last_sync_date"] == before
+    assert not [r.path for r in sandbox.requests[-result.requests:] if r.path.startswith("/repositories/")]  # by id
+
+
 def test_incremental_sync_picks_up_a_rename_by_id(backend, sandbox, tenant):
     backend.sync(tenant)
     repo = sandbox.repos("acme")[5]

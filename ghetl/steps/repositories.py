@@ -211,9 +211,11 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     would no longer bring since the cut-off moved past them. Fetched by id, which follows
     renames and transfers; a 404 marks the row inactive. A repository GitHub keeps failing on
     (after every retry) is skipped with a warning, so one broken repository does not end the run.
+    Without a token neither is done: GitHub answers 404 for a private repository then, which is
+    no sign that it is gone.
     """
     wanted_ids = set(ctx.retry_ids)
-    if ctx.full:
+    if ctx.full and ctx.client.authenticated:
         with ctx.engine.connect() as conn:
             wanted_ids |= set(conn.execute(
                 sa.select(repositories.c.external_id).where(
@@ -232,8 +234,9 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
             ctx.stats["unavailable"] = ctx.stats.get("unavailable", 0) + 1
             continue
         if repo is None:
-            deactivate(ctx.engine, ctx.tenant_id, ctx.integration["id"], external_id)
-            ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + 1
+            if ctx.client.authenticated:
+                deactivate(ctx.engine, ctx.tenant_id, ctx.integration["id"], external_id)
+                ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + 1
             continue
         batch.append(repo)
         if len(batch) == BATCH:
