@@ -143,8 +143,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     frame = search(args.tenant, args.text, limit=args.limit)
     if frame.empty:
-        print(f"no repositories of tenant {args.tenant} have vectors of this embedder yet; "
-              f"run: ghetl sync --tenant {args.tenant}")
+        embedder = os.environ.get("GHETL_EMBEDDER") or "hash"
+        print(f"no repositories of tenant {args.tenant} have vectors of this embedder (GHETL_EMBEDDER={embedder}) "
+              f"yet; run: ghetl sync --tenant {args.tenant} with it set (on RabbitMQ, the embedding workers need "
+              "it too: restart them with it)")
         return 0
     print(frame.to_string(index=False, formatters={"score": "{:.3f}".format}))
     return 0

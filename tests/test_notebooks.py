@@ -257,5 +257,7 @@ def test_search_notebook_with_the_hash_embedder(kernel_env, make_sandbox, tmp_pa
     assert models.to_dict("records") == [{"model": embeddings.HashingEmbedder().model, "vectors": 40}]
     hits = text(cell_outputs(nb, "ghetl.search(tenant, query"))
     assert set(re.findall(r"^(\d+)\s+\d+\s+hooli/", hits, re.M)) == {"0", "1", "2"}
-    assert "embedder: hash" in text(cell_outputs(nb, "use_embedder"))
+    chosen = text(cell_outputs(nb, "use_embedder"))
+    assert "embedder: hash" in chosen
+    assert "note: the hash embedder matches shared words, not meaning; for search by meaning install MiniLM" in chosen
     assert images(nb) == 1
