@@ -7,6 +7,7 @@ non-zero exit; tracebacks are for bugs and appear only with --verbose.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import gc
 import json
 import logging
@@ -118,6 +119,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     with _engine().connect() as conn:
         tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
         rows = jobs.list_jobs(conn, tenant_id)
+        names = {t["id"]: t["name"] for t in tenants.list_tenants(conn)}
+    for job in rows:
+        job["tenant"] = names.get(job["tenant_id"])
     if args.json:
         _print_json(rows)
         return 0
@@ -127,7 +131,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             for step, info in job["status"]["steps"].items()
         )
         last = job["last_sync_date"].isoformat(timespec="seconds") if job["last_sync_date"] else "never"
-        line = f"{job['id']}\ttenant {job['tenant_id']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\tlast sync {last}"
+        line = f"{job['id']}\ttenant {job['tenant']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\tlast sync {last}"
         if job["error_message"]:
             line += f"\terror: {logs.redact(job['error_message'])}"
         print(line)
@@ -139,8 +143,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     frame = search(args.tenant, args.text, limit=args.limit)
     if frame.empty:
-        print(f"no repositories of tenant {args.tenant} have vectors of this embedder yet; "
-              f"run: ghetl sync --tenant {args.tenant}")
+        embedder = os.environ.get("GHETL_EMBEDDER") or "hash"
+        print(f"no repositories of tenant {args.tenant} have vectors of this embedder (GHETL_EMBEDDER={embedder}) "
+              f"yet; run: ghetl sync --tenant {args.tenant} with it set (on RabbitMQ, the embedding workers need "
+              "it too: restart them with it)")
         return 0
     print(frame.to_string(index=False, formatters={"score": "{:.3f}".format}))
     return 0
@@ -338,7 +344,12 @@ def _error(message: str) -> int:
 def _print_json(data: Any) -> None:
     """Print as JSON with every string redacted: job rows and run summaries carry error texts.
     (Redacting the printed text instead could mask a number and break the JSON.)"""
-    print(json.dumps(_redacted(data), default=str, indent=2))
+    print(json.dumps(_redacted(data), default=_json_value, indent=2))
+
+
+def _json_value(value: Any) -> str:
+    """Timestamps in ISO 8601 with a `T`, as the text output prints them, so that both parse alike."""
+    return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else str(value)
 
 
 def _redacted(value: Any) -> Any:

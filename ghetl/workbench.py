@@ -51,14 +51,24 @@ class Session:
     def engine(self) -> sa.Engine:
         return db.engine(self.database_url)
 
+    @property
+    def throwaway(self) -> bool:
+        """Whether the database goes away with the session: the demo mode, where a missing tenant may be made up."""
+        return self._workdir is not None
+
     def describe(self) -> str:
         """One line per setting, with passwords hidden and a throwaway database named as such."""
-        database = "a throwaway SQLite file" if self._workdir else logs.safe_url(self.database_url)
-        github = f"the bundled sandbox ({self.sandbox.describe()})" if self.sandbox else self.api_url
+        database = "a throwaway SQLite file" if self.throwaway else logs.safe_url(self.database_url)
+        if self.sandbox:
+            github = f"the bundled sandbox ({self.sandbox.describe()}), token from ${self.token_env}"
+        elif self.api_url:
+            github = f"{self.api_url} for a tenant created here, token from ${self.token_env}"
+        else:
+            github = "the API URL and token variable stored with the tenant's integration"
         return "\n".join([
             f"database: {database}",
             f"broker:   {logs.safe_url(self.broker_url)}",
-            f"GitHub:   {github}, token from ${self.token_env}",
+            f"GitHub:   {github}",
         ])
 
     def __repr__(self) -> str:
@@ -84,23 +94,26 @@ def open_session(
 ) -> Session:
     """Point ghetl at the given database, broker and GitHub, filling each blank with the zero-set-up choice.
 
-    A blank `api_url` starts the bundled GitHub sandbox in this process (with its own token
-    variable, so a real token is never sent to it); a blank `database_url` means
-    $GHETL_DATABASE_URL or, without it, a throwaway SQLite file; a blank `broker_url` means
-    $GHETL_BROKER_URL or the in-process broker. The choices are exported as GHETL_* variables,
-    so every ghetl call in the notebook follows them. Nothing is written to the database.
+    A blank `database_url` means $GHETL_DATABASE_URL or, without it, a throwaway SQLite file: the
+    demo mode. Only in the demo mode does a blank `api_url` start the bundled GitHub sandbox in
+    this process (with its own token variable, so a real token is never sent to it): a tenant
+    stored in a lasting database must not point at a sandbox that dies with the kernel. With a
+    lasting database a blank `api_url` stays blank, and each tenant syncs from its own
+    integration. A blank `broker_url` means $GHETL_BROKER_URL or the in-process broker. The
+    choices are exported as GHETL_* variables, so every ghetl call in the notebook follows them.
+    Nothing is written to the database.
     """
-    sandbox = None
-    if not api_url:
-        sandbox = Sandbox(orgs=sandbox_orgs or SANDBOX_ORGS, seed=seed).start()
-        api_url, token_env = sandbox.url, SANDBOX_TOKEN_ENV
-        os.environ[SANDBOX_TOKEN_ENV] = "sandbox-accepts-any-token"
     workdir = None
     if not database_url:
         database_url = os.environ.get("GHETL_DATABASE_URL", "")
     if not database_url:
         workdir = tempfile.TemporaryDirectory(prefix="ghetl-notebook-")
         database_url = f"sqlite:///{workdir.name}/ghetl.db"
+    sandbox = None
+    if not api_url and workdir is not None:
+        sandbox = Sandbox(orgs=sandbox_orgs or SANDBOX_ORGS, seed=seed).start()
+        api_url, token_env = sandbox.url, SANDBOX_TOKEN_ENV
+        os.environ[SANDBOX_TOKEN_ENV] = "sandbox-accepts-any-token"
     broker_url = broker_url or config.broker_url()
     os.environ["GHETL_DATABASE_URL"] = database_url
     os.environ["GHETL_BROKER_URL"] = broker_url
@@ -150,9 +163,19 @@ def setup_tenant(
 
 
 def ensure_tenant(
-    name: str, owner: str, *, api_url: str, token_env: str = config.DEFAULT_TOKEN_ENV, engine: sa.Engine | None = None
+    name: str,
+    owner: str,
+    *,
+    api_url: str,
+    token_env: str = config.DEFAULT_TOKEN_ENV,
+    engine: sa.Engine | None = None,
+    create: bool = True,
 ) -> TenantSetup:
-    """The tenant as it is configured, or a new one with one integration for `owner` if it does not exist."""
+    """The tenant as it is configured, or a new one with one integration for `owner` at `api_url`.
+
+    A tenant is created only when `create` is set and `api_url` names its GitHub: a scheduled
+    sync passes `create=False`, so a mistyped name fails instead of becoming a new tenant.
+    """
     engine = engine or db.engine()
     db.init(engine)
     with engine.connect() as conn:
@@ -164,6 +187,13 @@ def ensure_tenant(
             integration = tenants.get_integration(conn, tenant["id"])
             return TenantSetup(tenant["name"], tenant["id"], integration["id"], integration["owner"],
                                integration["api_url"], False)
+    where = engine.url.render_as_string(hide_password=True)
+    if not create:
+        raise tenants.NotFound(f"tenant '{name}' does not exist in {where}; check the name (ghetl tenant list), "
+                               "or onboard the tenant first (onboard_tenant.ipynb)")
+    if not api_url:
+        raise tenants.NotFound(f"tenant '{name}' does not exist in {where}, and no api_url was given to create it "
+                               "with; check the name (ghetl tenant list), or pass -p api_url https://api.github.com")
     return setup_tenant(name, owner, api_url=api_url, token_env=token_env, engine=engine)
 
 

@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # The main job, start to finish, on the embedded default: a GitHub sandbox standing in for
-# github.com, a SQLite file, one tenant, a full sync, then what landed. Each step is the plain
-# `ghetl` command a user would type.
+# github.com, the default SQLite file (data/ghetl.db, so that plain `ghetl` commands see the
+# demo's data afterwards), one tenant, a sync, then what landed. Each step is the plain `ghetl`
+# command a user would type. Safe to run again: the tenant is added only the first time, and the
+# sandbox listens on a fixed port (GHETL_DEMO_PORT, default 8766) so the tenant's stored API URL
+# stays right.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-export GHETL_DATABASE_URL="sqlite:///$PWD/data/demo.db"
+export GHETL_DATABASE_URL="sqlite:///$PWD/data/ghetl.db"
 export GHETL_BROKER_URL="memory://"
 export GITHUB_TOKEN="ghp_demoSandboxToken00000000000000000000"
-PORT=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT="${GHETL_DEMO_PORT:-8766}"
 export GITHUB_API_URL="http://127.0.0.1:$PORT"
-
-rm -f data/demo.db data/demo.db-*
 mkdir -p data
 
+python - "$PORT" <<'PY'
+import socket, sys
+with socket.socket() as s:
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        sys.exit(f"port {sys.argv[1]} is in use: stop what listens there, or choose another with GHETL_DEMO_PORT=PORT")
+PY
+
 echo "== starting the GitHub sandbox (organisation 'acme', 2 000 repositories) at $GITHUB_API_URL"
-ghetl sandbox --port "$PORT" --orgs acme:2000 --users octocat:12 &
+ghetl sandbox --port "$PORT" --orgs acme:2000 &
 SANDBOX=$!
 trap 'kill $SANDBOX 2>/dev/null || true' EXIT
 python - "$PORT" <<'PY'
@@ -32,10 +42,14 @@ PY
 
 echo "== ghetl init"
 ghetl init
-echo "== ghetl tenant add acme-corp"
-ghetl tenant add acme-corp
-echo "== ghetl integration add --tenant acme-corp --owner acme"
-ghetl integration add --tenant acme-corp --owner acme
+if ghetl tenant list | cut -f2 | grep -qx acme-corp; then
+    echo "== tenant acme-corp exists (an earlier make demo added it)"
+else
+    echo "== ghetl tenant add acme-corp"
+    ghetl tenant add acme-corp
+    echo "== ghetl integration add --tenant acme-corp --owner acme"
+    ghetl integration add --tenant acme-corp --owner acme
+fi
 echo "== ghetl sync --tenant acme-corp"
 ghetl sync --tenant acme-corp
 echo "== ghetl sync --tenant acme-corp (again: incremental, nothing changed)"
@@ -45,4 +59,6 @@ ghetl jobs
 echo "== ghetl search --tenant acme-corp \"card payment settlement\""
 ghetl search --tenant acme-corp --limit 5 "card payment settlement"
 echo
-echo "Done. The data is in data/demo.db; explore it with: jupyter lab notebooks/"
+echo "Done. The data is in data/ghetl.db, the default database, so plain ghetl commands see it."
+echo "Put ghetl, jupyter and papermill on your PATH with: . .venv/bin/activate"
+echo "Then try: ghetl jobs; ghetl search --tenant acme-corp \"login and single sign-on\"; jupyter lab notebooks/"

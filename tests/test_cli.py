@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import TOKEN
 
-COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "key"], ["integration", "add"], ["sync"], ["jobs"],
+COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "list"], ["tenant", "key"], ["integration", "add"], ["sync"], ["jobs"],
             ["search"], ["worker"], ["sandbox"], ["status-server"]]
 
 
@@ -66,6 +66,10 @@ def test_setup_sync_and_summary(cli, sandbox):
     assert TOKEN not in result.stdout + result.stderr
     jobs = json.loads(cli("jobs", "--json").stdout)
     assert [j["status"]["overall"] for j in jobs] == ["FINISHED"]
+    assert [j["tenant"] for j in jobs] == ["acme-corp"]
+    assert "T" in jobs[0]["last_sync_date"] and " " not in jobs[0]["last_sync_date"]
+    [line] = cli("jobs").stdout.splitlines()
+    assert line.split("\t")[1:4] == ["tenant acme-corp", "GitHub", "FINISHED"]
 
 
 def test_duplicate_tenant_is_one_line(cli):

@@ -61,6 +61,23 @@ def test_given_urls_are_used_and_passwords_never_shown(process_state, tmp_path, 
     session.close()
 
 
+def test_a_lasting_database_gets_no_sandbox_and_no_tenant_without_an_api_url(process_state, embedded, monkeypatch):
+    """A tenant stored there would point at a sandbox that dies with the kernel."""
+    monkeypatch.setenv("GHETL_DATABASE_URL", embedded.database_url)
+    session = workbench.open_session()
+    try:
+        assert (session.sandbox, session.api_url, session.throwaway) == (None, "", False)
+        assert "stored with the tenant's integration" in session.describe()
+        with pytest.raises(tenants.NotFound, match="tenant 'acme-crop' does not exist in sqlite:///.*no api_url"):
+            workbench.ensure_tenant("acme-crop", "acme", api_url=session.api_url, engine=embedded.engine)
+        with pytest.raises(tenants.NotFound, match="onboard the tenant first"):
+            workbench.ensure_tenant("acme-crop", "acme", api_url="https://ghe.example/api/v3", engine=embedded.engine,
+                                    create=False)
+    finally:
+        session.close()
+    assert embedded.scalar("select count(*) from tenants") == 0
+
+
 def test_setup_tenant_is_all_or_nothing(embedded, sandbox):
     with pytest.raises(SettingsError, match="unknown settings key 'include_fork'"):
         workbench.setup_tenant("acme-corp", "acme", api_url=sandbox.url, settings='{"include_fork": false}',

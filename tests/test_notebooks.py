@@ -19,7 +19,7 @@ import papermill
 import pytest
 import sqlalchemy as sa
 
-from ghetl import embeddings, frames, tenants
+from ghetl import db, embeddings, frames, tenants
 
 from .conftest import AMQP_URL, TOKEN, add_tenant
 
@@ -108,8 +108,8 @@ def test_sync_notebook_syncs_an_existing_tenant_in_full(kernel_env, embedded, ma
     sandbox.touch(sandbox.repos("globex")[0]["id"], description="touched")
 
     out = tmp_path / "sync.ipynb"
-    nb = run_notebook("sync_repositories.ipynb", out, tenant="globex-corp", owner="ignored", api_url="http://unused.invalid",
-                      full=True, database_url=embedded.database_url, sandbox_repos=3)
+    nb = run_notebook("sync_repositories.ipynb", out, tenant="globex-corp", owner="ignored", full=True,
+                      database_url=embedded.database_url, sandbox_repos=3)
 
     runs = frames.runs("globex-corp", engine=embedded.engine)
     assert list(runs["run_id"])[0] == first.run_id
@@ -117,6 +117,9 @@ def test_sync_notebook_syncs_an_existing_tenant_in_full(kernel_env, embedded, ma
     assert set(frames.repositories("globex-corp", engine=embedded.engine)["full_name"]) == {
         r["full_name"] for r in sandbox.repos("globex")}
     assert "found: integration" in text(cell_outputs(nb, "ensure_tenant")) and "syncs globex at" in text(cell_outputs(nb, "ensure_tenant"))
+    session = text(cell_outputs(nb, "open_session"))
+    assert "GitHub:   the API URL and token variable stored with the tenant's integration" in session
+    assert "sandbox" not in session
     summary = text(cell_outputs(nb, "sync_summary"))
     assert re.search(r"overall\s+FINISHED", summary) and re.search(r"github_repositories: embedded\s+40", summary)
     bars = [o for o in cell_outputs(nb, "run_sync") if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
@@ -127,17 +130,21 @@ def test_sync_notebook_syncs_an_existing_tenant_in_full(kernel_env, embedded, ma
 @pytest.mark.parametrize("backend", ["scaleout"], indirect=True)
 def test_sync_notebook_on_postgresql_and_rabbitmq(kernel_env, backend, make_sandbox, tmp_path):
     sandbox = make_sandbox(orgs={"umbrella": 60}, seed=8)
+    with backend.engine.begin() as conn:
+        _, key = tenants.add_tenant(conn, "umbrella-corp")
+        tenants.add_integration(conn, "umbrella-corp", "umbrella", api_url=sandbox.url)
     kernel_env.setenv("GHETL_QUEUE_PREFIX", backend.env["GHETL_QUEUE_PREFIX"])
     kernel_env.setenv("GITHUB_TOKEN", TOKEN)
+    kernel_env.setenv("GHETL_STATUS_KEY", key)
     out = tmp_path / "sync.ipynb"
-    nb = run_notebook("sync_repositories.ipynb", out, tenant="umbrella-corp", owner="umbrella", api_url=sandbox.url,
-                      database_url=backend.database_url, broker_url=AMQP_URL, run_workers=True)
+    nb = run_notebook("sync_repositories.ipynb", out, tenant="umbrella-corp", database_url=backend.database_url,
+                      broker_url=AMQP_URL, run_workers=True)
 
     assert backend.scalar("select count(*) from repositories where active") == 60
     assert backend.scalar("select count(*) from embeddings") == 60
     jobs = frames.jobs("umbrella-corp", engine=backend.engine)
     assert jobs.loc[0, "overall"] == "FINISHED"
-    assert "created: integration" in text(cell_outputs(nb, "ensure_tenant"))
+    assert "found: integration" in text(cell_outputs(nb, "ensure_tenant"))
     assert re.search(r"github_repositories: transformed\s+60", text(cell_outputs(nb, "sync_summary")))
     assert circles_drawn(out) == {("extraction", "finished"), ("transform", "finished"), ("embedding", "finished")}
 
@@ -145,12 +152,20 @@ def test_sync_notebook_on_postgresql_and_rabbitmq(kernel_env, backend, make_sand
 def test_failing_sync_makes_papermill_exit_non_zero_and_shows_why(kernel_env, make_sandbox, tmp_path):
     sandbox = make_sandbox(orgs={"acme": 10}, tokens={TOKEN})
     bad = "ghp_" + "Q" * 36
+    database_url = f"sqlite:///{tmp_path / 'g.db'}"
+    engine = sa.create_engine(database_url)
+    try:
+        db.init(engine)
+        with engine.begin() as conn:
+            tenants.add_tenant(conn, "acme")
+            tenants.add_integration(conn, "acme", "acme", api_url=sandbox.url)
+    finally:
+        engine.dispose()
     out = tmp_path / "failed.ipynb"
     env = {**os.environ, "GITHUB_TOKEN": bad}
     run = subprocess.run(
         [sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "sync_repositories.ipynb"), str(out),
-         "-p", "tenant", "acme", "-p", "api_url", sandbox.url, "-p", "database_url", f"sqlite:///{tmp_path / 'g.db'}",
-         "--no-progress-bar"],
+         "-p", "tenant", "acme", "-p", "database_url", database_url, "--no-progress-bar"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
 
@@ -161,6 +176,22 @@ def test_failing_sync_makes_papermill_exit_non_zero_and_shows_why(kernel_env, ma
     assert [e.ename for e in errors] == ["SyncFailed"]
     assert "sync of tenant 'acme' ended FAILED" in errors[0].evalue and "401" in errors[0].evalue
     assert bad not in out.read_text() and bad not in run.stderr + run.stdout
+
+
+def test_scheduled_sync_of_a_mistyped_tenant_fails_and_creates_nothing(kernel_env, embedded, make_sandbox, tmp_path):
+    """A lasting database gets no tenant made up from a typo, let alone one pointing at a sandbox of the kernel."""
+    sandbox = make_sandbox(orgs={"acme": 5})
+    add_tenant(embedded, sandbox)
+    out = tmp_path / "typo.ipynb"
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        run_notebook("sync_repositories.ipynb", out, tenant="acme-crop", database_url=embedded.database_url)
+
+    assert failed.value.ename == "NotFound"
+    assert failed.value.evalue.startswith("tenant 'acme-crop' does not exist in sqlite:///")
+    assert "check the name (ghetl tenant list)" in failed.value.evalue
+    with embedded.engine.connect() as conn:
+        assert [t["name"] for t in tenants.list_tenants(conn)] == ["acme-corp"]
+    assert "sandbox" not in text(cell_outputs(nbformat.read(out, as_version=4), "open_session"))
 
 
 def test_explore_notebook_compares_the_runs_it_is_given(kernel_env, embedded, make_sandbox, token, tmp_path):
@@ -226,5 +257,7 @@ def test_search_notebook_with_the_hash_embedder(kernel_env, make_sandbox, tmp_pa
     assert models.to_dict("records") == [{"model": embeddings.HashingEmbedder().model, "vectors": 40}]
     hits = text(cell_outputs(nb, "ghetl.search(tenant, query"))
     assert set(re.findall(r"^(\d+)\s+\d+\s+hooli/", hits, re.M)) == {"0", "1", "2"}
-    assert "embedder: hash" in text(cell_outputs(nb, "use_embedder"))
+    chosen = text(cell_outputs(nb, "use_embedder"))
+    assert "embedder: hash" in chosen
+    assert "note: the hash embedder matches shared words, not meaning; for search by meaning install MiniLM" in chosen
     assert images(nb) == 1

@@ -8,6 +8,8 @@ CI=true an unreachable server fails the test instead of skipping it.
 from __future__ import annotations
 
 import fcntl
+import importlib
+import logging
 import os
 import pty
 import shutil
@@ -276,6 +278,24 @@ def test_sync_without_workers_says_how_to_start_one_and_fails(scaleout: Backend,
     prefix = scaleout.env["GHETL_QUEUE_PREFIX"]
     assert f"no workers are consuming {prefix}.transform; start one with: ghetl worker all" in done.stderr
     assert scaleout.scalar("SELECT status->>'overall' FROM etl_jobs") == "FAILED"
+
+
+def test_sync_repeats_the_no_workers_warning_while_nobody_consumes(
+    scaleout: Backend, sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync without --timeout waits for workers forever: one warning at its start scrolls out of sight."""
+    sync_module = importlib.import_module("ghetl.sync")  # `ghetl.sync` is also the function the package exports
+    monkeypatch.setattr(sync_module, "CONSUMER_CHECK_SECONDS", 0.05)
+    monkeypatch.setattr(sync_module, "UNATTENDED_REPEAT_SECONDS", 0.4)
+    tenant = add_tenant(scaleout, sandbox)
+    caplog.set_level(logging.WARNING, logger="ghetl.sync")
+    with pytest.raises(TimeoutError):
+        scaleout.sync(tenant, run_workers=False, timeout=1.5)
+
+    prefix = scaleout.env["GHETL_QUEUE_PREFIX"]
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("no workers are consuming")]
+    for stage in ("transform", "embedding"):
+        assert 2 <= warnings.count(f"no workers are consuming {prefix}.{stage}; start one with: ghetl worker all") <= 5
 
 
 def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:

@@ -148,4 +148,6 @@ def test_search_says_when_nothing_is_embedded_for_this_model(backend: Any, two_t
     monkeypatch.setattr(embeddings, "get_embedder", lambda name=None: Counting(embeddings.HashingEmbedder()))
     assert search("acme-corp", "ledger", engine=backend.engine).empty
     assert main(["search", "--tenant", "acme-corp", "ledger"]) == 0
-    assert "have vectors of this embedder yet; run: ghetl sync --tenant acme-corp" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "have vectors of this embedder (GHETL_EMBEDDER=" in said and "yet; run: ghetl sync --tenant acme-corp" in said
+    assert "the embedding workers need it too" in said
