@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import errno
 import json
 import logging
 import re
@@ -338,7 +339,8 @@ class StatusServer:
                 logger=PROTOCOL_LOG,
             )
         except OSError as exc:
-            raise OSError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); choose another --port") from None
+            fix = "choose another --port" if exc.errno == errno.EADDRINUSE else "check --host"
+            raise OSError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); {fix}") from None
         unsubscribe = self.broker.subscribe_status(self._from_broker)
         poller = asyncio.create_task(self._poll()) if self.poll_interval else None
         self.port = server.sockets[0].getsockname()[1]

@@ -254,6 +254,14 @@ def test_the_cli_server_says_when_its_port_is_taken(embedded):
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
     assert len(errors) == 1 and f"cannot listen on 127.0.0.1:{port}" in errors[0] and "--port" in errors[0]
+
+
+def test_the_cli_server_says_when_its_host_is_not_this_machines(embedded):
+    result = subprocess.run([sys.executable, "-m", "ghetl", "status-server", "--host", "192.0.2.1", "--port", "0"],
+                            env={**os.environ, **embedded.env}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
+    assert len(errors) == 1 and "cannot listen on 192.0.2.1" in errors[0] and errors[0].endswith("check --host")
     assert "Traceback" not in result.stderr
 
 
