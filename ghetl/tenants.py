@@ -155,13 +155,15 @@ def get_integration(conn: Connection, tenant_id: int, integration_id: int | None
     if integration_id is not None:
         query = query.where(integrations.c.id == integration_id)
     rows = [dict(r) for r in conn.execute(query.order_by(integrations.c.id)).mappings()]
+    if len(rows) == 1:
+        return rows[0]
+    name = conn.execute(sa.select(tenants.c.name).where(tenants.c.id == tenant_id)).scalar() or tenant_id
     if not rows:
-        which = f"integration {integration_id}" if integration_id is not None else "an active integration"
-        raise NotFound(f"tenant {tenant_id} has no {which}; add one with: ghetl integration add --tenant ... --owner ...")
-    if len(rows) > 1:
-        ids = ", ".join(str(r["id"]) for r in rows)
-        raise ValueError(f"tenant {tenant_id} has several integrations ({ids}); choose one with --integration ID")
-    return rows[0]
+        which = f"integration {integration_id}" if integration_id is not None else "active integration"
+        raise NotFound(f"tenant '{name}' has no {which}; add one with: ghetl integration add --tenant {name} "
+                       "--owner OWNER")
+    ids = ", ".join(str(r["id"]) for r in rows)
+    raise ValueError(f"tenant '{name}' has several integrations ({ids}); choose one with --integration ID")
 
 
 def set_owner_type(conn: Connection, integration_id: int, owner_type: str) -> None:

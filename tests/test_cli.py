@@ -72,6 +72,16 @@ def test_setup_sync_and_summary(cli, sandbox):
     assert line.split("\t")[1:4] == ["tenant acme-corp", "GitHub", "FINISHED"]
 
 
+def test_an_integration_that_cannot_be_chosen_is_named_with_its_tenant(cli):
+    cli("init")
+    cli("tenant", "add", "acme-corp")
+    assert "tenant 'acme-corp' has no active integration" in (line := one_line_error(cli("sync", "--tenant", "acme-corp")))
+    assert "ghetl integration add --tenant acme-corp" in line
+    for owner in ("acme", "globex"):
+        cli("integration", "add", "--tenant", "acme-corp", "--owner", owner, "--api-url", "http://127.0.0.1:9")
+    assert "tenant 'acme-corp' has several integrations (1, 2)" in one_line_error(cli("sync", "--tenant", "acme-corp"))
+
+
 def test_duplicate_tenant_is_one_line(cli):
     cli("init")
     cli("tenant", "add", "t1")
