@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import db, jobs, logs, sandbox, tenants
+from . import config, db, jobs, logs, sandbox, tenants
 from .argtypes import port, positive_int, positive_seconds
 from .github import GitHubError
 from .settings import SettingsError
@@ -44,12 +44,17 @@ EXPECTED_ERRORS = (
 _MISSING_TABLE = re.compile(r"no such table|relation \S+ does not exist")
 
 
-def _engine() -> sa.Engine:
+def _engine(*, creating: bool = False) -> sa.Engine:
+    """The database of GHETL_DATABASE_URL, or the default SQLite file, which only `init` creates:
+    any other command would otherwise leave an empty data/ghetl.db behind wherever it is run."""
+    default = config.default_database_path()
+    if not creating and not os.environ.get("GHETL_DATABASE_URL") and not default.exists():
+        raise LookupError(f"no database at {default} yet; run: ghetl init (or set GHETL_DATABASE_URL)")
     return db.engine()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    version = db.init(_engine())
+    version = db.init(_engine(creating=True))
     print(f"schema ready (version {version}) at {_engine().url.render_as_string(hide_password=True)}")
     return 0
 
@@ -91,6 +96,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     result = sync(
         args.tenant,
         args.integration,
+        engine=_engine(),
         full=args.full,
         progress=not args.json and not args.quiet,
         workers=args.workers,
@@ -141,7 +147,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import search
 
-    frame = search(args.tenant, args.text, limit=args.limit)
+    frame = search(args.tenant, args.text, limit=args.limit, engine=_engine())
     if frame.empty:
         embedder = os.environ.get("GHETL_EMBEDDER") or "hash"
         print(f"no repositories of tenant {args.tenant} have vectors of this embedder (GHETL_EMBEDDER={embedder}) "

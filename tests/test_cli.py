@@ -119,10 +119,20 @@ def test_a_file_that_is_not_a_database_is_one_line(cli, tmp_path):
     assert "check GHETL_DATABASE_URL" in one_line_error(cli("jobs"))
 
 
+@pytest.mark.parametrize("command", [["jobs"], ["tenant", "list"], ["sync", "--tenant", "t1"],
+                                     ["search", "--tenant", "t1", "x"]], ids=lambda c: c[0])
+def test_only_init_creates_the_default_database(tmp_path, command):
+    env = {k: v for k, v in os.environ.items() if k != "GHETL_DATABASE_URL"}
+    result = subprocess.run([sys.executable, "-m", "ghetl", *command], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert "no database at" in one_line_error(result) and "run: ghetl init" in one_line_error(result)
+    assert not (tmp_path / "data" / "ghetl.db").exists()
+
+
 def test_no_room_for_the_default_database_is_one_line(cli, tmp_path):
     (tmp_path / "data").write_text("a file where the default database's folder would go")
     env = {k: v for k, v in os.environ.items() if k != "GHETL_DATABASE_URL"}
-    result = subprocess.run([sys.executable, "-m", "ghetl", "jobs"], env=env, cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "ghetl", "init"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert "set GHETL_DATABASE_URL" in one_line_error(result)
 
