@@ -243,7 +243,6 @@ def count_items(conn: Connection, run_id: str, step: str, changes: dict[str, int
         conn.execute(_count_statement(conn.dialect.name), rows)
 
 
-@functools.lru_cache(maxsize=4)
 def catch_up_done(conn: Connection, run_id: str, step: str) -> None:
     """The step's catch-up is over (done, or given up with its message); a redelivery changes nothing."""
     conn.execute(etl_run_counts.update().where(
@@ -252,6 +251,7 @@ def catch_up_done(conn: Connection, run_id: str, step: str) -> None:
     ).values(n=etl_run_counts.c.n - 1))
 
 
+@functools.lru_cache(maxsize=4)
 def _count_statement(dialect: str) -> Any:
     stmt = dialect_insert(dialect, etl_run_counts)
     return stmt.on_conflict_do_update(index_elements=["run_id", "step", "status"],
