@@ -22,7 +22,8 @@ The server then sends JSON text messages, each with a ``type``:
 
 ``snapshot``
     First, and again whenever the client must resynchronise. ``{"type": "snapshot",
-    "reason": "connect"|"overflow"|"requested", "tenant_id", "tenant", "job_id" (the filter or
+    "reason": "connect"|"overflow"|"requested"|"reconnect" (the server's broker subscription was
+    lost and events may have been missed), "tenant_id", "tenant", "job_id" (the filter or
     null), "jobs": [{"job_id", "integration_id", "job_name", "run_id", "overall", "status" (the
     status JSON of etl_jobs), "progress": {step: {stage: {"processed", "total", "failed"}}},
     "last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message"}],
@@ -351,7 +352,7 @@ class StatusServer:
         except OSError as exc:
             fix = "choose another --port" if exc.errno == errno.EADDRINUSE else "check --host"
             raise OSError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); {fix}") from None
-        unsubscribe = self.broker.subscribe_status(self._from_broker)
+        unsubscribe = self.broker.subscribe_status(self._from_broker, on_bound=self._resubscribed)
         poller = asyncio.create_task(self._poll()) if self.poll_interval else None
         checker = asyncio.create_task(self._check())
         self.port = server.sockets[0].getsockname()[1]
@@ -377,6 +378,21 @@ class StatusServer:
             loop.call_soon_threadsafe(self._dispatch, event)
         except RuntimeError:
             pass
+
+    def _resubscribed(self) -> None:
+        """Called on the broker's thread each time its subscription is bound: after a loss, what
+        was published meanwhile never reached us, so every client starts again from a snapshot."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._resync_all, "reconnect")
+        except RuntimeError:
+            pass
+
+    def _resync_all(self, reason: str) -> None:
+        for subscription in self._clients:
+            subscription.resync(reason)
 
     def _dispatch(self, event: Event) -> None:
         if not isinstance(event, dict) or event.get("type") not in ("stage", "job") or "run_id" not in event:

@@ -325,6 +325,31 @@ def test_a_replaced_key_cuts_off_the_connections_that_use_it(backend, sandbox, t
     client.close()
 
 
+def test_after_the_subscription_comes_back_every_client_gets_a_snapshot(scaleout, sandbox, token, monkeypatch):
+    """A dropped RabbitMQ connection loses what was published until the queue is bound again."""
+    from ghetl import rabbitmq
+
+    tenant = add_tenant(scaleout, sandbox)
+    own, job = tenant_id(scaleout, tenant), scaleout.scalar("select id from etl_jobs")
+    deliver = rabbitmq._call
+
+    def drop_on_marker(callback, body):
+        if b'"drop-connection"' in body:
+            raise ConnectionResetError("connection reset by peer")  # as pika raises it mid-consume
+        deliver(callback, body)
+
+    monkeypatch.setattr(rabbitmq, "_call", drop_on_marker)
+    with StatusServer(scaleout.engine, scaleout.broker, port=0) as server:
+        client = Client(server.url, tenant, stream_key(scaleout, tenant))
+        client.until(lambda ms: len(ms) == 1)
+        scaleout.broker.publish_status([job_event(own, job, "drop-connection", "RUNNING")])
+        resync = client.until(lambda ms: len(ms) == 2, timeout=20)[-1]
+        assert resync["type"] == "snapshot" and resync["reason"] == "reconnect"
+        scaleout.broker.publish_status([job_event(own, job, "r2", "RUNNING")])
+        assert client.until(lambda ms: len(ms) == 3)[-1]["run_id"] == "r2", "events flow again after the snapshot"
+        client.close()
+
+
 def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:
     steps = {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "idle"), **circles}}
     return {"jobs": [{"job_id": 1, "run_id": run_id, "overall": overall, "status": {"overall": overall, "steps": steps}}]}
