@@ -134,7 +134,14 @@ class Broker(Protocol):
 
     def publish_status(self, events: list[Event]) -> None: ...
 
-    def subscribe_status(self, callback: Callable[[Event], None]) -> Callable[[], None]: ...
+    def subscribe_status(
+        self, callback: Callable[[Event], None], *, on_bound: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
+        """Deliver every status event to `callback` until the returned function is called.
+
+        `on_bound` is called each time the subscription is (re)established: a subscriber that
+        keeps state can resynchronise, since events published while it was down never arrive.
+        """
 
     def close(self) -> None: ...
 
@@ -229,7 +236,10 @@ class MemoryBroker:
     def publish_status(self, events: list[Event]) -> None:
         self.status_bus.publish(events)
 
-    def subscribe_status(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+    def subscribe_status(
+        self, callback: Callable[[Event], None], *, on_bound: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
+        """The in-process bus never drops a subscription, so `on_bound` is never needed."""
         return self.status_bus.subscribe(callback)
 
     def close(self) -> None:

@@ -122,6 +122,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
+    _end_stale_runs(_engine())
     with _engine().connect() as conn:
         tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
         rows = jobs.list_jobs(conn, tenant_id)
@@ -142,6 +143,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             line += f"\terror: {logs.redact(job['error_message'])}"
         print(line)
     return 0
+
+
+def _end_stale_runs(engine: sa.Engine) -> None:
+    """End the runs whose sync process died before listing, so no job shows RUNNING forever;
+    the events go to the status stream too, or boards open now would keep them blue."""
+    with engine.begin() as conn:
+        events = jobs.end_stale_runs(conn)
+    if not events:
+        return
+    broker = broker_mod.connect()
+    try:
+        broker.publish_status(events)
+    except ConnectionError as exc:
+        log.warning("ended stale runs, but could not tell the status stream: %s", exc)
+    finally:
+        broker.close()
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -104,8 +104,7 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
             etl_jobs.c.id == job["id"],
             sa.or_(
                 etl_jobs.c.status["overall"].as_string() != "RUNNING",
-                etl_jobs.c.heartbeat_at.is_(None),
-                etl_jobs.c.heartbeat_at < now - STALE_AFTER,
+                _stale(now),
             ),
         )
         .values(status=status, run_id=run_id, last_run_started_at=now, heartbeat_at=now, error_message=None)
@@ -391,22 +390,58 @@ def _finish(conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> list[
 
 def fail(conn: Connection, run: Run, message: str) -> list[Event]:
     """End a run at once as FAILED (interrupted or crashed); circles still running turn failed."""
-    message = redact(message)
     job = _lock_job(conn, run.job_id)
     if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
         return []
+    return _fail_locked(conn, job, redact(message))
+
+
+def end_stale_runs(conn: Connection) -> list[Event]:
+    """End as FAILED every run whose heartbeat is older than STALE_AFTER, with the events `fail` sends.
+
+    A `ghetl sync` killed outright (kill -9, a lost host) never runs its own `fail`, and nothing
+    else would end its run: every board would show it running forever. The sync process renews
+    the heartbeat while it waits, and so does every worker's `advance` while it makes progress,
+    so a run that is stale has nobody left working on it. Each job is re-checked under its row
+    lock, so when several processes call this at once the run ends once.
+    """
+    now = utcnow()
+    stale = conn.execute(
+        sa.select(etl_jobs.c.id).where(etl_jobs.c.status["overall"].as_string() == "RUNNING", _stale(now))
+    ).scalars().all()
+    events: list[Event] = []
+    for job_id in stale:
+        job = conn.execute(
+            sa.select(etl_jobs).where(etl_jobs.c.id == job_id, _stale(now)).with_for_update(key_share=True)
+        ).mappings().first()
+        if job is None or job["status"]["overall"] != "RUNNING":
+            continue
+        beat = job["heartbeat_at"]
+        silent = f"{(now - beat).total_seconds() / 60:.0f} min" if beat else "too long"
+        events += _fail_locked(conn, dict(job), f"its sync process stopped responding: no heartbeat for {silent}")
+    return events
+
+
+def _stale(now: dt.datetime) -> Any:
+    """The condition `start` and `end_stale_runs` share: the run's lease ran out."""
+    return sa.or_(etl_jobs.c.heartbeat_at.is_(None), etl_jobs.c.heartbeat_at < now - STALE_AFTER)
+
+
+def _fail_locked(conn: Connection, job: dict[str, Any], message: str) -> list[Event]:
+    """End the locked job's running run as FAILED: idle and running circles turn failed."""
+    run_id = job["run_id"]
     job["status"] = copy.deepcopy(job["status"])
     events: list[Event] = []
     for step, circles in job["status"]["steps"].items():
         for stage in STAGES:
             if circles[stage] in ("idle", "running"):
-                _move(job, run.run_id, step, stage, "failed", events)
+                _move(job, run_id, step, stage, "failed", events)
     job["status"]["overall"] = "FAILED"
     now = utcnow()
     _save_status(conn, job, last_run_finished_at=now, error_message=message, heartbeat_at=None)
     conn.execute(
         etl_job_runs.update()
-        .where(etl_job_runs.c.run_id == run.run_id)
+        .where(etl_job_runs.c.run_id == run_id)
         .values(overall="FAILED", finished_at=now, error_message=message)
     )
-    return events + [job_event(run.tenant_id, run.job_id, run.run_id, "FAILED", error=message)]
+    return events + [job_event(job["tenant_id"], job["id"], run_id, "FAILED", error=message)]

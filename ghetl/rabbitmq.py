@@ -541,16 +541,20 @@ class RabbitBroker:
         if not self._publisher.send(outgoing):
             log.debug("no RabbitMQ connection: %d status events not announced", len(events))
 
-    def subscribe_status(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+    def subscribe_status(
+        self, callback: Callable[[Event], None], *, on_bound: Callable[[], None] | None = None
+    ) -> Callable[[], None]:
         """Deliver every status event to `callback` from a background thread, until unsubscribed.
 
         Returns once the subscription's queue is bound (or after 10 s of trying), so events
-        published after this call are not missed.
+        published after this call are not missed. The queue is exclusive to its connection: when
+        the connection drops, events published until it is bound again are lost, so `on_bound`
+        is called after every binding for the subscriber to resynchronise.
         """
         self._ensure_declared()
         stop = threading.Event()
         bound = threading.Event()
-        thread = threading.Thread(target=self._subscribe_loop, args=(callback, stop, bound), name="ghetl-status", daemon=True)
+        thread = threading.Thread(target=self._subscribe_loop, args=(callback, on_bound, stop, bound), name="ghetl-status", daemon=True)
         thread.start()
         if not bound.wait(10):
             log.warning("could not subscribe to status events at %s yet; progress will show once it can", safe_url(self.url))
@@ -562,7 +566,8 @@ class RabbitBroker:
 
         return unsubscribe
 
-    def _subscribe_loop(self, callback: Callable[[Event], None], stop: threading.Event, bound: threading.Event) -> None:
+    def _subscribe_loop(self, callback: Callable[[Event], None], on_bound: Callable[[], None] | None,
+                        stop: threading.Event, bound: threading.Event) -> None:
         backoff = Backoff()
         while not stop.is_set():
             try:
@@ -571,6 +576,8 @@ class RabbitBroker:
                     channel.queue_bind(name, self.status_exchange)
                     bound.set()
                     backoff.reset()
+                    if on_bound is not None:
+                        on_bound()
                     for method, _properties, body in channel.consume(name, auto_ack=True, inactivity_timeout=0.1):
                         if stop.is_set():
                             break

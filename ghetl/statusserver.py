@@ -15,11 +15,15 @@ one of these codes and a reason saying what to fix:
 4404   the tenant has no job with that id
 =====  ==============================================================
 
+Keys are checked again every ``check_interval``: a connection whose key was replaced since
+(``ghetl tenant key``) is closed with 4403 "key revoked".
+
 The server then sends JSON text messages, each with a ``type``:
 
 ``snapshot``
     First, and again whenever the client must resynchronise. ``{"type": "snapshot",
-    "reason": "connect"|"overflow"|"requested", "tenant_id", "tenant", "job_id" (the filter or
+    "reason": "connect"|"overflow"|"requested"|"reconnect" (the server's broker subscription was
+    lost and events may have been missed), "tenant_id", "tenant", "job_id" (the filter or
     null), "jobs": [{"job_id", "integration_id", "job_name", "run_id", "overall", "status" (the
     status JSON of etl_jobs), "progress": {step: {stage: {"processed", "total", "failed"}}},
     "last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message"}],
@@ -59,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
+import hmac
 import json
 import logging
 import re
@@ -76,15 +81,18 @@ from websockets.http11 import Request
 
 from . import jobs, tenants
 from .broker import Broker
+from .db import tenants as tenants_table
 from .db import utcnow
 from .logs import redact
 from .status import STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
+REVOKED = "key revoked: a new key was issued (ghetl tenant key NAME); reconnect with it"
 _KEYS = re.compile(r"(key=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
 
 DEFAULT_PORT = 8765
 QUEUE_SIZE = 1000
+CHECK_INTERVAL = 10.0
 CIRCLE_RANK = {"idle": 0, "running": 1, "finished": 2, "failed": 2}
 OVERALL_RANK = {"READY": 0, "RUNNING": 1, "FINISHED": 2, "FAILED": 2}
 
@@ -202,9 +210,10 @@ class Subscription:
     memory and no time.
     """
 
-    def __init__(self, tenant_id: int, job_id: int | None, size: int) -> None:
+    def __init__(self, tenant_id: int, job_id: int | None, size: int, key_hash: str) -> None:
         self.tenant_id = tenant_id
         self.job_id = job_id
+        self.key_hash = key_hash
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
         self.delivered = 0
         self.dropped = 0
@@ -261,6 +270,7 @@ class StatusServer:
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
         poll_interval: float | None = None,
+        check_interval: float = CHECK_INTERVAL,
     ) -> None:
         self.engine = engine
         self.broker = broker
@@ -270,7 +280,8 @@ class StatusServer:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.poll_interval = poll_interval
-        self._subscriptions: set[Subscription] = set()
+        self.check_interval = check_interval
+        self._clients: dict[Subscription, ServerConnection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -285,7 +296,7 @@ class StatusServer:
 
     def subscriptions(self) -> list[Subscription]:
         """The connected clients' subscriptions (for tests and operators: queue depth, drops)."""
-        return list(self._subscriptions)
+        return list(self._clients)
 
     def start(self, timeout: float = 10.0) -> StatusServer:
         """Serve in a daemon thread; return once the socket listens, or raise why it cannot."""
@@ -341,8 +352,9 @@ class StatusServer:
         except OSError as exc:
             fix = "choose another --port" if exc.errno == errno.EADDRINUSE else "check --host"
             raise OSError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); {fix}") from None
-        unsubscribe = self.broker.subscribe_status(self._from_broker)
+        unsubscribe = self.broker.subscribe_status(self._from_broker, on_bound=self._resubscribed)
         poller = asyncio.create_task(self._poll()) if self.poll_interval else None
+        checker = asyncio.create_task(self._check())
         self.port = server.sockets[0].getsockname()[1]
         self._listening.set()
         log.info("status stream listening on %s", self.url)
@@ -352,6 +364,7 @@ class StatusServer:
             unsubscribe()
             if poller is not None:
                 poller.cancel()
+            checker.cancel()
             server.close()
             await server.wait_closed()
             log.info("status stream stopped")
@@ -366,26 +379,41 @@ class StatusServer:
         except RuntimeError:
             pass
 
+    def _resubscribed(self) -> None:
+        """Called on the broker's thread each time its subscription is bound: after a loss, what
+        was published meanwhile never reached us, so every client starts again from a snapshot."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._resync_all, "reconnect")
+        except RuntimeError:
+            pass
+
+    def _resync_all(self, reason: str) -> None:
+        for subscription in self._clients:
+            subscription.resync(reason)
+
     def _dispatch(self, event: Event) -> None:
         if not isinstance(event, dict) or event.get("type") not in ("stage", "job") or "run_id" not in event:
             log.debug("ignored a status event that is not a stage or job event: %.200r", event)
             return
         if event.get("error"):
             event = {**event, "error": redact(str(event["error"]))}
-        for subscription in self._subscriptions:
+        for subscription in self._clients:
             subscription.offer(event)
 
     async def _handle(self, ws: ServerConnection) -> None:
         try:
-            tenant, job_id = await asyncio.to_thread(self._authorise, ws.request)
+            tenant, job_id, key = await asyncio.to_thread(self._authorise, ws.request)
         except Refused as refused:
             log.info("refused a status client: %s", refused.reason)
             await ws.close(refused.code, refused.reason)
             return
-        subscription = Subscription(tenant["id"], job_id, self.queue_size)
-        self._subscriptions.add(subscription)
+        subscription = Subscription(tenant["id"], job_id, self.queue_size, tenants.hash_key(key))
+        self._clients[subscription] = ws
         sender = asyncio.create_task(self._send(ws, subscription, tenant))
-        log.debug("status client connected for tenant %s (%d connected)", tenant["name"], len(self._subscriptions))
+        log.debug("status client connected for tenant %s (%d connected)", tenant["name"], len(self._clients))
         try:
             async for message in ws:
                 if _asks_snapshot(message):
@@ -393,11 +421,11 @@ class StatusServer:
         except ConnectionClosed:
             pass
         finally:
-            self._subscriptions.discard(subscription)
+            self._clients.pop(subscription, None)
             sender.cancel()
             log.debug("status client of tenant %s left", tenant["name"])
 
-    def _authorise(self, request: Request) -> tuple[dict[str, Any], int | None]:
+    def _authorise(self, request: Request) -> tuple[dict[str, Any], int | None, str]:
         name, job_id, key = _parse_request(request)
         if key is None:
             raise Refused(4401, "missing key: send 'Authorization: Bearer KEY' or ?key=KEY (ghetl tenant key NAME)")
@@ -410,7 +438,7 @@ class StatusServer:
                 raise Refused(4403, f"wrong key for tenant '{name[:40]}' or no such tenant; issue a key: ghetl tenant key NAME")
             if job_id is not None and not any(j["id"] == job_id for j in jobs.list_jobs(conn, tenant["id"])):
                 raise Refused(4404, f"tenant '{tenant['name'][:40]}' has no job {job_id}; see: ghetl jobs --tenant NAME")
-        return tenant, job_id
+        return tenant, job_id, key
 
     async def _send(self, ws: ServerConnection, subscription: Subscription, tenant: dict[str, Any]) -> None:
         """Send the first snapshot, then the queued events; a resync marker sends a new snapshot."""
@@ -431,6 +459,40 @@ class StatusServer:
         except sa.exc.SQLAlchemyError as exc:
             log.error("status snapshot for tenant %s failed: %s", tenant["name"], str(exc).splitlines()[0])
             await ws.close(1011, "the status database is unavailable; reconnect later")
+
+    async def _check(self) -> None:
+        """Every `check_interval`: end the runs nobody works on any more, and cut off clients whose
+        key was replaced (`ghetl tenant key`); the handshake alone would let a leaked key stream on."""
+        while True:
+            try:
+                await asyncio.to_thread(self._end_stale_runs)
+                revoked = await asyncio.to_thread(self._revoked, list(self._clients))
+            except (sa.exc.SQLAlchemyError, ConnectionError) as exc:
+                log.warning("status check failed, will retry: %s", str(exc).splitlines()[0])
+            else:
+                closing = [ws.close(4403, REVOKED) for s in revoked if (ws := self._clients.get(s)) is not None]
+                if closing:
+                    log.info("closed %d status clients whose key was replaced", len(closing))
+                    await asyncio.gather(*closing)
+            await asyncio.sleep(self.check_interval)
+
+    def _end_stale_runs(self) -> None:
+        with self.engine.begin() as conn:
+            events = jobs.end_stale_runs(conn)
+        if events:
+            log.warning("ended %d runs whose sync process stopped responding", sum(e["type"] == "job" for e in events))
+            self.broker.publish_status(events)
+
+    def _revoked(self, subscriptions: list[Subscription]) -> list[Subscription]:
+        """The subscriptions whose key is no longer their tenant's (or whose tenant is gone)."""
+        if not subscriptions:
+            return []
+        ids = {s.tenant_id for s in subscriptions}
+        with self.engine.connect() as conn:
+            stored = dict(conn.execute(
+                sa.select(tenants_table.c.id, tenants_table.c.stream_key_hash).where(tenants_table.c.id.in_(ids))
+            ).all())
+        return [s for s in subscriptions if not hmac.compare_digest(stored.get(s.tenant_id) or "", s.key_hash)]
 
     async def _poll(self) -> None:
         """Turn changes of `etl_jobs` made by other processes into events (memory:// fallback)."""

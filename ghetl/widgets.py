@@ -93,6 +93,10 @@ class BoardModel:
         """{step: {stage: status}} of one job (the only one, when the board shows one)."""
         return {step: dict(circles) for step, circles in self.job(job).circles.items()}
 
+    def job_of_run(self, run_id: str) -> JobView | None:
+        """The job whose current run is `run_id`, if the board has seen that run start."""
+        return next((j for j in self.jobs.values() if j.run_id == run_id), None)
+
     def job(self, job: int | None = None) -> JobView:
         if job is not None:
             if job not in self.jobs:
@@ -235,24 +239,31 @@ class StatusBoard:
     def wait(self, run_id: str | None = None, *, job: int | None = None, timeout: float = 60.0) -> dict[str, dict[str, str]]:
         """Block until the job's run (this `run_id`, if given) is FINISHED or FAILED; return its circles.
 
+        A `run_id` names its job, so `job` is needed only without one, on a board of several jobs.
         Raises TimeoutError saying what the board last saw, so a notebook or test never hangs.
         """
-        def done() -> bool:
-            if self.refused:
-                return True
+        def target() -> JobView | None:
+            if job is None and run_id is not None:
+                return self.model.job_of_run(run_id)
             try:
-                view = self.model.job(job)
+                return self.model.job(job)
             except (KeyError, ValueError):
-                return False
-            return view.overall in FINAL and (run_id is None or view.run_id == run_id)
+                return None
+
+        def done() -> bool:
+            view = target()
+            return bool(self.refused) or (
+                view is not None and view.overall in FINAL and (run_id is None or view.run_id == run_id))
 
         with self._changed:
             if not self._changed.wait_for(done, timeout):
+                if run_id is None:
+                    self.model.job(job)  # raises what to fix when the board has several jobs or not that one
                 seen = {j.job_id: j.overall for j in self.model.jobs.values()}
                 raise TimeoutError(f"the status board saw no end of the run within {timeout:.0f} s (jobs: {seen or 'none'})")
             if self.refused:
                 raise ConnectionRefusedError(f"the status stream refused the board: {self.refused}")
-            return self.model.state(job)
+            return self.model.state(target().job_id)
 
     def close(self) -> None:
         """Stop following the stream; the board keeps showing what it last knew."""

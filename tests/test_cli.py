@@ -72,6 +72,30 @@ def test_setup_sync_and_summary(cli, sandbox):
     assert line.split("\t")[1:4] == ["tenant acme-corp", "GitHub", "FINISHED"]
 
 
+def test_jobs_ends_a_run_whose_sync_process_died(cli, tmp_path):
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from ghetl import db, jobs
+
+    cli("init")
+    cli("tenant", "add", "acme-corp")
+    cli("integration", "add", "--tenant", "acme-corp", "--owner", "acme", "--api-url", "http://127.0.0.1:9")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    with engine.begin() as conn:  # what a `ghetl sync` killed with -9 an hour ago leaves behind
+        jobs.start(conn, jobs.list_jobs(conn)[0], full=True)
+        conn.execute(db.etl_jobs.update().values(heartbeat_at=db.utcnow() - dt.timedelta(hours=1)))
+    engine.dispose()
+
+    result = cli("jobs")
+
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert "\tFAILED\t" in line and "extraction=failed transform=failed embedding=failed" in line
+    assert "error: its sync process stopped responding: no heartbeat for 60 min" in line
+
+
 def test_an_integration_that_cannot_be_chosen_is_named_with_its_tenant(cli):
     cli("init")
     cli("tenant", "add", "acme-corp")

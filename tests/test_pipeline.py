@@ -252,6 +252,41 @@ def test_a_stale_run_no_longer_blocks_the_job(backend, sandbox, tenant):
     assert backend.scalar("select count(*) from etl_job_runs where overall = 'FAILED' and error_message like 'superseded%'") == 1
 
 
+def test_a_run_nobody_works_on_ends_failed_once_and_an_advancing_one_does_not(backend, sandbox, tenant, monkeypatch):
+    monkeypatch.setattr(jobs, "STALE_AFTER", dt.timedelta(seconds=1))
+    with backend.engine.begin() as conn:
+        run, _ = jobs.start(conn, jobs.list_jobs(conn)[0], full=False)
+        jobs.stage_running(conn, run.run_id, run.job_id, "github_repositories", "extraction")
+    time.sleep(1.2)
+    with backend.engine.begin() as conn:
+        jobs.advance(conn, run.run_id)  # a worker's batch renews the lease even with the sync process gone
+    with backend.engine.begin() as conn:
+        assert jobs.end_stale_runs(conn) == [], "a run its workers advance is alive"
+    time.sleep(1.2)
+    barrier, ended = threading.Barrier(2), []
+
+    def end() -> None:
+        barrier.wait()
+        with backend.engine.begin() as conn:
+            ended.extend(jobs.end_stale_runs(conn))
+
+    threads = [threading.Thread(target=end) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    [job_end] = [e for e in ended if e["type"] == "job"]
+    assert job_end["overall"] == "FAILED" and job_end["run_id"] == run.run_id
+    assert job_end["error"].startswith("its sync process stopped responding: no heartbeat for")
+    assert sorted(e["stage"] for e in ended if e["type"] == "stage") == ["embedding", "extraction", "transform"]
+    assert {e["status"] for e in ended if e["type"] == "stage"} == {"failed"}
+    row = job_row(backend)
+    assert row["status"]["overall"] == "FAILED" and row["heartbeat_at"] is None
+    assert backend.scalar("select overall from etl_job_runs where run_id = :r", r=run.run_id) == "FAILED"
+    assert backend.sync(tenant).overall == "FINISHED", "the job can run again"
+
+
 def test_settings_narrow_the_repositories(backend, sandbox, token):
     tenant = add_tenant(backend, sandbox, settings={"include_forks": False, "include_archived": False})
 

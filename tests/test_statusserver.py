@@ -3,6 +3,7 @@ worker processes seen through RabbitMQ; tenant isolation; stalled clients cost n
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +21,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from ghetl import jobs
 from ghetl.broker import wait_until
 from ghetl.status import job_event, stage_event
 from ghetl.statusserver import CircleGuard, StatusServer, Subscription, changes
@@ -286,6 +289,65 @@ def test_errors_reach_clients_as_messages_without_tokens(embedded, sandbox, toke
                                         job_event(own, job, "r1", "FAILED", error=f"GitHub refused {TOKEN}")])
         failed = client.until(lambda ms: len(ms) == 3)[-1]
     assert failed["overall"] == "FAILED" and TOKEN not in failed["error"] and "GitHub refused" in failed["error"]
+
+
+def test_the_server_ends_a_run_whose_sync_process_died_and_tells_its_clients(backend, sandbox, tenant, monkeypatch):
+    monkeypatch.setattr(jobs, "STALE_AFTER", dt.timedelta(seconds=1))
+    with backend.engine.begin() as conn:
+        run, _ = jobs.start(conn, jobs.list_jobs(conn)[0], full=True)
+        jobs.stage_running(conn, run.run_id, run.job_id, STEP, "extraction")
+    with StatusServer(backend.engine, backend.broker, port=0, check_interval=0.2) as server:
+        client = Client(server.url, tenant, stream_key(backend, tenant))
+        messages = client.until_run_ends(run.run_id, timeout=20)
+    assert messages[0]["type"] == "snapshot" and messages[0]["jobs"][0]["overall"] == "RUNNING"
+    assert {m["stage"]: m["status"] for m in messages if m["type"] == "stage"} == dict.fromkeys(STAGES, "failed")
+    assert messages[-1]["overall"] == "FAILED" and "its sync process stopped responding" in messages[-1]["error"]
+    client.close()
+
+
+def test_a_replaced_key_cuts_off_the_connections_that_use_it(backend, sandbox, tenant):
+    old_key = stream_key(backend, tenant)
+    with StatusServer(backend.engine, backend.broker, port=0, check_interval=0.2) as server:
+        client = Client(server.url, tenant, old_key)
+        client.until(lambda ms: len(ms) == 1)
+        time.sleep(0.5)
+        client.barrier()  # several checks have passed and the connection is still open
+        new_key = stream_key(backend, tenant)
+        with pytest.raises(ConnectionClosed) as closed:
+            client.until(lambda ms: False, timeout=10)
+        assert closed.value.rcvd.code == 4403 and "ghetl tenant key" in closed.value.rcvd.reason
+        assert wait_until(lambda: not server.subscriptions(), 5)
+        fresh = Client(server.url, tenant, new_key)
+        assert fresh.until(lambda ms: len(ms) == 1)[0]["type"] == "snapshot", "the new key works"
+        time.sleep(0.5)
+        assert len(server.subscriptions()) == 1, "and stays connected"
+        fresh.close()
+    client.close()
+
+
+def test_after_the_subscription_comes_back_every_client_gets_a_snapshot(scaleout, sandbox, token, monkeypatch):
+    """A dropped RabbitMQ connection loses what was published until the queue is bound again."""
+    from ghetl import rabbitmq
+
+    tenant = add_tenant(scaleout, sandbox)
+    own, job = tenant_id(scaleout, tenant), scaleout.scalar("select id from etl_jobs")
+    deliver = rabbitmq._call
+
+    def drop_on_marker(callback, body):
+        if b'"drop-connection"' in body:
+            raise ConnectionResetError("connection reset by peer")  # as pika raises it mid-consume
+        deliver(callback, body)
+
+    monkeypatch.setattr(rabbitmq, "_call", drop_on_marker)
+    with StatusServer(scaleout.engine, scaleout.broker, port=0) as server:
+        client = Client(server.url, tenant, stream_key(scaleout, tenant))
+        client.until(lambda ms: len(ms) == 1)
+        scaleout.broker.publish_status([job_event(own, job, "drop-connection", "RUNNING")])
+        resync = client.until(lambda ms: len(ms) == 2, timeout=20)[-1]
+        assert resync["type"] == "snapshot" and resync["reason"] == "reconnect"
+        scaleout.broker.publish_status([job_event(own, job, "r2", "RUNNING")])
+        assert client.until(lambda ms: len(ms) == 3)[-1]["run_id"] == "r2", "events flow again after the snapshot"
+        client.close()
 
 
 def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:

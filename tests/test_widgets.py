@@ -8,6 +8,7 @@ from pathlib import Path
 import papermill
 import pytest
 
+from ghetl import tenants
 from ghetl.broker import wait_until
 from ghetl.statusserver import StatusServer
 from ghetl.widgets import COLOURS, BoardModel, StatusBoard
@@ -41,6 +42,22 @@ def test_the_board_turns_green_with_a_sync(backend, sandbox, tenant):
         assert cell.bar.value == 1.0 and cell.bar.bar_style == "success" and cell.count.value == "500/500"
     assert 'data-overall="FINISHED"' in panel.badge.value
     assert board.connection == "closed"
+
+
+def test_waiting_for_a_run_finds_its_job_among_several(backend, sandbox, tenant):
+    with backend.engine.begin() as conn:
+        second = tenants.add_integration(conn, tenant, "octocat", api_url=sandbox.url, token_env="GITHUB_TOKEN")
+    with StatusServer(backend.engine, backend.broker, port=0) as server:
+        board = StatusBoard(tenant, url=server.url, key=stream_key(backend, tenant))
+        assert wait_until(lambda: len(board.model.jobs) == 2, 10)
+
+        result = backend.sync(tenant, integration_id=second)
+
+        assert board.wait(result.run_id, timeout=30) == ALL_FINISHED
+        assert board.model.job_of_run(result.run_id).job_id == result.job_id
+        with pytest.raises(ValueError, match="say which one"):
+            board.wait(timeout=1)
+        board.close()
 
 
 def test_the_board_reconnects_and_resumes_from_a_fresh_snapshot(embedded, sandbox, token):
