@@ -499,7 +499,7 @@ class StatusServer:
         seen: dict[int, dict[str, Any]] | None = None
         while True:
             try:
-                current = await asyncio.to_thread(_job_states, self.engine)
+                current = await asyncio.to_thread(_job_states, self.engine, seen or {})
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("status poll failed, will retry: %s", str(exc).splitlines()[0])
             else:
@@ -517,13 +517,16 @@ def _asks_snapshot(message: str | bytes) -> bool:
         return False
 
 
-def _job_states(engine: sa.Engine) -> dict[int, dict[str, Any]]:
-    """Every job's status, run and error, with progress for the running ones."""
+def _job_states(engine: sa.Engine, before: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Every job's status, run and error, with progress for the running ones and for those whose
+    run ended since the last poll (`before`): their `finished` events carry the final counts."""
+    def counted(job: dict[str, Any]) -> bool:
+        old = before.get(job["id"])
+        return job["status"]["overall"] == "RUNNING" or (old is not None and (
+            old["status"]["overall"] == "RUNNING" or old["run_id"] != job["run_id"]))
+
     with engine.connect() as conn:
-        return {
-            j["id"]: {**j, "progress": jobs.job_progress(conn, j) if j["status"]["overall"] == "RUNNING" else {}}
-            for j in jobs.list_jobs(conn)
-        }
+        return {j["id"]: {**j, "progress": jobs.job_progress(conn, j) if counted(j) else {}} for j in jobs.list_jobs(conn)}
 
 
 def changes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> Iterator[Event]:

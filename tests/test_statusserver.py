@@ -24,7 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 from ghetl import jobs
 from ghetl.broker import wait_until
 from ghetl.status import job_event, stage_event
-from ghetl.statusserver import CircleGuard, StatusServer, Subscription, changes
+from ghetl.statusserver import CircleGuard, StatusServer, Subscription, _job_states, changes
 
 from .conftest import TOKEN, Backend, _scaleout, add_tenant
 from .status_helpers import (
@@ -373,6 +373,20 @@ def test_the_guard_drops_what_would_move_a_circle_backwards():
 def _polled(run_id: str, overall: str, progress: dict | None = None, **circles: str) -> dict:
     job = _snapshot_of(run_id, overall, **circles)["jobs"][0]
     return {1: {"tenant_id": 5, "run_id": run_id, "status": job["status"], "error_message": None, "progress": progress or {}}}
+
+
+def test_polled_finished_events_carry_the_final_counts(embedded, sandbox, token):
+    tenant = add_tenant(embedded, sandbox)
+    before = _job_states(embedded.engine, {})
+
+    embedded.sync(tenant)
+    after = _job_states(embedded.engine, before)
+
+    finished = [e for e in changes(before, after) if e.get("type") == "stage" and e["status"] == "finished"]
+    assert sorted((e["stage"], e.get("processed"), e.get("total")) for e in finished) == [
+        ("embedding", 500, 500), ("extraction", 500, 500), ("transform", 500, 500)]
+    job_id = next(iter(after))
+    assert _job_states(embedded.engine, after)[job_id]["progress"] == {}  # nothing new: not read again
 
 
 def test_polled_changes_become_the_events_a_live_bus_would_have_sent():
