@@ -54,7 +54,7 @@ class StageBars:
         with self._lock:
             if event.get("total") is not None and bar.total != event["total"]:
                 bar.total = event["total"]
-            bar.n = event["processed"]
+            bar.n = max(bar.n, event["processed"])  # events of several workers can arrive out of order
             bar.set_postfix_str(event["status"], refresh=False)
             bar.refresh()
 

@@ -86,7 +86,10 @@ class BoardModel:
         step, stage = message["step"], message["stage"]
         job.steps.setdefault(step, {"display_name": step, "order": len(job.steps) + 1})
         job.circles.setdefault(step, dict.fromkeys(STAGES, "idle"))[stage] = message["status"]
-        if message.get("processed") is not None:
+        shown = job.progress.get(step, {}).get(stage) or {}
+        # Workers report from several processes, so their events can arrive out of order: a
+        # stage's count never goes back within a run.
+        if message.get("processed") is not None and message["processed"] >= (shown.get("processed") or 0):
             job.progress.setdefault(step, {})[stage] = {k: message.get(k) for k in ("processed", "total", "failed")}
 
     def state(self, job: int | None = None) -> dict[str, dict[str, str]]:

@@ -111,6 +111,22 @@ def test_the_model_starts_a_new_run_from_idle():
         model.state(8)
 
 
+def test_a_count_that_arrives_late_does_not_step_back():
+    """Two workers' progress events can cross on their way; the later-computed one wins."""
+    model = BoardModel()
+
+    def progress(run: str, processed: int, status: str = "running") -> None:
+        model.apply({"type": "stage", "job_id": 7, "run_id": run, "step": STEP, "stage": "embedding",
+                     "status": status, "processed": processed, "total": 3000, "failed": 0})
+
+    progress("r1", 1300)
+    progress("r1", 1200)
+    assert model.job().progress[STEP]["embedding"]["processed"] == 1300
+    progress("r1", 3000, "finished")
+    progress("r2", 100)
+    assert model.job().progress[STEP]["embedding"]["processed"] == 100  # a new run starts again from 0
+
+
 def test_the_notebook_runs_under_papermill(tmp_path):
     """Unattended: the board must neither block a cell nor keep the run from ending."""
     out = tmp_path / "live_status.out.ipynb"
