@@ -29,6 +29,7 @@ import ipywidgets as w
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from . import steps as steps_mod
 from .status import STAGES
 from .statusserver import PROTOCOL_LOG
 
@@ -84,7 +85,10 @@ class BoardModel:
             job.error = message.get("error")
             return
         step, stage = message["step"], message["stage"]
-        job.steps.setdefault(step, {"display_name": step, "order": len(job.steps) + 1})
+        if step not in job.steps:
+            known = steps_mod.registry().get(step)
+            job.steps[step] = {"display_name": known.display_name if known else step,
+                               "order": known.order if known else len(job.steps) + 1}
         job.circles.setdefault(step, dict.fromkeys(STAGES, "idle"))[stage] = message["status"]
         shown = job.progress.get(step, {}).get(stage) or {}
         # Workers report from several processes, so their events can arrive out of order: a

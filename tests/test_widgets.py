@@ -120,6 +120,7 @@ def test_a_count_that_arrives_late_does_not_step_back():
                      "status": status, "processed": processed, "total": 3000, "failed": 0})
 
     progress("r1", 1300)
+    assert model.job().steps[STEP]["display_name"] == "GitHub Repositories"  # first seen through an event
     progress("r1", 1200)
     assert model.job().progress[STEP]["embedding"]["processed"] == 1300
     progress("r1", 3000, "finished")
