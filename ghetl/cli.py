@@ -386,13 +386,13 @@ def _redacted(value: Any) -> Any:
 
 
 def _one_line(exc: BaseException) -> str:
+    first = logs.first_line(exc)
     if isinstance(exc, sa.exc.DBAPIError):
-        first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         if _MISSING_TABLE.search(first):
             return f"the database has no ghetl schema yet ({first}); run: ghetl init"
         trouble = "database unavailable" if isinstance(exc, sa.exc.OperationalError) else "database error"
         return f"{trouble} ({first}); check GHETL_DATABASE_URL"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first
 
 
 if __name__ == "__main__":

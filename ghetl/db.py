@@ -290,9 +290,8 @@ def engine(url: str | None = None) -> Engine:
         try:
             _engines[url] = _create_engine(url)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[0]
             raise ValueError(
-                f"cannot use the database URL '{logs.safe_url(url)}' ({reason}); set GHETL_DATABASE_URL to "
+                f"cannot use the database URL '{logs.safe_url(url)}' ({logs.first_line(exc)}); set GHETL_DATABASE_URL to "
                 "postgresql+psycopg2://USER@HOST:5432/DATABASE or sqlite:///PATH"
             ) from exc
     return _engines[url]

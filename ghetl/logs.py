@@ -22,6 +22,13 @@ def safe_url(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error, for a one-line message: a database error's own (`orig`, the
+    driver's text without SQLAlchemy's statement dump), else the exception's, else its type."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def register_secret(value: str) -> None:
     """Have `redact` mask this value from now on, whatever its shape.
 

@@ -27,6 +27,7 @@ from . import embeddings, jobs, steps
 from .broker import Broker, Outcome, PoisonMessage
 from .db import embeddings as embeddings_table
 from .db import etl_jobs, raw_extraction_data, upsert, utcnow
+from .logs import first_line
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Pipeline:
 
     def _wait_for_database(self, exc: Exception) -> Outcome:
         """Put the message back, after a pause that doubles while the outage lasts; say so once per outage."""
-        reason = _first_line(exc)
+        reason = first_line(exc)
         with self._lock:
             first = self._outage_since is None
             if first:
@@ -331,7 +332,7 @@ class Pipeline:
                     self.broker.publish("embedding", [{**message, "items": end}])
                 self._advance(conn, message["run_id"])
         except Exception as exc:
-            log.error("could not record the failure of a %s message (%s); its items stay pending", stage, _first_line(exc))
+            log.error("could not record the failure of a %s message (%s); its items stay pending", stage, first_line(exc))
             log.debug("the failure to record it", exc_info=True)
 
 
@@ -363,11 +364,6 @@ def database_unavailable(exc: BaseException) -> bool:
         return sqlite_error in UNREACHABLE_SQLITE
     code = getattr(exc.orig, "pgcode", "")
     return code is None or code.startswith("08") or code in UNREACHABLE_SQLSTATES
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @functools.lru_cache(maxsize=16)
