@@ -211,8 +211,8 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     would no longer bring since the cut-off moved past them. Fetched by id, which follows
     renames and transfers; a 404 marks the row inactive. A repository GitHub keeps failing on
     (after every retry) is skipped with a warning, so one broken repository does not end the run.
-    Without a token neither is done: GitHub answers 404 for a private repository then, which is
-    no sign that it is gone.
+    Without a token, known repositories are not fetched again and a 404 marks nothing inactive:
+    GitHub answers 404 for a private repository then, which is no sign that it is gone.
     """
     wanted_ids = set(ctx.retry_ids)
     if ctx.full and ctx.client.authenticated:
