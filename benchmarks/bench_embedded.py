@@ -67,9 +67,9 @@ def main() -> None:
             tenants.add_tenant(conn, "bench")
             tenants.add_integration(conn, "bench", "bench", api_url=api_url)
         started = time.perf_counter()
-        result = sync("bench", engine=engine, broker=MemoryBroker(), progress=False, workers=args.workers, full=True)
+        result = sync("bench", engine=engine, broker=MemoryBroker(), workers=args.workers, full=True)
         wall = time.perf_counter() - started
-        second = sync("bench", engine=engine, broker=MemoryBroker(), progress=False)
+        second = sync("bench", engine=engine, broker=MemoryBroker())
 
     counts = result.counts["github_repositories"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

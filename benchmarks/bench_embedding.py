@@ -109,7 +109,7 @@ def staged_sync(engine: sa.Engine) -> tuple[SyncResult, float]:
     pipeline = Pipeline(engine, broker)
     results: list[SyncResult] = []
     runner = threading.Thread(target=lambda: results.append(
-        sync("bench", engine=engine, broker=broker, progress=False, full=True, run_workers=False)))
+        sync("bench", engine=engine, broker=broker, full=True, run_workers=False)))
     runner.start()
     stop_transform, stop_embedding = threading.Event(), threading.Event()
     consumers = [threading.Thread(target=broker.consume, args=([stage], pipeline.deliver),
@@ -138,11 +138,11 @@ def throughput(repos: int) -> None:
         texts, encode_alone = list(recording.texts), recording.seconds
         recording.texts.clear()
         again = sync("bench", engine=db.engine(f"sqlite:///{tmp}/staged.db"), broker=MemoryBroker(),
-                     progress=False, full=True)
+                     full=True)
         unchanged = len(recording.texts)
         durations.clear()
         started = time.perf_counter()
-        live = sync("bench", engine=fresh_tenant(tmp, "live", api_url), broker=MemoryBroker(), progress=False, full=True)
+        live = sync("bench", engine=fresh_tenant(tmp, "live", api_url), broker=MemoryBroker(), full=True)
         live_wall, live_busy = time.perf_counter() - started, sum(durations)
     before = bare_encode(model, texts)
     after = bare_encode(model, texts)

@@ -62,7 +62,7 @@ def run(case: str, tmp: str, n: int, api_url: str) -> dict[str, float]:
     broker = MemoryBroker()
     if case == "no server":
         started = time.perf_counter()
-        result = sync("bench", engine=engine, broker=broker, progress=False, full=True)
+        result = sync("bench", engine=engine, broker=broker, full=True)
         return {"seconds": time.perf_counter() - started, "overall_ok": result.overall == "FINISHED"}
     with StatusServer(engine, broker, port=0, queue_size=1000) as server, contextlib.ExitStack() as stack:
         counted, stop = [0], threading.Event()
@@ -85,7 +85,7 @@ def run(case: str, tmp: str, n: int, api_url: str) -> dict[str, float]:
             time.sleep(1.0)
             counted[0] = 0
         started = time.perf_counter()
-        result = sync("bench", engine=engine, broker=broker, progress=False, full=True)
+        result = sync("bench", engine=engine, broker=broker, full=True)
         seconds = time.perf_counter() - started
         time.sleep(0.3)
         stop.set()

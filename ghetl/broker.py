@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 STAGE_QUEUES = ("transform", "embedding")
 FLAGS = ("first_item", "last_item", "last_job_item")
 ENVELOPE = ("tenant_id", "integration_id", "job_id", "step")
+ENVELOPE_TYPES = {"tenant_id": int, "integration_id": int, "job_id": int, "step": str, "run_id": str}
 
 
 class PoisonMessage(ValueError):
@@ -78,6 +79,10 @@ def decode(body: bytes) -> dict[str, Any]:
     missing = [k for k in ENVELOPE if k not in message]
     if missing:
         raise PoisonMessage(f"message lacks {', '.join(missing)}")
+    for key, kind in ENVELOPE_TYPES.items():
+        value = message.get(key)
+        if (value is not None or key in ENVELOPE) and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise PoisonMessage(f"message field '{key}' must be {kind.__name__}, got {type(value).__name__}")
     if "items" not in message:
         message["items"] = [{k: message.get(k) for k in ("raw_data_id", "external_id", *FLAGS)}]
     items = message["items"]
@@ -89,8 +94,8 @@ def decode(body: bytes) -> dict[str, Any]:
         raw_id = item.get("raw_data_id")
         if raw_id is not None and not isinstance(raw_id, int):
             raise PoisonMessage(f"raw_data_id must be an integer or null, got {raw_id!r}")
-        if raw_id is None and item.get("external_id") is None and not item["last_job_item"]:
-            raise PoisonMessage("an item needs raw_data_id or external_id, or must be the completion item (last_job_item)")
+        if raw_id is None and item.get("external_id") is None and not item["last_item"]:
+            raise PoisonMessage("an item needs raw_data_id or external_id, or must be a step's completion item (last_item)")
     return message
 
 
@@ -110,9 +115,11 @@ def split_items(body: bytes) -> list[bytes]:
     return [encode({**message, "items": [item]}) for item in message["items"]]
 
 
-def completion_item() -> dict[str, Any]:
-    """The item of a run with nothing to do: it still passes every stage so every circle ends."""
-    return {"raw_data_id": None, "external_id": None, "first_item": True, "last_item": True, "last_job_item": True}
+def completion_item(*, last_job_item: bool = True) -> dict[str, Any]:
+    """The item of a step with nothing to do: it still passes every stage so every circle ends,
+    and carries the step's embedding catch-up."""
+    return {"raw_data_id": None, "external_id": None, "first_item": True, "last_item": True,
+            "last_job_item": last_job_item}
 
 
 Deliver = Callable[[str, bytes, int], Outcome]

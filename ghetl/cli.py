@@ -91,17 +91,22 @@ def cmd_integration_add(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from .progress import StageBars
     from .sync import sync
 
-    result = sync(
-        args.tenant,
-        args.integration,
-        engine=_engine(),
-        full=args.full,
-        progress=not args.json and not args.quiet,
-        workers=args.workers,
-        timeout=args.timeout,
-    )
+    bars = StageBars(enabled=not args.json and not args.quiet)
+    try:
+        result = sync(
+            args.tenant,
+            args.integration,
+            engine=_engine(),
+            full=args.full,
+            progress=bars if bars.drawn else None,
+            workers=args.workers,
+            timeout=args.timeout,
+        )
+    finally:
+        bars.close()
     if args.json:
         _print_json(result.as_dict())
     else:
@@ -127,8 +132,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
         rows = jobs.list_jobs(conn, tenant_id)
         names = {t["id"]: t["name"] for t in tenants.list_tenants(conn)}
-    for job in rows:
-        job["tenant"] = names.get(job["tenant_id"])
+        for job in rows:
+            job["tenant"] = names.get(job["tenant_id"])
+            job["orphaned"] = jobs.orphaned(conn, job)
     if args.json:
         _print_json(rows)
         return 0
@@ -139,6 +145,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         )
         last = job["last_sync_date"].isoformat(timespec="seconds") if job["last_sync_date"] else "never"
         line = f"{job['id']}\ttenant {job['tenant']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\tlast sync {last}"
+        if job["orphaned"]:
+            line += f"\torphaned: {job['orphaned']}; the next ghetl sync takes it over"
         if job["error_message"]:
             line += f"\terror: {logs.redact(job['error_message'])}"
         print(line)

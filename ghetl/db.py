@@ -144,6 +144,10 @@ etl_job_runs = sa.Table(
     sa.Column("totals", JSON, nullable=False, default=dict),
     sa.Column("stats", JSON, nullable=False, default=dict),
     sa.Column("error_message", sa.Text),
+    # The process that owns the run: on its own host, a run whose process is gone is taken over at once.
+    sa.Column("host", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("process_started", sa.Float),
 )
 
 etl_run_counts = sa.Table(
@@ -165,6 +169,7 @@ raw_extraction_data = sa.Table(
     sa.Column("run_id", sa.String(40)),
     sa.Column("entity_type", sa.String(100), nullable=False),
     sa.Column("external_id", sa.String(100), nullable=False),
+    sa.Column("parent_external_id", sa.String(100)),
     sa.Column("raw_data", sa.JSON, nullable=False),
     sa.Column("status", sa.String(20), nullable=False, default="pending"),
     sa.Column("failed_stage", sa.String(20)),

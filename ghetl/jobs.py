@@ -13,10 +13,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import os
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -86,11 +89,54 @@ def list_jobs(conn: Connection, tenant_id: int | None = None) -> list[dict[str, 
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
+@dataclass(frozen=True)
+class Owner:
+    """The process that runs a sync: a pid alone is reused by the system, its start time is not."""
+
+    host: str
+    pid: int
+    started: float
+
+    @classmethod
+    def this_process(cls) -> Owner:
+        return cls(socket.gethostname(), os.getpid(), psutil.Process().create_time())
+
+    def gone(self) -> bool:
+        """Whether this process has ended; only answerable on its own host."""
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started) > 1.0
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return True
+        except psutil.AccessDenied:
+            return False
+
+
+def orphaned(conn: Connection, job: dict[str, Any]) -> str | None:
+    """Why the job's running run has nobody working on it, or None when it has (or is not running).
+
+    On the host of its sync process the answer is immediate (that process is gone); elsewhere it
+    is the heartbeat that ran out.
+    """
+    if job["status"]["overall"] != "RUNNING" or not job["run_id"]:
+        return None
+    run = conn.execute(sa.select(etl_job_runs.c.host, etl_job_runs.c.pid, etl_job_runs.c.process_started)
+                       .where(etl_job_runs.c.run_id == job["run_id"])).first()
+    if run is not None and run.host == socket.gethostname() and run.pid is not None and run.process_started:
+        if Owner(run.host, run.pid, run.process_started).gone():
+            return f"its sync process (pid {run.pid} on {run.host}) is gone"
+        return None
+    beat = job["heartbeat_at"]
+    if beat is None or utcnow() - beat > STALE_AFTER:
+        return "its sync process stopped responding (no heartbeat)"
+    return None
+
+
 def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool = False) -> tuple[Run, list[Event]]:
     """Claim the job for a new run with one conditional UPDATE, or raise AlreadyRunning.
 
-    A run whose process died stops refreshing `heartbeat_at`; after STALE_AFTER it no longer
-    blocks the job, so a crashed scheduler run cannot lock a tenant out forever.
+    A run whose sync process is gone no longer blocks the job: at once when that process ran on
+    this host (its pid and start time are recorded with the run), after STALE_AFTER without a
+    heartbeat otherwise, so a killed scheduler run cannot lock a tenant out.
     An `anonymous` run (no token) does not move `last_sync_date` when it finishes: it saw no
     private repository, so the next run with a token must look as far back as this one did.
     """
@@ -98,32 +144,34 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
     run_id = uuid.uuid4().hex
     status = initial_status()
     status["overall"] = "RUNNING"
+    current = job_by_id(conn, job["id"])
+    orphan = orphaned(conn, current)
+    claimable = [etl_jobs.c.status["overall"].as_string() != "RUNNING", _stale(now)]
+    if orphan is not None and current["run_id"]:
+        claimable.append(etl_jobs.c.run_id == current["run_id"])
     claimed = conn.execute(
         etl_jobs.update()
-        .where(
-            etl_jobs.c.id == job["id"],
-            sa.or_(
-                etl_jobs.c.status["overall"].as_string() != "RUNNING",
-                _stale(now),
-            ),
-        )
+        .where(etl_jobs.c.id == job["id"], sa.or_(*claimable))
         .values(status=status, run_id=run_id, last_run_started_at=now, heartbeat_at=now, error_message=None)
     ).rowcount
     if claimed != 1:
         raise AlreadyRunning(f"job {job['id']} ({job['job_name']}) is already running; wait for it or check: ghetl jobs")
-    if job["run_id"]:
+    if current["run_id"]:
         conn.execute(
             etl_job_runs.update()
-            .where(etl_job_runs.c.run_id == job["run_id"], etl_job_runs.c.overall == "RUNNING")
-            .values(overall="FAILED", finished_at=now, error_message="superseded: its process stopped responding")
+            .where(etl_job_runs.c.run_id == current["run_id"], etl_job_runs.c.overall == "RUNNING")
+            .values(overall="FAILED", finished_at=now,
+                    error_message=f"superseded: {orphan or 'its process stopped responding'}")
         )
-    last = job["last_sync_date"]
+    owner = Owner.this_process()
+    last = current["last_sync_date"]
     cutoff = None if full or last is None else last - INCREMENTAL_OVERLAP
     run = Run(run_id, job["id"], job["tenant_id"], job["integration_id"], now, full or last is None, cutoff)
     conn.execute(
         etl_job_runs.insert().values(
             run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, anonymous=anonymous,
             cutoff=cutoff, started_at=now, overall="RUNNING", stats={}, totals={},
+            host=owner.host, pid=owner.pid, process_started=owner.started,
         )
     )
     return run, [job_event(run.tenant_id, run.job_id, run_id, "RUNNING")]
@@ -167,27 +215,34 @@ def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: 
 
 
 def extraction_done(
-    conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None, *, last_step: bool
+    conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None,
+    warnings: list[str] | None = None,
 ) -> list[Event]:
     """Record how many items the step has in this run; until then its later stages cannot finish.
 
-    The last step's embedding stage also owes the catch-up (every row still without a vector
-    of the workers' model, embedded with the run's last item): it is counted as pending work
-    here, so the stage cannot finish while a worker is still at it.
+    The step's embedding stage also owes the catch-up (every row of its table still without a
+    vector of the workers' model, embedded with the step's last item): it is counted as pending
+    work here, so the stage cannot finish while a worker is still at it.
+    `warnings` are the step's gaps: the run still finishes, shows them in the job's status, and
+    does not move `last_sync_date` past them.
     `error` is redacted here, as in `fail`: the run's error becomes the job's, which `ghetl
     jobs`, the status stream and notebooks show, so no caller has to remember to.
     """
     job = _lock_job(conn, run.job_id)
     if job["run_id"] != run.run_id:
         return []
-    if last_step:
-        count_items(conn, run.run_id, step, {"catch_up": 1})
+    count_items(conn, run.run_id, step, {"catch_up": 1})
     row = get_run(conn, run.run_id)
-    values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": stats}
+    assert row is not None
+    values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": {**row["stats"], **stats}}
+    if warnings:
+        values["stats"]["warnings"] = [*row["stats"].get("warnings", []), *(redact(w) for w in warnings)]
     if error:
         values["error_message"] = redact(error)
     conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run.run_id).values(**values))
     job["status"] = copy.deepcopy(job["status"])
+    if warnings:
+        job["status"]["warnings"] = values["stats"]["warnings"]
     events: list[Event] = []
     if job["status"]["steps"][step]["extraction"] == "idle":
         _move(job, run.run_id, step, "extraction", "running", events)
@@ -379,7 +434,7 @@ def _finish(conn: Connection, job: dict[str, Any], run: dict[str, Any]) -> list[
     overall = "FAILED" if error else "FINISHED"
     job["status"]["overall"] = overall
     values: dict[str, Any] = {"last_run_finished_at": now, "error_message": error, "heartbeat_at": None}
-    if not error and not run["anonymous"]:
+    if not error and not run["anonymous"] and not run["stats"].get("warnings"):
         values["last_sync_date"] = run["started_at"]
     _save_status(conn, job, **values)
     conn.execute(

@@ -25,33 +25,36 @@ def _bar_class() -> tuple[type, bool]:
 
 
 class StageBars:
-    """One bar per stage; totals appear once extraction knows how many items the run has.
+    """One bar per step and stage, drawn as its first event arrives; totals appear once
+    extraction knows how many items the step has.
 
     Bars are drawn in a notebook or a terminal; in a log file or a pipe they would be noise, so
-    there the log lines say what happened instead.
+    there the log lines say what happened instead (`drawn` is then false).
     """
 
     def __init__(self, *, enabled: bool) -> None:
-        self._bars: dict[str, Any] = {}
+        self._bars: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        if not enabled:
-            return
-        tqdm, in_notebook = _bar_class()
-        if in_notebook or sys.stderr.isatty():
-            self._bars = {
-                stage: tqdm(total=None, desc=f"{stage:<10}", unit=" repos", position=n, leave=True)
-                for n, stage in enumerate(STAGES)
-            }
+        self._tqdm: Any = None
+        if enabled:
+            tqdm, in_notebook = _bar_class()
+            if in_notebook or sys.stderr.isatty():
+                self._tqdm = tqdm
 
     @property
     def drawn(self) -> bool:
-        return bool(self._bars)
+        return self._tqdm is not None
 
     def update(self, event: Event) -> None:
-        bar = self._bars.get(event.get("stage", ""))
-        if bar is None or event.get("processed") is None:
+        stage, step = event.get("stage"), event.get("step")
+        if self._tqdm is None or stage not in STAGES or not step or event.get("processed") is None:
             return
         with self._lock:
+            bar = self._bars.get((step, stage))
+            if bar is None:
+                label = f"{step.removeprefix('github_')} {stage}"
+                bar = self._bars[(step, stage)] = self._tqdm(total=None, desc=f"{label:<24}", unit=" items",
+                                                            position=len(self._bars), leave=True)
             if event.get("total") is not None and bar.total != event["total"]:
                 bar.total = event["total"]
             bar.n = max(bar.n, event["processed"])  # events of several workers can arrive out of order

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import sqlalchemy as sa
@@ -24,7 +24,6 @@ from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
 from .github import GitHubClient, GitHubError, Policy
 from .logs import safe_url
-from .progress import StageBars
 from .status import Event, stage_event
 
 if TYPE_CHECKING:
@@ -58,6 +57,15 @@ class SyncResult:
         return asdict(self)
 
 
+class Progress(Protocol):
+    """Where a sync reports its status events as they come: bars in a terminal, widgets in a notebook.
+
+    The library draws nothing itself; the CLI passes `progress.StageBars`, the workbench its board.
+    """
+
+    def update(self, event: Event) -> None: ...
+
+
 def sync(
     tenant: str | int,
     integration_id: int | None = None,
@@ -65,8 +73,8 @@ def sync(
     full: bool = False,
     engine: sa.Engine | None = None,
     broker: Broker | None = None,
-    progress: bool = True,
-    workers: int = 1,
+    progress: Progress | None = None,
+    workers: int | tuple[int, int] = 1,
     run_workers: bool | None = None,
     timeout: float | None = None,
     on_event: Callable[[Event], None] | None = None,
@@ -75,8 +83,9 @@ def sync(
 
     Raises AlreadyRunning when another run holds the job; a run that ends FAILED is returned,
     not raised (see `SyncResult.overall`), so callers choose how loud to be. The transform and
-    embedding consumers run in this process (`workers` threads per stage) when `run_workers`
-    is true, which is the default on `memory://`; on RabbitMQ `ghetl worker` processes do it.
+    embedding consumers run in this process when `run_workers` is true, which is the default on
+    `memory://` (`workers` threads per stage, or a pair: transform threads, embedding threads);
+    on RabbitMQ `ghetl worker` processes do it.
     """
     engine = engine or db.engine()
     own_broker = broker is None
@@ -96,27 +105,23 @@ def sync(
                     integration["token_env"])
     policy = Policy.from_env()
     client = _client(tenant_row["name"], integration, token, policy)
-    embedder = _check_consumers(workers) if run_workers else None
+    per_stage = _per_stage(workers)
+    embedder = _check_consumers(per_stage) if run_workers else None
     broker.declare()
     with engine.begin() as conn:
         run, events = jobs.start(conn, job, full=full, anonymous=token is None)
 
-    bars = StageBars(enabled=progress)
     stop = threading.Event()
     consumers: _Consumers | None = None
     unsubscribe: Callable[[], None] | None = None
     ended = False
     try:
         log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
-        unsubscribe = _listen(broker, run.run_id, bars, on_event)
+        unsubscribe = _listen(broker, run.run_id, progress, on_event)
         broker.publish_status(events)
         if run_workers:
-            consumers = _Consumers(broker, engine, stop, workers, embedder)
-        ordered = list(steps.registry().values())
-        for step in ordered:
-            ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
-                                       retry_ids=_failed_before(engine, job["run_id"], step.name))
-            _extract(engine, broker, run, step, ctx, job, last_step=step is ordered[-1])
+            consumers = _Consumers(broker, engine, stop, per_stage, embedder)
+        _extract_all(engine, broker, run, job, client, integration, settings)
         _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers)
         ended = True
     except BaseException as exc:
@@ -131,23 +136,61 @@ def sync(
             consumers.join()
         if unsubscribe is not None:
             unsubscribe()
-        if ended and bars.drawn:
-            _settle(bars, engine, run)
-        bars.close()
+        if ended and progress is not None:
+            _settle(progress, engine, run)
         if own_broker:
             broker.close()  # RabbitMQ: what was handed to the publisher is written before the process ends
     return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
 
 
-def _settle(bars: StageBars, engine: sa.Engine, run: jobs.Run) -> None:
+def _per_stage(workers: int | tuple[int, int]) -> tuple[int, int]:
+    """Consumer threads for (transform, embedding): one number is both."""
+    pair = (workers, workers) if isinstance(workers, int) else tuple(workers)
+    if len(pair) != 2 or any(not isinstance(n, int) or n < 1 for n in pair):
+        raise ValueError(f"workers must be 1 or more per stage, got {workers}")
+    return pair[0], pair[1]
+
+
+def _extract_all(engine: sa.Engine, broker: Broker, run: jobs.Run, job: dict[str, Any], client: GitHubClient,
+                 integration: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Extract every step of the job, each in a thread of its own, and wait for all of them.
+
+    Concurrently, because a dependent step (pull requests of repositories) works on its
+    parent's items as they are transformed: the parent's later pages are still being listed
+    while the first items' children are fetched. A step without a parent starts at once too.
+    """
+    ordered = list(steps.registry().values())
+    failures: list[BaseException] = []
+
+    def extract(step: steps.Step) -> None:
+        try:
+            ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
+                                       retry_ids=_failed_before(engine, job["run_id"], step.name),
+                                       run_id=run.run_id, job_id=run.job_id, step=step.name,
+                                       depends_on=step.depends_on)
+            _extract(engine, broker, run, step, ctx, job, last_step=step is ordered[-1])
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=extract, args=(step,), name=f"ghetl-extract-{step.name}", daemon=True)
+               for step in ordered]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def _settle(progress: Progress, engine: sa.Engine, run: jobs.Run) -> None:
     """Draw the bars' last state from the database: the run's last status events may still be
     on their way from the workers when the job is seen to have ended."""
     with engine.connect() as conn:
         job = jobs.job_by_id(conn, run.job_id)
-        progress = jobs.job_progress(conn, job) if job["run_id"] == run.run_id else {}
-    for step, stages in progress.items():
+        counted = jobs.job_progress(conn, job) if job["run_id"] == run.run_id else {}
+    for step, stages in counted.items():
         for stage, counts in stages.items():
-            bars.update(stage_event(run.tenant_id, run.job_id, run.run_id, step, stage,
+            progress.update(stage_event(run.tenant_id, run.job_id, run.run_id, step, stage,
                                     job["status"]["steps"][step][stage], **counts))
 
 
@@ -165,15 +208,16 @@ def _failed_before(engine: sa.Engine, previous_run: str | None, step: str) -> se
         ).scalars())
 
 
-def _listen(broker: Broker, run_id: str, bars: StageBars, on_event: Callable[[Event], None] | None) -> Callable[[], None]:
-    """Feed the run's status events to the bars and `on_event`; returns how to stop.
+def _listen(broker: Broker, run_id: str, progress: Progress | None,
+            on_event: Callable[[Event], None] | None) -> Callable[[], None]:
+    """Feed the run's status events to `progress` and `on_event`; returns how to stop.
 
     Nobody listening (`--json`, a pipe, a log file) means no subscription at all: on RabbitMQ
     it is a connection of its own, opened and closed for nothing.
     """
-    if not bars.drawn and on_event is None:
+    if progress is None and on_event is None:
         return lambda: None
-    return broker.subscribe_status(_for_run(run_id, bars.update, on_event))
+    return broker.subscribe_status(_for_run(run_id, progress.update if progress else None, on_event))
 
 
 def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callable[[Event], None]:
@@ -198,7 +242,7 @@ def _client(tenant: str, integration: dict[str, Any], token: str | None, policy:
         ) from None
 
 
-def _check_consumers(workers: int) -> Embedder:
+def _check_consumers(per_stage: tuple[int, int]) -> Embedder:
     """Read what the consumers of this process need before the job starts, in this thread: a
     bad setting is then one error and no run, not a consumer thread that dies mid-run.
 
@@ -207,32 +251,31 @@ def _check_consumers(workers: int) -> Embedder:
     """
     from .embeddings import get_embedder
 
-    if workers < 1:
-        raise ValueError(f"workers must be 1 or more, got {workers}")
     broker_mod.check_settings()
     return get_embedder()
 
 
 class _Consumers:
-    """The transform and embedding consumers of this process (embedded default), in a thread
-    that keeps what stopped them: a sync must not wait forever for consumers that are gone."""
+    """The transform and embedding consumers of this process (embedded default), a thread per
+    stage that keeps what stopped it: a sync must not wait forever for consumers that are gone."""
 
-    def __init__(self, broker: Broker, engine: sa.Engine, stop: threading.Event, workers: int,
+    def __init__(self, broker: Broker, engine: sa.Engine, stop: threading.Event, per_stage: tuple[int, int],
                  embedder: Embedder | None) -> None:
         from .workers import Pipeline
 
         self.error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._consume,
-            args=(broker, Pipeline(engine, broker, embedder).deliver, workers, stop),
-            name="ghetl-consumers",
-            daemon=True,
-        )
-        self._thread.start()
+        deliver = Pipeline(engine, broker, embedder).deliver
+        self._threads = [
+            threading.Thread(target=self._consume, args=(broker, stage, deliver, n, stop),
+                             name=f"ghetl-{stage}-consumers", daemon=True)
+            for stage, n in zip(broker_mod.STAGE_QUEUES, per_stage)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _consume(self, broker: Broker, deliver: broker_mod.Deliver, workers: int, stop: threading.Event) -> None:
+    def _consume(self, broker: Broker, stage: str, deliver: broker_mod.Deliver, n: int, stop: threading.Event) -> None:
         try:
-            broker.consume(list(broker_mod.STAGE_QUEUES), deliver, concurrency=workers, stop=stop)
+            broker.consume([stage], deliver, concurrency=n, stop=stop)
         except BaseException as exc:
             self.error = exc
 
@@ -242,7 +285,8 @@ class _Consumers:
             raise self.error
 
     def join(self) -> None:
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 def _extract(
@@ -253,6 +297,8 @@ def _extract(
 
     Holding the last page back until `extraction_done` has committed guarantees that whichever
     worker finishes the last item sees the run's total, so the run cannot stall unfinished.
+    The step's last item (`last_item`) also carries its embedding catch-up; the job's very last
+    one (`last_job_item`) is the last step's.
     """
     envelope = {
         "tenant_id": run.tenant_id, "integration_id": run.integration_id, "job_id": run.job_id,
@@ -283,15 +329,15 @@ def _extract(
                 last_beat = time.monotonic()
     except (GitHubError, httpx.HTTPError) as exc:
         error = str(exc)
-        log.error("extraction stopped: %s; the %d repositories fetched so far are kept", error, total)
+        log.error("extraction of %s stopped: %s; the %d items fetched so far are kept", step.display_name, error, total)
     stats = {**ctx.client.stats.as_dict(), **ctx.stats}
     with engine.begin() as conn:
-        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error, last_step=last_step))
+        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error, ctx.warnings))
     if held:
         held[-1].update(last_item=True, last_job_item=last_step)
         broker.publish("transform", [{**envelope, "items": held}])
     else:
-        broker.publish("transform", [{**envelope, "items": [broker_mod.completion_item()]}])
+        broker.publish("transform", [{**envelope, "items": [broker_mod.completion_item(last_job_item=last_step)]}])
     log.info("extraction of %s done: %d items published", step.name, total)
 
 
@@ -304,7 +350,8 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batc
     rows = [
         {
             "tenant_id": run.tenant_id, "integration_id": run.integration_id, "job_id": run.job_id,
-            "run_id": run.run_id, "entity_type": step.name, "external_id": str(p["id"]), "raw_data": p,
+            "run_id": run.run_id, "entity_type": step.name, "external_id": step.key(p),
+            "parent_external_id": step.parent_key(p) if step.parent_key else None, "raw_data": p,
             "status": "pending", "attempts": 0, "created_at": now, "updated_at": now,
         }
         for p in batch.payloads
@@ -315,8 +362,8 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batc
         if batch.landed is not None:
             batch.landed(conn)
     return [
-        {"raw_data_id": raw_id, "external_id": row["external_id"], "first_item": False, "last_item": False,
-         "last_job_item": False}
+        {"raw_data_id": raw_id, "external_id": row["external_id"], "parent_external_id": row["parent_external_id"],
+         "first_item": False, "last_item": False, "last_job_item": False}
         for raw_id, row in zip(ids, rows)
     ]
 

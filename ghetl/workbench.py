@@ -21,6 +21,7 @@ from . import broker as broker_mod
 from . import config, db, embeddings, frames, logs, tenants
 from . import settings as settings_mod
 from .github import GitHubClient, GitHubError
+from .progress import StageBars
 from .sandbox import Sandbox
 from .steps import repositories as repositories_step
 from .sync import SyncResult, sync
@@ -295,12 +296,14 @@ def run_sync(
     """
     broker = broker_mod.connect()
     board = _LiveBoard.open(tenant, status_key or os.environ.get("GHETL_STATUS_KEY"), broker)
+    bars = StageBars(enabled=board is None)
     try:
         result = sync(tenant, full=full, run_workers=run_workers, timeout=timeout, broker=broker,
-                      progress=board is None)
+                      progress=bars if bars.drawn else None)
         if board is not None:
             board.settle(result.run_id)
     finally:
+        bars.close()
         if board is not None:
             board.close()
         if not isinstance(broker, broker_mod.MemoryBroker):

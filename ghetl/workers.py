@@ -41,7 +41,7 @@ CATCH_UP_BATCH = 500
 # The statements every message runs are built once (see jobs.item_counts).
 _RAW_BATCH = sa.select(
     raw_extraction_data.c.id, raw_extraction_data.c.external_id, raw_extraction_data.c.raw_data,
-    raw_extraction_data.c.status,
+    raw_extraction_data.c.status, raw_extraction_data.c.parent_external_id,
 ).where(raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)))
 _MOVE = (
     raw_extraction_data.update()
@@ -170,7 +170,6 @@ class Pipeline:
     def _transform(self, conn: sa.Connection, step: steps.Step, message: dict[str, Any]) -> list[dict[str, Any]]:
         """Upsert the batch's rows; return the items to forward to embedding (failed ones stay behind)."""
         ids = [i["raw_data_id"] for i in message["items"] if i["raw_data_id"] is not None]
-        ctx = {"tenant_id": message["tenant_id"], "integration_id": message["integration_id"]}
         with conn.begin():
             raws = {r.id: r for r in conn.execute(_RAW_BATCH, {"ids": ids})}
             rows: dict[int, dict[str, Any]] = {}
@@ -182,6 +181,8 @@ class Pipeline:
                     continue
                 if raw.status == "failed":
                     continue
+                ctx = steps.RowContext(tenant_id=message["tenant_id"], integration_id=message["integration_id"],
+                                       parent_external_id=raw.parent_external_id)
                 try:
                     rows[raw_id] = step.to_row(raw.raw_data, ctx)
                 except Exception as exc:
@@ -191,7 +192,7 @@ class Pipeline:
             _move(conn, message["run_id"], step.name, ok, "transformed", "pending")
             _fail(conn, message["run_id"], step.name, errors, "transform")
         for raw_id, error in errors.items():
-            log.warning("repository payload %s failed in transform: %s", raw_id, error)
+            log.warning("%s payload %s failed in transform: %s", step.display_name, raw_id, error)
         forward = []
         for item in message["items"]:
             raw_id = item["raw_data_id"]
@@ -206,8 +207,9 @@ class Pipeline:
 
         A row the embedder gives a zero or non-finite vector is not stored: the others are, and
         the message is then retried, which re-encodes only the refused rows; after the last
-        attempt they are marked failed. The run's last item also embeds every row that has no
-        vector of the current model yet, so switching GHETL_EMBEDDER re-embeds on the next sync.
+        attempt they are marked failed. The step's last item also embeds every row of its table
+        that has no vector of the current model yet, so switching GHETL_EMBEDDER re-embeds on the
+        next sync.
         """
         scope = {
             "tenant_id": message["tenant_id"],
@@ -216,12 +218,12 @@ class Pipeline:
         }
         items = [i for i in message["items"] if i.get("external_id") is not None]
         refused = self._embed_items(conn, step, scope, message["run_id"], items) if items else {}
-        if any(i["last_job_item"] for i in message["items"]):
+        if any(i["last_item"] for i in message["items"]):
             self._embed_missing(conn, step, scope, message["run_id"], skip=set(refused))
             with conn.begin():
                 jobs.catch_up_done(conn, message["run_id"], step.name)
         if refused:
-            raise ValueError(f"embedder refused {len(refused)} of {len(items)} repositories: "
+            raise ValueError(f"embedder refused {len(refused)} of {len(items)} {step.table_name}: "
                              + "; ".join(f"{ext}: {why}" for ext, why in refused.items()))
 
     def _embed_items(
@@ -326,7 +328,7 @@ class Pipeline:
             with self.engine.connect() as conn:
                 with conn.begin():
                     _fail(conn, message["run_id"], message["step"], {i: reason for i in ids}, stage)
-                    if stage == "embedding" and any(i.get("last_job_item") for i in message["items"]):
+                    if stage == "embedding" and any(i.get("last_item") for i in message["items"]):
                         jobs.catch_up_done(conn, message["run_id"], message["step"])
                 if stage == "transform" and (end := _end_left_behind(message["items"], [])):
                     self.broker.publish("embedding", [{**message, "items": end}])
@@ -337,13 +339,14 @@ class Pipeline:
 
 
 def _end_left_behind(items: list[dict[str, Any]], forwarded: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The run's end, as a completion item, when it is among `items` but not among those going on.
+    """The step's end, as a completion item, when it is among `items` but not among those going on.
 
-    The item flagged `last_job_item` tells the embedding stage to do the run's catch-up, which
-    the run counts on; when that item itself failed in transform, the flag must still get there.
+    The item flagged `last_item` tells the embedding stage to do the step's catch-up, which the
+    run counts on; when that item itself failed in transform, the flag must still get there.
     """
-    if any(i.get("last_job_item") for i in items) and not any(i.get("last_job_item") for i in forwarded):
-        return [{**broker_mod.completion_item(), "first_item": False}]
+    last = [i for i in items if i.get("last_item")]
+    if last and not any(i.get("last_item") for i in forwarded):
+        return [{**broker_mod.completion_item(last_job_item=bool(last[0].get("last_job_item"))), "first_item": False}]
     return []
 
 

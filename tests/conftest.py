@@ -49,7 +49,6 @@ class Backend:
         """Run a sync with this test's engine and broker, consumers in this process."""
         from ghetl.sync import sync
 
-        kwargs.setdefault("progress", False)
         kwargs.setdefault("run_workers", True)
         kwargs.setdefault("timeout", 120)
         return sync(tenant, engine=self.engine, broker=self.broker, **kwargs)
