@@ -129,6 +129,7 @@ class Broker(Protocol):
     """What the pipeline needs from a message broker."""
 
     url: str
+    published: int  # work messages published by this process, for the worker's closing line
 
     def declare(self) -> None:
         """Make sure the broker can be reached and holds the queues; raise ConnectionError if not."""
@@ -138,6 +139,12 @@ class Broker(Protocol):
 
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
         """Process deliveries of those stages until `stop` is set; block meanwhile."""
+
+    def queue(self, stage: str) -> str:
+        """The name a user sees for the stage's queue (in warnings that say what to start)."""
+
+    def consumer_count(self, stage: str) -> int:
+        """How many consumers the stage's queue has now; raise ConnectionError if unknown."""
 
     def publish_status(self, events: list[Event]) -> None: ...
 
@@ -199,9 +206,11 @@ class MemoryBroker:
     url: str = "memory://"
     status_bus: StatusBus = field(default_factory=StatusBus)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    published: int = 0
 
     def __post_init__(self) -> None:
         self._queues: dict[str, queue.Queue[tuple[bytes, int]]] = {s: queue.Queue() for s in STAGE_QUEUES}
+        self._consumers = dict.fromkeys(STAGE_QUEUES, 0)
         self._lock = threading.Lock()
 
     def declare(self) -> None:
@@ -210,6 +219,8 @@ class MemoryBroker:
     def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
         for message in messages:
             self._queues[stage].put((encode(message), 1))
+        with self._lock:
+            self.published += len(messages)
 
     def publish_raw(self, stage: str, body: bytes) -> None:
         """Put bytes on a queue as they are (how tests and operators inject a bad message)."""
@@ -221,7 +232,23 @@ class MemoryBroker:
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
         run_consumers(self._loop, stages, deliver, concurrency=concurrency, stop=stop)
 
+    def queue(self, stage: str) -> str:
+        return f"{stage} (in-process)"
+
+    def consumer_count(self, stage: str) -> int:
+        with self._lock:
+            return self._consumers[stage]
+
     def _loop(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:
+        with self._lock:
+            self._consumers[stage] += 1
+        try:
+            self._deliver_until(stage, deliver, stop)
+        finally:
+            with self._lock:
+                self._consumers[stage] -= 1
+
+    def _deliver_until(self, stage: str, deliver: Deliver, stop: threading.Event) -> None:
         q = self._queues[stage]
         while not stop.is_set():
             try:

@@ -218,7 +218,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             outcomes[outcome.action] += 1
         return outcome
 
-    queues = ", ".join(broker.queue(s) for s in stages)  # type: ignore[attr-defined]
+    queues = ", ".join(broker.queue(s) for s in stages)
     log.info("worker %d consuming %s at %s, %d consumer(s) per queue; stop with Ctrl-C or SIGTERM",
              os.getpid(), queues, logs.safe_url(broker.url), args.concurrency)
     try:
@@ -227,7 +227,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         broker.close()
     log.info("worker %d stopped: %d messages done, %d sent to retry, %d put back while the database was down, "
              "%d dead-lettered, %d published", os.getpid(), outcomes["ack"], outcomes["retry"], outcomes["requeue"],
-             outcomes["dead"], broker.published)  # type: ignore[attr-defined]
+             outcomes["dead"], broker.published)
     return 0
 
 

@@ -368,56 +368,89 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batc
     ]
 
 
+class Stalled(TimeoutError):
+    """The run cannot end by itself: nobody consumes a stage it waits on, or nothing moves."""
+
+
 def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remote: Broker | None = None,
                   consumers: _Consumers | None = None) -> None:
     """Poll the job until its run ended, keeping the heartbeat fresh meanwhile.
 
-    With `remote`, the stages run in other processes: a stage queue that nobody consumes would
-    make this wait forever in silence, so it is pointed out, and again every minute while it
-    lasts. With `consumers`, they run in this one, and their failure ends the wait.
+    A run must never wait for work that nobody can do. With `remote`, the stages run in other
+    processes: a stage queue that nobody consumes is pointed out at once and every minute, and
+    after GHETL_NO_WORKER_TIMEOUT (10 min) the run ends FAILED saying which worker to start.
+    Whatever the cause (a message lost with a purged queue, a failure that could not be
+    recorded), a run whose counts have not moved for GHETL_STALL_TIMEOUT (15 min) ends FAILED
+    too; its unfinished items are the next run's work. With `consumers`, they run in this
+    process, and their failure ends the wait.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    no_worker_after = config.env_float("GHETL_NO_WORKER_TIMEOUT", 600.0, minimum=0.1)
+    stall_after = config.env_float("GHETL_STALL_TIMEOUT", 900.0, minimum=0.1)
     last_beat, last_check = time.monotonic(), float("-inf")
-    unattended: dict[str, float] = {}
+    watch = _Unattended(remote) if remote is not None else None
+    progress: tuple[Any, float] = (None, time.monotonic())
     while True:
         with engine.connect() as conn:
             job = jobs.job_by_id(conn, run.job_id)
+            counts = jobs.item_counts(conn, run.run_id)
+        now = time.monotonic()
         if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
             return
         if consumers is not None:
             consumers.check()
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and now > deadline:
             raise TimeoutError(f"the job did not finish within {timeout:.0f} s")
-        if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
+        if counts != progress[0]:
+            progress = (counts, now)
+        elif now - progress[1] > stall_after:
+            raise Stalled(f"no progress for {_duration(stall_after)}: {_waiting(counts)}; "
+                          "its unfinished items are taken up by the next run")
+        if now - last_beat > HEARTBEAT_SECONDS:
             with engine.begin() as conn:
                 jobs.heartbeat(conn, run)
-            last_beat = time.monotonic()
-        if remote is not None and time.monotonic() - last_check > CONSUMER_CHECK_SECONDS:
-            unattended = _warn_unattended(remote, unattended, time.monotonic())
-            last_check = time.monotonic()
+            last_beat = now
+        if watch is not None and now - last_check > min(CONSUMER_CHECK_SECONDS, no_worker_after / 2):
+            watch.check(now, no_worker_after)
+            last_check = now
         time.sleep(0.05)
 
 
-def _warn_unattended(broker: Broker, warned: dict[str, float], now: float) -> dict[str, float]:
-    """Warn about stage queues without consumers, and again every UNATTENDED_REPEAT_SECONDS while
-    they have none: a sync without --timeout waits for workers forever, and one warning at its
-    start scrolls out of sight. Return when each idle queue was last warned about.
-    """
-    consumer_count = getattr(broker, "consumer_count", None)
-    if consumer_count is None:
-        return warned
-    try:
-        idle = {stage for stage in broker_mod.STAGE_QUEUES if consumer_count(stage) == 0}
-    except ConnectionError as exc:
-        log.debug("cannot count the consumers now: %s", exc)
-        return warned
-    last_warned = {}
-    for stage in sorted(idle):
-        last_warned[stage] = warned.get(stage, float("-inf"))
-        if now - last_warned[stage] >= UNATTENDED_REPEAT_SECONDS:
-            log.warning("no workers are consuming %s; start one with: ghetl worker all", broker.queue(stage))  # type: ignore[attr-defined]
-            last_warned[stage] = now
-    return last_warned
+def _waiting(counts: dict[str, dict[str, int]]) -> str:
+    pending = sum(c["pending"] for c in counts.values())
+    transformed = sum(c["transformed"] for c in counts.values())
+    return f"{pending} items still waiting for transform, {transformed} for embedding"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} minutes" if seconds >= 120 else f"{seconds:.0f} s"
+
+
+class _Unattended:
+    """Stage queues without consumers: warned about at once and every UNATTENDED_REPEAT_SECONDS
+    while it lasts (one warning at the start scrolls out of sight), and the run's end when it
+    lasts longer than the run may wait."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.idle_since: dict[str, float] = {}
+        self.warned: dict[str, float] = {}
+
+    def check(self, now: float, give_up_after: float) -> None:
+        try:
+            idle = {stage for stage in broker_mod.STAGE_QUEUES if self.broker.consumer_count(stage) == 0}
+        except ConnectionError as exc:
+            log.debug("cannot count the consumers now: %s", exc)
+            return
+        self.idle_since = {stage: self.idle_since.get(stage, now) for stage in idle}
+        self.warned = {stage: when for stage, when in self.warned.items() if stage in idle}
+        for stage in (s for s in broker_mod.STAGE_QUEUES if s in idle):
+            if now - self.idle_since[stage] > give_up_after:
+                raise Stalled(f"no {stage} worker for {_duration(give_up_after)}; start one with: ghetl worker all "
+                              f"(the queue is {self.broker.queue(stage)})")
+            if now - self.warned.get(stage, float("-inf")) >= UNATTENDED_REPEAT_SECONDS:
+                log.warning("no workers are consuming %s; start one with: ghetl worker all", self.broker.queue(stage))
+                self.warned[stage] = now
 
 
 def _result(engine: sa.Engine, tenant: str, run: jobs.Run, client: GitHubClient, seconds: float) -> SyncResult:

@@ -263,7 +263,7 @@ def test_sync_cli_waits_for_workers_with_progress_and_exit_code(
     assert "FINISHED" in out
     lines = err.replace("\r", "\n").splitlines()
     for stage in ("extraction", "transform", "embedding"):
-        assert any(line.startswith(stage) and "500/500" in line for line in lines), err
+        assert any(line.startswith(f"repositories {stage}") and "500/500" in line for line in lines), err
     stored_once(scaleout, 500)
 
 
