@@ -124,6 +124,17 @@ def _print_summary(result: dict[str, Any]) -> None:
     requests = result["requests"]
     print(f"  GitHub: {requests} request{'' if requests == 1 else 's'}, {result['not_modified']} not modified (304), "
           f"{result['rate_limit_points']} rate-limit points")
+    for line in _gaps(result["stats"]):
+        print(f"  {line}")
+
+
+def _gaps(stats_or_status: dict[str, Any]) -> list[str]:
+    """The run's warnings and its given-up items, one line each, as `sync` and `jobs` show them."""
+    lines = [f"warning: {w}" for w in stats_or_status.get("warnings", [])]
+    for step, given_up in stats_or_status.get("given_up", {}).items():
+        lines.append(f"given up: {given_up['count']} {step} items no run tries again "
+                     f"(e.g. {'; '.join(given_up['examples'][:2])})")
+    return lines
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -149,7 +160,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             line += f"\torphaned: {job['orphaned']}; the next ghetl sync takes it over"
         if job["error_message"]:
             line += f"\terror: {logs.redact(job['error_message'])}"
-        print(line)
+        print("\n  ".join([line, *_gaps(job["status"])]))
     return 0
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from . import config, logs
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RAW_FILLFACTOR = 50
 OVERALL_STATES = ("READY", "RUNNING", "FINISHED", "FAILED")
 
@@ -175,6 +175,8 @@ raw_extraction_data = sa.Table(
     sa.Column("failed_stage", sa.String(20)),
     sa.Column("error_message", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    # How many later runs took the item over unfinished (see carryover.py); NULL is none.
+    sa.Column("carried_over", sa.Integer, default=0),
     *_timestamps(),
     # No index holds `status`: each item changes it twice, and on PostgreSQL an update that
     # touches no indexed column and finds room on its page is a cheap in-page (HOT) update
@@ -218,6 +220,9 @@ repositories = sa.Table(
     sa.Column("pushed_at", UTCDateTime),
     sa.Column("active", sa.Boolean, nullable=False, default=True),
     sa.Column("content_hash", sa.String(64), nullable=False),
+    # When the payload this row holds was fetched: with repo_updated_at, what tells a late
+    # older payload from a newer one (see upsert's `newest`).
+    sa.Column("fetched_at", UTCDateTime),
     *_timestamps(),
     # GitHub's id leads: a stage looks up a batch of ids, and with the id first PostgreSQL
     # finds them by index even before the table has statistics (a first sync).
@@ -502,6 +507,7 @@ def upsert(
     keys: Iterable[str],
     *,
     changed_when: str | None = None,
+    newest: tuple[str, str] | None = None,
 ) -> None:
     """Insert rows, or update the existing row with the same keys, as one statement.
 
@@ -512,6 +518,9 @@ def upsert(
     PostgreSQL refuses a statement that updates one row twice, so rows repeating a key are
     merged, the last one winning. With `changed_when` (a column name), an existing row is only
     touched when that column's value differs, so a redelivered message writes nothing at all.
+    With `newest` (GitHub's version column, then the time the payload was fetched), an existing
+    row is never replaced by an older version: a late message of an earlier run, or a payload
+    taken over from one, cannot undo what a later one stored.
     """
     if not rows:
         return
@@ -521,7 +530,7 @@ def upsert(
         now = utcnow()
         rows = [{**row, "updated_at": now} for row in rows]
     postgres = conn.dialect.name == "postgresql"
-    stmt = _upsert_statement(table, tuple(rows[0]), keys, changed_when, postgres)
+    stmt = _upsert_statement(table, tuple(rows[0]), keys, changed_when, newest, postgres)
     conn.execute(stmt, _batch_params(table, rows) if postgres else rows)
 
 
@@ -533,15 +542,28 @@ def _insert_statement(table: sa.Table, columns: tuple[str, ...]) -> Any:
 
 @functools.lru_cache(maxsize=64)
 def _upsert_statement(
-    table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...], changed_when: str | None, postgres: bool
+    table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...], changed_when: str | None,
+    newest: tuple[str, str] | None, postgres: bool,
 ) -> Any:
     if postgres:
         stmt = postgresql.insert(table).from_select(columns, _batch_select(table, columns))
     else:
         stmt = sqlite.insert(table)
     updated = {c: stmt.excluded[c] for c in columns if c not in keys and c != "created_at"}
-    where = None if changed_when is None else table.c[changed_when].is_distinct_from(stmt.excluded[changed_when])
-    return stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=where)
+    conditions = []
+    if changed_when is not None:
+        conditions.append(table.c[changed_when].is_distinct_from(stmt.excluded[changed_when]))
+    if newest is not None:
+        conditions.append(_not_older(table, stmt.excluded, *newest))
+    return stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=sa.and_(*conditions) if conditions else None)
+
+
+def _not_older(table: sa.Table, excluded: Any, version: str, fetched: str) -> Any:
+    """The incoming row is at least as new as the stored one: a later version, or the same
+    version fetched no earlier. A stored row without a version yields to anything."""
+    old_v, new_v, old_f, new_f = table.c[version], excluded[version], table.c[fetched], excluded[fetched]
+    return sa.or_(old_v.is_(None), new_v > old_v,
+                  sa.and_(new_v == old_v, sa.or_(old_f.is_(None), new_f.is_(None), new_f >= old_f)))
 
 
 def _beside(column: sa.Column) -> tuple[Any, Any] | None:

@@ -23,7 +23,7 @@ from .sync import SyncResult
 
 DEFAULT_ENTITY = "github_repositories"
 RAW_META = ["raw_id", "run_id", "external_id", "processing_status", "extracted_at"]
-ROW_IDENTITY = {"tenant_id", "integration_id", "external_id", "content_hash"}
+ROW_IDENTITY = {"tenant_id", "integration_id", "external_id", "content_hash", "fetched_at"}
 
 
 def _engine(engine: sa.Engine | None) -> sa.Engine:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import logging
 import os
 import socket
 import uuid
@@ -27,6 +28,8 @@ from . import steps
 from .db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
 from .logs import redact
 from .status import STAGES, Event, job_event, stage_event
+
+log = logging.getLogger(__name__)
 
 STALE_AFTER = dt.timedelta(minutes=5)
 INCREMENTAL_OVERLAP = dt.timedelta(seconds=60)
@@ -131,7 +134,8 @@ def orphaned(conn: Connection, job: dict[str, Any]) -> str | None:
     return None
 
 
-def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool = False) -> tuple[Run, list[Event]]:
+def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool = False,
+          settings: str | None = None) -> tuple[Run, list[Event]]:
     """Claim the job for a new run with one conditional UPDATE, or raise AlreadyRunning.
 
     A run whose sync process is gone no longer blocks the job: at once when that process ran on
@@ -139,6 +143,9 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
     heartbeat otherwise, so a killed scheduler run cannot lock a tenant out.
     An `anonymous` run (no token) does not move `last_sync_date` when it finishes: it saw no
     private repository, so the next run with a token must look as far back as this one did.
+    `settings` is the integration's settings fingerprint: a run under settings other than the
+    last finished run's is full, since an incremental listing would not show which repositories
+    the new settings keep or drop.
     """
     now = utcnow()
     run_id = uuid.uuid4().hex
@@ -165,16 +172,28 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
         )
     owner = Owner.this_process()
     last = current["last_sync_date"]
+    if settings is not None and not full and _settings_changed(conn, job["id"], settings):
+        log.info("the integration's settings changed since the last finished run: this run is a full listing")
+        full = True
     cutoff = None if full or last is None else last - INCREMENTAL_OVERLAP
     run = Run(run_id, job["id"], job["tenant_id"], job["integration_id"], now, full or last is None, cutoff)
     conn.execute(
         etl_job_runs.insert().values(
             run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, anonymous=anonymous,
-            cutoff=cutoff, started_at=now, overall="RUNNING", stats={}, totals={},
+            cutoff=cutoff, started_at=now, overall="RUNNING", stats={"settings": settings} if settings else {}, totals={},
             host=owner.host, pid=owner.pid, process_started=owner.started,
         )
     )
     return run, [job_event(run.tenant_id, run.job_id, run_id, "RUNNING")]
+
+
+def _settings_changed(conn: Connection, job_id: int, settings: str) -> bool:
+    previous = conn.execute(
+        sa.select(etl_job_runs.c.stats)
+        .where(etl_job_runs.c.job_id == job_id, etl_job_runs.c.overall == "FINISHED")
+        .order_by(etl_job_runs.c.started_at.desc()).limit(1)
+    ).scalar()
+    return previous is not None and previous.get("settings") not in (None, settings)
 
 
 def get_run(conn: Connection, run_id: str) -> dict[str, Any] | None:
@@ -216,7 +235,7 @@ def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: 
 
 def extraction_done(
     conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None,
-    warnings: list[str] | None = None,
+    warnings: list[str] | None = None, given_up: dict[str, Any] | None = None,
 ) -> list[Event]:
     """Record how many items the step has in this run; until then its later stages cannot finish.
 
@@ -224,7 +243,9 @@ def extraction_done(
     vector of the workers' model, embedded with the step's last item): it is counted as pending
     work here, so the stage cannot finish while a worker is still at it.
     `warnings` are the step's gaps: the run still finishes, shows them in the job's status, and
-    does not move `last_sync_date` past them.
+    does not move `last_sync_date` past them. `given_up` (count and examples) are the step's
+    items that no run will try again (see carryover.py): shown the same way, but they do not
+    hold `last_sync_date`, which would otherwise never move again.
     `error` is redacted here, as in `fail`: the run's error becomes the job's, which `ghetl
     jobs`, the status stream and notebooks show, so no caller has to remember to.
     """
@@ -237,12 +258,16 @@ def extraction_done(
     values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": {**row["stats"], **stats}}
     if warnings:
         values["stats"]["warnings"] = [*row["stats"].get("warnings", []), *(redact(w) for w in warnings)]
+    if given_up:
+        values["stats"]["given_up"] = {**row["stats"].get("given_up", {}),
+                                       step: {**given_up, "examples": [redact(e) for e in given_up["examples"]]}}
     if error:
         values["error_message"] = redact(error)
     conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run.run_id).values(**values))
     job["status"] = copy.deepcopy(job["status"])
-    if warnings:
-        job["status"]["warnings"] = values["stats"]["warnings"]
+    for key in ("warnings", "given_up"):
+        if key in values["stats"]:
+            job["status"][key] = values["stats"][key]
     events: list[Event] = []
     if job["status"]["steps"][step]["extraction"] == "idle":
         _move(job, run.run_id, step, "extraction", "running", events)

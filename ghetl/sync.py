@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -18,7 +18,7 @@ import httpx
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import config, db, jobs, steps, tenants
+from . import carryover, config, db, http_cache, jobs, steps, tenants
 from . import settings as settings_mod
 from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_SECONDS = 20.0
 CONSUMER_CHECK_SECONDS = 5.0
 UNATTENDED_REPEAT_SECONDS = 60.0
+ITEMS_PER_MESSAGE = 100
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SyncResult:
     seconds: float
     error: str | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +111,9 @@ def sync(
     embedder = _check_consumers(per_stage) if run_workers else None
     broker.declare()
     with engine.begin() as conn:
-        run, events = jobs.start(conn, job, full=full, anonymous=token is None)
+        run, events = jobs.start(conn, job, full=full, anonymous=token is None,
+                                 settings=http_cache.fingerprint(settings))
+        carried = {name: carryover.adopt(conn, run, name) for name in steps.registry()}
 
     stop = threading.Event()
     consumers: _Consumers | None = None
@@ -121,7 +125,7 @@ def sync(
         broker.publish_status(events)
         if run_workers:
             consumers = _Consumers(broker, engine, stop, per_stage, embedder)
-        _extract_all(engine, broker, run, job, client, integration, settings)
+        _extract_all(engine, broker, run, job, client, integration, settings, carried)
         _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers)
         ended = True
     except BaseException as exc:
@@ -152,23 +156,28 @@ def _per_stage(workers: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _extract_all(engine: sa.Engine, broker: Broker, run: jobs.Run, job: dict[str, Any], client: GitHubClient,
-                 integration: dict[str, Any], settings: dict[str, Any]) -> None:
+                 integration: dict[str, Any], settings: dict[str, Any],
+                 carried: dict[str, list[dict[str, Any]]]) -> None:
     """Extract every step of the job, each in a thread of its own, and wait for all of them.
 
     Concurrently, because a dependent step (pull requests of repositories) works on its
     parent's items as they are transformed: the parent's later pages are still being listed
     while the first items' children are fetched. A step without a parent starts at once too.
+    `carried` are the items each step took over from earlier runs (see carryover.py).
     """
     ordered = list(steps.registry().values())
     failures: list[BaseException] = []
 
     def extract(step: steps.Step) -> None:
         try:
+            given_up = carryover.GivenUp()
+            with engine.connect() as conn:
+                retry = carryover.to_refetch(conn, run, step.name, given_up)
             ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
-                                       retry_ids=_failed_before(engine, job["run_id"], step.name),
-                                       run_id=run.run_id, job_id=run.job_id, step=step.name,
+                                       retry_ids=retry, run_id=run.run_id, job_id=run.job_id, step=step.name,
                                        depends_on=step.depends_on)
-            _extract(engine, broker, run, step, ctx, job, last_step=step is ordered[-1])
+            _extract(engine, broker, run, step, ctx, job, carried[step.name], given_up,
+                     last_step=step is ordered[-1])
         except BaseException as exc:
             failures.append(exc)
 
@@ -192,20 +201,6 @@ def _settle(progress: Progress, engine: sa.Engine, run: jobs.Run) -> None:
         for stage, counts in stages.items():
             progress.update(stage_event(run.tenant_id, run.job_id, run.run_id, step, stage,
                                     job["status"]["steps"][step][stage], **counts))
-
-
-def _failed_before(engine: sa.Engine, previous_run: str | None, step: str) -> set[str]:
-    """External ids whose items failed in the job's previous run: this run tries them again."""
-    if previous_run is None:
-        return set()
-    with engine.connect() as conn:
-        return set(conn.execute(
-            sa.select(raw_extraction_data.c.external_id).where(
-                raw_extraction_data.c.run_id == previous_run,
-                raw_extraction_data.c.entity_type == step,
-                raw_extraction_data.c.status == "failed",
-            )
-        ).scalars())
 
 
 def _listen(broker: Broker, run_id: str, progress: Progress | None,
@@ -291,9 +286,10 @@ class _Consumers:
 
 def _extract(
     engine: sa.Engine, broker: Broker, run: jobs.Run, step: steps.Step, ctx: steps.ExtractContext,
-    job: dict[str, Any], *, last_step: bool,
+    job: dict[str, Any], carried: list[dict[str, Any]], given_up: carryover.GivenUp, *, last_step: bool,
 ) -> None:
-    """Store each page of payloads and publish it; the last page waits until the total is recorded.
+    """Publish the items carried over, then store each page of payloads and publish it; the
+    last page waits until the total is recorded.
 
     Holding the last page back until `extraction_done` has committed guarantees that whichever
     worker finishes the last item sees the run's total, so the run cannot stall unfinished.
@@ -311,9 +307,10 @@ def _extract(
     last_beat = time.monotonic()
     with engine.begin() as conn:
         broker.publish_status(jobs.stage_running(conn, run.run_id, run.job_id, step.name, "extraction"))
+    if carried:
+        log.info("%d %s items that earlier runs left unfinished are published again", len(carried), step.display_name)
     try:
-        for batch in step.extract(ctx):
-            items = _store(engine, run, step, batch)
+        for items in _pages(engine, run, step, ctx, carried):
             if items:
                 if held:
                     broker.publish("transform", [{**envelope, "items": held}])
@@ -332,13 +329,23 @@ def _extract(
         log.error("extraction of %s stopped: %s; the %d items fetched so far are kept", step.display_name, error, total)
     stats = {**ctx.client.stats.as_dict(), **ctx.stats}
     with engine.begin() as conn:
-        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error, ctx.warnings))
+        broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error, ctx.warnings,
+                                                   given_up.as_dict() if given_up.count else None))
     if held:
         held[-1].update(last_item=True, last_job_item=last_step)
         broker.publish("transform", [{**envelope, "items": held}])
     else:
         broker.publish("transform", [{**envelope, "items": [broker_mod.completion_item(last_job_item=last_step)]}])
     log.info("extraction of %s done: %d items published", step.name, total)
+
+
+def _pages(engine: sa.Engine, run: jobs.Run, step: steps.Step, ctx: steps.ExtractContext,
+           carried: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """The step's transform message items of this run: those carried over, then each stored page."""
+    for start in range(0, len(carried), ITEMS_PER_MESSAGE):
+        yield carried[start:start + ITEMS_PER_MESSAGE]
+    for batch in step.extract(ctx):
+        yield _store(engine, run, step, batch)
 
 
 def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batch) -> list[dict[str, Any]]:
@@ -472,5 +479,5 @@ def _result(engine: sa.Engine, tenant: str, run: jobs.Run, client: GitHubClient,
         tenant=tenant, job_id=run.job_id, run_id=run.run_id, overall=row["overall"], full=run.full,
         counts=per_stage, requests=stats["requests"], not_modified=stats["not_modified"],
         rate_limit_points=stats["rate_limit_points"], seconds=round(seconds, 3), error=row["error_message"],
-        stats=row["stats"],
+        stats=row["stats"], warnings=row["stats"].get("warnings", []),
     )

@@ -41,7 +41,7 @@ CATCH_UP_BATCH = 500
 # The statements every message runs are built once (see jobs.item_counts).
 _RAW_BATCH = sa.select(
     raw_extraction_data.c.id, raw_extraction_data.c.external_id, raw_extraction_data.c.raw_data,
-    raw_extraction_data.c.status, raw_extraction_data.c.parent_external_id,
+    raw_extraction_data.c.status, raw_extraction_data.c.parent_external_id, raw_extraction_data.c.created_at,
 ).where(raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)))
 _MOVE = (
     raw_extraction_data.update()
@@ -182,7 +182,7 @@ class Pipeline:
                 if raw.status == "failed":
                     continue
                 ctx = steps.RowContext(tenant_id=message["tenant_id"], integration_id=message["integration_id"],
-                                       parent_external_id=raw.parent_external_id)
+                                       parent_external_id=raw.parent_external_id, fetched_at=raw.created_at)
                 try:
                     rows[raw_id] = step.to_row(raw.raw_data, ctx)
                 except Exception as exc:

@@ -6,15 +6,18 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from ghetl import jobs
+from ghetl import jobs, steps, tenants
+from ghetl.broker import MemoryBroker
 from ghetl.sync import Stalled
+from ghetl.workers import Pipeline
 
 from .conftest import TOKEN, Backend, add_tenant
-from .test_scaleout import scaleout  # noqa: F401  (the fixture)
+from .test_scaleout import rabbitmqctl, scaleout  # noqa: F401  (the fixture)
 
 
 def exactly_the_sandbox(backend: Backend, sandbox: Any, owner: str = "acme") -> None:
@@ -97,3 +100,152 @@ def test_a_malformed_message_is_dead_lettered_alone(backend: Backend, sandbox: A
     exactly_the_sandbox(backend, sandbox)
     letters = backend.broker.dead_letters  # type: ignore[attr-defined]
     assert [letter.reason for letter in letters] == ["message field 'step' must be str, got list"]
+
+
+def lose_queued_messages(backend: Backend) -> None:
+    """What a queue purge or a broker rebuilt without its disk does: the queued messages are gone."""
+    if backend.name == "embedded":
+        backend.broker = MemoryBroker()
+        return
+    rabbitmqctl("purge_queue", backend.broker.queue("transform"))
+    rabbitmqctl("purge_queue", backend.broker.queue("embedding"))
+
+
+def test_changes_of_a_failed_run_whose_messages_were_lost_reach_the_table(
+    backend: Backend, sandbox: Any, token: str
+) -> None:
+    """Issue case 2: run 2 stores 20 changes raw, fails with no worker, its messages are lost;
+    run 3 gets a 304 for the changed page and must still bring the 20 changes in."""
+    tenant = add_tenant(backend, sandbox)
+    assert backend.sync(tenant).overall == "FINISHED"
+    changed = sandbox.repos("acme")[:20]
+    for n, repo in enumerate(changed):
+        sandbox.touch(repo["id"], description=f"changed while nobody worked {n}")
+
+    with pytest.raises(TimeoutError):
+        backend.sync(tenant, run_workers=False, timeout=2)
+    lose_queued_messages(backend)
+    third = backend.sync(tenant)
+
+    assert third.overall == "FINISHED", third.error
+    assert third.counts["github_repositories"]["extracted"] == 20
+    exactly_the_sandbox(backend, sandbox)
+    assert backend.scalar("SELECT count(*) FROM raw_extraction_data WHERE status IN ('pending', 'transformed')") == 0
+
+
+def test_a_late_message_of_an_earlier_run_does_not_undo_a_newer_row(backend: Backend, sandbox: Any, token: str) -> None:
+    """Issue case 5: run 1's message for a repository, delivered again after run 2 stored a newer
+    version of it, changes nothing."""
+    tenant = add_tenant(backend, sandbox)
+    first = backend.sync(tenant)
+    repo = sandbox.repos("acme")[3]
+    [(old_raw,)] = backend.rows("SELECT id FROM raw_extraction_data WHERE external_id = :x", x=str(repo["id"]))
+    sandbox.touch(repo["id"], description="the newer truth")
+    assert backend.sync(tenant).overall == "FINISHED"
+
+    late = {"tenant_id": 1, "integration_id": 1, "job_id": 1, "run_id": first.run_id, "step": "github_repositories",
+            "items": [{"raw_data_id": old_raw, "external_id": str(repo["id"]), "first_item": False,
+                       "last_item": False, "last_job_item": False}]}
+    Pipeline(backend.engine, backend.broker).handle("transform", late)
+
+    assert backend.scalar("SELECT description FROM repositories WHERE external_id = :x",
+                          x=str(repo["id"])) == "the newer truth"
+    exactly_the_sandbox(backend, sandbox)
+
+
+def picky(monkeypatch: pytest.MonkeyPatch, bad_id: int) -> None:
+    """Make the transform refuse one repository's payload, as a payload no worker can store."""
+    step = steps.registry()["github_repositories"]
+
+    def to_row(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if payload["id"] == bad_id:
+            raise ValueError("payload rejected for the test")
+        return step.to_row(payload, ctx)
+
+    monkeypatch.setitem(steps.registry(), "github_repositories", replace(step, to_row=to_row))
+
+
+def test_an_item_failed_two_runs_ago_is_fetched_again_then_given_up(
+    embedded: Backend, sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue case 3: an item that failed in run 1 is retried by run 3 although run 2 failed at
+    the listing; one that keeps failing is given up after three runs, and says so."""
+    backend = embedded
+    tenant = add_tenant(backend, sandbox)
+    bad = sandbox.repos("acme")[7]
+    path = f"/repositories/{bad['id']}"
+    with monkeypatch.context() as patched:
+        picky(patched, bad["id"])
+        assert backend.sync(tenant).counts["github_repositories"]["failed"] == 1
+        sandbox.inject("status", path=r"/orgs/acme/repos", status=422, times=1)
+        assert backend.sync(tenant).overall == "FAILED"
+        for run in range(2):
+            sandbox.reset_stats()
+            result = backend.sync(tenant)
+            assert [r.path for r in sandbox.requests if r.path == path] == [path], f"run {run + 3}"
+            assert result.counts["github_repositories"]["failed"] == 1
+
+        sandbox.reset_stats()
+        given_up = backend.sync(tenant)
+        assert path not in [r.path for r in sandbox.requests]
+        assert given_up.overall == "FINISHED" and given_up.stats["given_up"]["github_repositories"]["count"] == 1
+        listed = ghetl(backend, "jobs")
+        assert "given up: 1 github_repositories items no run tries again" in listed.stdout
+        assert "payload rejected for the test" in listed.stdout
+        [job] = json.loads(ghetl(backend, "jobs", "--json").stdout)
+        assert job["status"]["given_up"]["github_repositories"]["count"] == 1
+
+    sandbox.touch(bad["id"], description="fixed upstream")
+    assert backend.sync(tenant).overall == "FINISHED"
+    exactly_the_sandbox(backend, sandbox)
+
+
+def test_repositories_that_stop_matching_the_settings_leave_the_active_set(
+    backend: Backend, sandbox: Any, token: str
+) -> None:
+    """Issue case 4: archived since the last run (incremental), and dropped by changed settings
+    (the next run is full by itself)."""
+    tenant = add_tenant(backend, sandbox, settings={"include_archived": False})
+    assert backend.sync(tenant).overall == "FINISHED"
+    archived = next(r for r in sandbox.repos("acme") if not r["archived"])
+    sandbox.touch(archived["id"], archived=True)
+
+    second = backend.sync(tenant)
+
+    assert not second.full and second.stats["deactivated"] == 1
+    assert backend.scalar("SELECT active FROM repositories WHERE external_id = :x", x=str(archived["id"])) in (0, False)
+    kept = {str(r["id"]) for r in sandbox.repos("acme") if not r["archived"]}
+    assert active_ids(backend) == kept
+
+    with backend.engine.begin() as conn:
+        tenants.update_settings(conn, 1, {"include_archived": False, "include_forks": False})
+    third = backend.sync(tenant)
+
+    assert third.full
+    assert active_ids(backend) == {str(r["id"]) for r in sandbox.repos("acme") if not r["archived"] and not r["fork"]}
+    assert third.stats["deactivated"] == len(kept) - len(active_ids(backend)) > 0
+
+
+def active_ids(backend: Backend) -> set[str]:
+    return {r.external_id for r in backend.rows("SELECT external_id FROM repositories WHERE active")}
+
+
+def test_a_run_with_gaps_finishes_with_warnings_and_keeps_its_cutoff(
+    embedded: Backend, sandbox: Any, token: str
+) -> None:
+    """Issue case 6: search results GitHub left incomplete are a warning of a FINISHED run,
+    in `--json`, and last_sync_date does not move past them."""
+    backend = embedded
+    tenant = add_tenant(backend, sandbox, settings={"repository_filter": "in:name"})
+    assert backend.sync(tenant).overall == "FINISHED"
+    before = backend.scalar("SELECT last_sync_date FROM etl_jobs")
+    sandbox.inject("incomplete", path="search", times=50)
+
+    cli = ghetl(backend, "sync", "--tenant", tenant, "--json")
+
+    result = json.loads(cli.stdout)
+    assert result["overall"] == "FINISHED", cli.stderr
+    assert [w.split(":")[0] for w in result["warnings"]] == ["GitHub's search results stayed incomplete on 1 pages"]
+    assert backend.scalar("SELECT last_sync_date FROM etl_jobs") == before
+    [job] = json.loads(ghetl(backend, "jobs", "--json").stdout)
+    assert job["status"]["warnings"] == result["warnings"]

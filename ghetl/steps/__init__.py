@@ -29,6 +29,7 @@ exactly the given steps, which is how a test defines a job of its own.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib
 import logging
 import time
@@ -62,12 +63,14 @@ class Batch:
     landed: Callable[[sa.Connection], None] | None = None
 
 
-class RowContext(TypedDict):
-    """What `to_row` knows besides the payload: whose row it is, and its parent's GitHub id."""
+class RowContext(TypedDict, total=False):
+    """What `to_row` knows besides the payload: whose row it is, its parent's GitHub id, and
+    when the payload was fetched (what orders two payloads of the same GitHub version)."""
 
-    tenant_id: int
-    integration_id: int
+    tenant_id: int | None
+    integration_id: int | None
     parent_external_id: str | None
+    fetched_at: dt.datetime | None
 
 
 def _payload_id(payload: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import fnmatch
 import functools
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from .. import db, http_cache, tenants
 from ..db import repositories
 from ..github import GitHubUnavailable, Page
-from . import Batch, ExtractContext
+from . import Batch, ExtractContext, RowContext
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ STEP_NAME = "github_repositories"
 DISPLAY_NAME = "GitHub Repositories"
 ORDER = 1
 TABLE = repositories
+KEY = ("tenant_id", "integration_id", "external_id")
 BATCH = 100
 
 
@@ -67,20 +68,22 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
     yield from _refetch_unlisted(ctx, seen)
 
 
-def _keep(ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]) -> list[dict[str, Any]]:
-    """The items not met before in this run, updated since the cut-off, that the settings keep.
+def _keep(ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The items not met before in this run and updated since the cut-off, split into those the
+    settings keep and those they no longer want.
 
     Offset pagination repeats an item when the data moves between pages; the id catches it.
     """
-    batch = []
+    batch: list[dict[str, Any]] = []
+    unwanted: list[dict[str, Any]] = []
     for repo in items:
         key = str(repo["id"])
         if key in seen:
             continue
         seen.add(key)
-        if not _older(repo, ctx.cutoff) and wanted(repo, ctx.settings):
-            batch.append(repo)
-    return batch
+        if not _older(repo, ctx.cutoff):
+            (batch if wanted(repo, ctx.settings) else unwanted).append(repo)
+    return batch, unwanted
 
 
 def _older(repo: dict[str, Any], cutoff: dt.datetime | None) -> bool:
@@ -89,11 +92,20 @@ def _older(repo: dict[str, Any], cutoff: dt.datetime | None) -> bool:
 
 
 def _searched(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
+    """Search results; pages GitHub left incomplete and parts over its cap are the run's gaps."""
     query = f"user:{ctx.integration['owner']} {ctx.settings['repository_filter']}"
+    stats = ctx.client.stats
+    incomplete, capped = stats.incomplete_results, stats.search_capped
     for page in ctx.client.search_repositories(query, updated_since=ctx.cutoff):
-        batch = _keep(ctx, page.items, seen)
-        if batch:
-            yield Batch(batch)
+        batch, unwanted = _keep(ctx, page.items, seen)
+        if batch or unwanted:
+            yield Batch(batch, _deactivating(ctx, unwanted))
+    if stats.incomplete_results > incomplete:
+        ctx.warn(f"GitHub's search results stayed incomplete on {stats.incomplete_results - incomplete} pages: "
+                 "some repositories may be missing; the next run looks again")
+    if stats.search_capped > capped:
+        ctx.warn(f"{stats.search_capped - capped} parts of the search have more than 1 000 results within one "
+                 "second of creation dates: only the first 1 000 of each were read")
 
 
 def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
@@ -120,18 +132,20 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
                 seen.update(str(r["id"]) for r in batch)
                 oldest = got.entry.oldest_updated_at if got.entry else None
                 next_url = page.next_url or (got.entry.next_url if got.entry else None)
+                unwanted: list[dict[str, Any]] = []
             else:
-                batch = _keep(ctx, page.items, seen)
+                batch, unwanted = _keep(ctx, page.items, seen)
                 times = [t for t in (parse_time(r.get("updated_at")) for r in page.items) if t is not None]
                 oldest = min(times, default=None)
                 next_url = page.next_url
             last = _reached(oldest, ctx) or not next_url
             fetching = None if last else ahead.submit(_fetch_listed, ctx, cache, next_url)
-            landed = None
+            remember = None
             if got.reused is None and page.etag:
                 kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
-                landed = functools.partial(cache.put, url=got.url, etag=page.etag, item_ids=kept,
-                                           next_url=page.next_url, oldest=oldest)
+                remember = functools.partial(cache.put, url=got.url, etag=page.etag, item_ids=kept,
+                                             next_url=page.next_url, oldest=oldest)
+            landed = _landing(remember, _deactivating(ctx, unwanted))
             if batch or landed:
                 yield Batch(batch, landed)
 
@@ -226,24 +240,72 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
             ).scalars())
     missing = sorted(wanted_ids - listed, key=int)
     batch: list[dict[str, Any]] = []
+    unwanted: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for external_id in missing:
         try:
             repo = ctx.client.get_repository(external_id)
         except GitHubUnavailable as exc:
             log.warning("repository %s skipped this run: %s", external_id, exc)
-            ctx.stats["unavailable"] = ctx.stats.get("unavailable", 0) + 1
+            skipped.append(external_id)
             continue
         if repo is None:
             if ctx.client.authenticated:
                 deactivate(ctx.engine, ctx.tenant_id, ctx.integration["id"], external_id)
                 ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + 1
             continue
-        batch.append(repo)
-        if len(batch) == BATCH:
-            yield Batch(batch)
-            batch = []
-    if batch:
-        yield Batch(batch)
+        (batch if wanted(repo, ctx.settings) else unwanted).append(repo)
+        if len(batch) + len(unwanted) >= BATCH:
+            yield Batch(batch, _deactivating(ctx, unwanted))
+            batch, unwanted = [], []
+    if batch or unwanted:
+        yield Batch(batch, _deactivating(ctx, unwanted))
+    if skipped:
+        ctx.stats["unavailable"] = ctx.stats.get("unavailable", 0) + len(skipped)
+        ctx.warn(f"{len(skipped)} repositories skipped this run, GitHub kept failing on them "
+                 f"(ids {', '.join(skipped[:10])}{' …' if len(skipped) > 10 else ''}); the next run tries them again")
+
+
+def _landing(*actions: Callable[[Connection], None] | None) -> Callable[[Connection], None] | None:
+    """One `Batch.landed` doing each of `actions` in the transaction that stores the batch."""
+    todo = [a for a in actions if a is not None]
+    if not todo:
+        return None
+
+    def landed(conn: Connection) -> None:
+        for action in todo:
+            action(conn)
+
+    return landed
+
+
+def _deactivating(ctx: ExtractContext, payloads: list[dict[str, Any]]) -> Callable[[Connection], None] | None:
+    """What stores repositories the settings no longer keep: inactive, as GitHub shows them now.
+
+    Only rows already stored and active are touched (a fork never kept is not stored now), and
+    only by a payload at least as new as the row's, so that nothing older brings them back.
+    """
+    if not payloads:
+        return None
+
+    def store(conn: Connection) -> None:
+        context: RowContext = {"tenant_id": ctx.tenant_id, "integration_id": ctx.integration["id"],
+                               "parent_external_id": None, "fetched_at": db.utcnow()}
+        moved = 0
+        for payload in payloads:
+            row = {**to_row(payload, context), "active": False, "content_hash": ""}
+            moved += conn.execute(
+                repositories.update()
+                .where(*(repositories.c[k] == row[k] for k in KEY), repositories.c.active.is_(True),
+                       sa.or_(repositories.c.repo_updated_at.is_(None),
+                              repositories.c.repo_updated_at <= row["repo_updated_at"]))
+                .values({k: v for k, v in row.items() if k not in KEY})
+            ).rowcount
+        if moved:
+            log.info("%d repositories no longer match the integration's settings; marked inactive", moved)
+            ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + moved
+
+    return store
 
 
 def deactivate(engine: sa.Engine, tenant_id: int, integration_id: int, external_id: str) -> None:
@@ -261,13 +323,16 @@ def deactivate(engine: sa.Engine, tenant_id: int, integration_id: int, external_
                 repositories.c.integration_id == integration_id,
                 repositories.c.external_id == external_id,
             )
-            .values(active=False, content_hash="")
+            .values(active=False, content_hash="", fetched_at=db.utcnow())
         )
     log.info("repository %s is gone from GitHub (404); marked inactive", external_id)
 
 
-def to_row(payload: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
-    """One API payload as one `repositories` row; raises on a payload that lacks identity."""
+def to_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
+    """One API payload as one `repositories` row; raises on a payload that lacks identity.
+
+    `fetched_at` stays out of the content hash: a payload fetched again unchanged writes nothing.
+    """
     license_ = payload.get("license") or {}
     row = {
         "tenant_id": ctx["tenant_id"],
@@ -295,12 +360,15 @@ def to_row(payload: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         "active": True,
     }
     row["content_hash"] = hashlib.sha256(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    row["fetched_at"] = ctx.get("fetched_at")
     return row
 
 
 def upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert or update by GitHub id; an unchanged repository is not written at all."""
-    db.upsert(conn, repositories, rows, ("tenant_id", "integration_id", "external_id"), changed_when="content_hash")
+    """Insert or update by GitHub id; an unchanged repository is not written at all, and a
+    stored one is never replaced by an older version of it."""
+    db.upsert(conn, repositories, rows, KEY, changed_when="content_hash",
+              newest=("repo_updated_at", "fetched_at"))
 
 
 EMBED_COLUMNS = ("full_name", "description", "language", "topics")
