@@ -25,8 +25,9 @@ def _bar_class() -> tuple[type, bool]:
 
 
 class StageBars:
-    """One bar per step and stage, drawn as its first event arrives; totals appear once
-    extraction knows how many items the step has.
+    """One bar per step and stage, the step's three drawn together, in stage order, when its
+    first event arrives (the stages' own events come from several workers in any order);
+    totals appear once extraction knows how many items the step has.
 
     Bars are drawn in a notebook or a terminal; in a log file or a pipe they would be noise, so
     there the log lines say what happened instead (`drawn` is then false).
@@ -50,11 +51,12 @@ class StageBars:
         if self._tqdm is None or stage not in STAGES or not step or event.get("processed") is None:
             return
         with self._lock:
-            bar = self._bars.get((step, stage))
-            if bar is None:
-                label = f"{step.removeprefix('github_')} {stage}"
-                bar = self._bars[(step, stage)] = self._tqdm(total=None, desc=f"{label:<24}", unit=" items",
-                                                            position=len(self._bars), leave=True)
+            if (step, stage) not in self._bars:
+                for each in STAGES:
+                    label = f"{step.removeprefix('github_')} {each}"
+                    self._bars[(step, each)] = self._tqdm(total=None, desc=f"{label:<24}", unit=" items",
+                                                         position=len(self._bars), leave=True)
+            bar = self._bars[(step, stage)]
             if event.get("total") is not None and bar.total != event["total"]:
                 bar.total = event["total"]
             bar.n = max(bar.n, event["processed"])  # events of several workers can arrive out of order
