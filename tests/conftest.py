@@ -112,6 +112,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
         yield from _scaleout()
 
 
+@pytest.fixture
+def scaleout() -> Iterator[Backend]:
+    """Only the PostgreSQL + RabbitMQ back end, for tests about it."""
+    yield from _scaleout()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_without_schema(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
     """The URL of a database that answers but was never given a schema (`ghetl init`)."""

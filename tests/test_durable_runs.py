@@ -17,7 +17,7 @@ from ghetl.sync import Stalled
 from ghetl.workers import Pipeline
 
 from .conftest import TOKEN, Backend, add_tenant
-from .test_scaleout import rabbitmqctl, scaleout  # noqa: F401  (the fixture)
+from .test_scaleout import rabbitmqctl
 
 
 def exactly_the_sandbox(backend: Backend, sandbox: Any, owner: str = "acme") -> None:

@@ -22,7 +22,7 @@ from ghetl.embeddings import HashingEmbedder
 from ghetl.workers import Pipeline
 
 from .conftest import PG_ADMIN_URL, TOKEN, Backend, add_tenant
-from .test_scaleout import Workers, rabbitmqctl, scaleout, stored_once, sync_remote, workers  # noqa: F401  (fixtures)
+from .test_scaleout import Workers, rabbitmqctl, stored_once, sync_remote, workers  # noqa: F401  (the fixture)
 
 
 def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:

@@ -30,15 +30,9 @@ import sqlalchemy as sa
 from ghetl.broker import wait_until
 from ghetl.rabbitmq import PublishRejected, RabbitBroker
 
-from .conftest import TOKEN, Backend, _scaleout, _unavailable, add_tenant
+from .conftest import TOKEN, Backend, _unavailable, add_tenant
 
 FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
-
-
-@pytest.fixture
-def scaleout() -> Iterator[Backend]:
-    """Only the PostgreSQL + RabbitMQ back end (these tests are about it)."""
-    yield from _scaleout()
 
 
 def rabbitmqctl(*args: str) -> None:
