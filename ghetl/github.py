@@ -309,7 +309,7 @@ class GitHubClient:
         if kind == "secondary":
             self.stats.secondary_limits += 1
             retry_after = response.headers.get("retry-after", "")
-            wait = float(retry_after) if retry_after.isdigit() else None
+            wait = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
             reset = response.headers.get("x-ratelimit-reset")
             if wait is None and response.headers.get("x-ratelimit-remaining") == "0" and reset:
                 wait = max(0.0, float(reset) - time.time()) + RESET_MARGIN

@@ -246,7 +246,7 @@ def _parse_request(request: Request) -> tuple[str, int | None, str | None]:
     if not tenant:
         raise Refused(4400, "missing tenant: connect to ws://HOST:PORT/?tenant=NAME_OR_ID")
     job = query.get("job")
-    if job is not None and not job.isdigit():
+    if job is not None and not tenants.is_id(job):
         raise Refused(4400, f"job must be a job id (a number), got '{job[:40]}'")
     auth = request.headers.get("Authorization", "")
     key = auth[7:].strip() if auth.lower().startswith("bearer ") else query.get("key")

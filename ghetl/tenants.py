@@ -49,6 +49,12 @@ def add_tenant(conn: Connection, name: str) -> tuple[int, str]:
     return tenant_id, key
 
 
+def is_id(text: str) -> bool:
+    """Whether a command-line or URL value is an id: ASCII digits only ("²" is a digit to
+    `str.isdigit` and no number to `int`)."""
+    return text.isascii() and text.isdigit()
+
+
 def _checked_name(name: str) -> str:
     """The name stripped, or a ValueError saying what to change.
 
@@ -58,7 +64,7 @@ def _checked_name(name: str) -> str:
     name = name.strip()
     if not name:
         raise ValueError("tenant name must not be empty")
-    if name.isdigit():
+    if is_id(name):
         raise ValueError(f"tenant name '{name}' is all digits, which --tenant reads as a tenant id; add a letter")
     if not name.isprintable():
         raise ValueError(f"tenant name {name!r} holds a control character (newline, tab, ...); remove it")
@@ -87,7 +93,7 @@ def get_tenant(conn: Connection, name_or_id: str | int) -> dict[str, Any]:
     names, and such a tenant must stay reachable.
     """
     row = None
-    if isinstance(name_or_id, int) or name_or_id.isdigit():
+    if isinstance(name_or_id, int) or is_id(name_or_id):
         row = conn.execute(sa.select(tenants).where(tenants.c.id == int(name_or_id))).mappings().first()
     if row is None and isinstance(name_or_id, str):
         row = conn.execute(sa.select(tenants).where(tenants.c.name == name_or_id)).mappings().first()

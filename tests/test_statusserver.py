@@ -94,6 +94,9 @@ def test_a_client_without_the_right_key_is_refused_with_the_reason(embedded, san
         assert _close_of(stream_url(base, a, key=key_b))[0] == 4403, "a key opens only its own tenant"
         assert _close_of(stream_url(base, "no-such-tenant", key=key_a))[0] == 4403
         assert _close_of(f"{base}/?key={key_a}")[0] == 4400
+        assert _close_of(stream_url(base, "²", key=key_a))[0] == 4403, "a digit that is no number is a name"
+        code, reason = _close_of(stream_url(base, a, key=key_a) + "&job=%C2%B2")
+        assert code == 4400 and "job must be a job id" in reason
         code, reason = _close_of(stream_url(base, a, job=job_b, key=key_a))
         assert code == 4404 and f"no job {job_b}" in reason, "another tenant's job is not reachable either"
         assert not server.subscriptions(), "a refused client is never subscribed"
