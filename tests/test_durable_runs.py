@@ -112,18 +112,20 @@ def lose_queued_messages(backend: Backend) -> None:
 
 
 def test_changes_of_a_failed_run_whose_messages_were_lost_reach_the_table(
-    backend: Backend, sandbox: Any, token: str
+    backend: Backend, sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue case 2: run 2 stores 20 changes raw, fails with no worker, its messages are lost;
-    run 3 gets a 304 for the changed page and must still bring the 20 changes in."""
+    """Issue cases 2 and 7: run 2 stores 20 changes raw, and with no worker it ends FAILED once
+    nothing has moved for GHETL_STALL_TIMEOUT (no --timeout given); its messages are then lost.
+    Run 3 gets a 304 for the changed page and must still bring the 20 changes in."""
     tenant = add_tenant(backend, sandbox)
     assert backend.sync(tenant).overall == "FINISHED"
     changed = sandbox.repos("acme")[:20]
     for n, repo in enumerate(changed):
         sandbox.touch(repo["id"], description=f"changed while nobody worked {n}")
 
-    with pytest.raises(TimeoutError):
-        backend.sync(tenant, run_workers=False, timeout=2)
+    monkeypatch.setenv("GHETL_STALL_TIMEOUT", "2")
+    with pytest.raises(Stalled, match="no progress for 2 s: 20 items still waiting for transform"):
+        backend.sync(tenant, run_workers=False, timeout=None)
     lose_queued_messages(backend)
     third = backend.sync(tenant)
 
