@@ -11,4 +11,4 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 fi
 "$BIN/pip" install --quiet torch==2.13.0
-"$BIN/pip" install --quiet -e '.[test,semantic]'
+"$BIN/pip" install --quiet -e '.[notebooks,test,semantic]'

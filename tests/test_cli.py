@@ -466,3 +466,18 @@ def test_sigterm_fails_the_running_job_like_ctrl_c(cli, make_sandbox, tmp_path):
     [job] = json.loads(cli("jobs", "--json").stdout)
     assert (job["status"]["overall"], job["error_message"]) == ("FAILED", "interrupted")
     assert cli("sync", "--tenant", "t1", "--quiet").returncode == 0
+
+
+def test_a_worker_host_runs_without_the_notebook_stack(tmp_path):
+    """ipywidgets, matplotlib, papermill and jupyterlab are the `notebooks` extra: the CLI's
+    init, sync and worker paths must not import them."""
+    blocked = ["ipywidgets", "matplotlib", "papermill", "jupyterlab", "IPython", "nbformat"]
+    code = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "from ghetl import cli, sync, workers, rabbitmq, statusserver, frames\n"
+        "sys.exit(cli.main(['init']))\n"
+    )
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'worker.db'}"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
