@@ -30,9 +30,12 @@ import sys
 import tempfile
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 PG_ADMIN_URL = os.environ.get("GHETL_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -156,9 +159,10 @@ def main() -> None:
     from ghetl import db, tenants
     from ghetl.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
+    from tests.support import delete_queues, scratch_database
 
     prefix = f"chaos{uuid.uuid4().hex[:8]}"
-    with db.scratch_database(PG_ADMIN_URL, "ghetl_chaos") as url, \
+    with scratch_database(PG_ADMIN_URL, "ghetl_chaos") as url, \
             Sandbox(orgs={OWNER: args.repos}, seed=args.seed) as sandbox:
         os.environ["GITHUB_TOKEN"] = TOKEN
         env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL,
@@ -208,7 +212,7 @@ def main() -> None:
         finally:
             workers.stop()
             cleanup = RabbitBroker(AMQP_URL, prefix)
-            cleanup.delete_queues()
+            delete_queues(cleanup)
             cleanup.close()
             engine.dispose()
             db.dispose_engines()

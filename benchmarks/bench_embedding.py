@@ -30,13 +30,15 @@ import numpy as np
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 from bench_embedded import sandbox_process  # noqa: E402
 
 from ghetl import db, embeddings, tenants  # noqa: E402
-from ghetl.broker import MemoryBroker, wait_until  # noqa: E402
+from ghetl.broker import MemoryBroker  # noqa: E402
 from ghetl.search import search  # noqa: E402
 from ghetl.sync import SyncResult, sync  # noqa: E402
 from ghetl.workers import Pipeline  # noqa: E402
+from tests.support import scratch_database, wait_until  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
@@ -220,7 +222,7 @@ def search_benchmark(sizes: list[int], postgres: bool) -> None:
 def postgres_times(size: int) -> None:
     with contextlib.ExitStack() as cleanup:
         try:
-            url = cleanup.enter_context(db.scratch_database(PG_ADMIN_URL, "ghetl_bench"))
+            url = cleanup.enter_context(scratch_database(PG_ADMIN_URL, "ghetl_bench"))
         except sa.exc.OperationalError as exc:
             print(f"  PostgreSQL unreachable, skipped: {str(exc.orig).strip().splitlines()[0]}")
             return

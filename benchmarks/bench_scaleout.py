@@ -33,8 +33,10 @@ import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, NamedTuple
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 
 PG_ADMIN_URL = os.environ.get("GHETL_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -214,9 +216,10 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
     from ghetl import db, tenants
     from ghetl.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
+    from tests.support import delete_queues, scratch_database
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
-    with db.scratch_database(PG_ADMIN_URL, "ghetl_bench") as url:
+    with scratch_database(PG_ADMIN_URL, "ghetl_bench") as url:
         os.environ["GITHUB_TOKEN"] = TOKEN  # the integration is added here, the sync runs with `env`
         env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix}
         env.pop("GHETL_EMBEDDER", None)
@@ -295,7 +298,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
-            broker.delete_queues()
+            delete_queues(broker)
             broker.close()
             db.dispose_engines()
 

@@ -8,11 +8,9 @@ native executemany, on PostgreSQL one JSON parameter that the server unpacks.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -322,28 +320,6 @@ def _dumps(value: Any) -> str:
     """JSON columns through orjson: raw payloads are most of the bytes a sync moves, and orjson
     reads and writes them several times faster than the json module."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-@contextlib.contextmanager
-def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
-    """A new, empty PostgreSQL database for one test or benchmark; yields its URL, drops it after.
-
-    Created through `admin_url` (any database of a role that may CREATE DATABASE). The drop uses
-    FORCE, so a worker killed mid-run that still holds a connection does not keep it alive. An
-    unreachable server raises sqlalchemy's OperationalError on entry, before anything exists.
-    """
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        try:
-            yield sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        admin.dispose()
 
 
 def dispose_engines() -> None:

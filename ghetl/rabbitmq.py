@@ -379,17 +379,6 @@ class RabbitBroker:
             if not self._declared:
                 self.declare()
 
-    def delete_queues(self) -> None:
-        """Remove every queue and the exchange of this prefix (tests and tear-downs)."""
-        with self._channel() as channel:
-            for stage in broker_mod.STAGE_QUEUES:
-                channel.queue_delete(self.queue(stage))
-                for attempt in range(1, broker_mod.max_attempts() + 1):
-                    channel.queue_delete(self.retry_queue(stage, attempt))
-            channel.queue_delete(self.dead_queue)
-            channel.exchange_delete(self.status_exchange)
-        self._declared = False
-
     def publish(self, stage: str, messages: list[dict[str, Any]]) -> None:
         if stage not in broker_mod.STAGE_QUEUES:
             raise ValueError(f"unknown stage '{stage}'; stages are {', '.join(broker_mod.STAGE_QUEUES)}")

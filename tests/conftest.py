@@ -22,6 +22,8 @@ from ghetl import db, tenants
 from ghetl.broker import Broker, MemoryBroker
 from ghetl.sandbox import Sandbox
 
+from .support import delete_queues, scratch_database
+
 PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("GHETL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 TOKEN = "ghp_sandboxTestToken000000000000000000001"
@@ -74,7 +76,7 @@ def _embedded(tmp_path: Any) -> Iterator[Backend]:
 def _scaleout() -> Iterator[Backend]:
     with contextlib.ExitStack() as cleanup:
         try:
-            url = cleanup.enter_context(db.scratch_database(PG_ADMIN_URL, "ghetl_test"))
+            url = cleanup.enter_context(scratch_database(PG_ADMIN_URL, "ghetl_test"))
         except sa.exc.OperationalError as exc:
             _unavailable("PostgreSQL", exc)
         prefix = f"t{uuid.uuid4().hex[:10]}"
@@ -94,7 +96,7 @@ def _scaleout() -> Iterator[Backend]:
         try:
             yield Backend("scaleout", url, AMQP_URL, engine, broker, env)
         finally:
-            broker.delete_queues()
+            delete_queues(broker)
             broker.close()
             engine.dispose()
             db._engines.pop(url, None)
@@ -126,7 +128,7 @@ def database_without_schema(request: pytest.FixtureRequest, tmp_path: Any) -> It
         return
     with contextlib.ExitStack() as cleanup:
         try:
-            url = cleanup.enter_context(db.scratch_database(PG_ADMIN_URL, "ghetl_test"))
+            url = cleanup.enter_context(scratch_database(PG_ADMIN_URL, "ghetl_test"))
         except sa.exc.OperationalError as exc:
             _unavailable("PostgreSQL", exc)
         yield url

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from ghetl.broker import wait_until
 from ghetl.embeddings import HashingEmbedder
 from ghetl.workers import Pipeline
 
 from .conftest import PG_ADMIN_URL, TOKEN, Backend, add_tenant
+from .support import wait_until
 from .test_scaleout import Workers, rabbitmqctl, stored_once, sync_remote, workers  # noqa: F401  (the fixture)
 
 

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl.broker import wait_until
 from ghetl.rabbitmq import PublishRejected, RabbitBroker
 
 from .conftest import TOKEN, Backend, _unavailable, add_tenant
+from .support import delete_queues, wait_until
 
 FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
 
@@ -138,7 +138,7 @@ def test_a_publish_no_queue_takes_raises(scaleout: Backend) -> None:
         broker.publish("transform", [{"n": 1}])
         assert broker.pending("transform") == 1
     finally:
-        broker.delete_queues()
+        delete_queues(broker)
         broker.close()
 
 

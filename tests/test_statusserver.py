@@ -22,14 +22,29 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from ghetl import jobs
-from ghetl.broker import wait_until
 from ghetl.status import job_event, stage_event
-from ghetl.statusserver import CircleGuard, StatusServer, Subscription, _job_states, changes
+from ghetl.statusserver import (
+    CircleGuard,
+    StatusServer,
+    Subscription,
+    _job_states,
+    changes,
+)
 
 from .conftest import TOKEN, Backend, _scaleout, add_tenant
 from .status_helpers import (
-    STAGES, STEP, Client, assert_ordered_run, ended, free_port, start_cli_server, stream_key, stream_url, tenant_id,
+    STAGES,
+    STEP,
+    Client,
+    assert_ordered_run,
+    ended,
+    free_port,
+    start_cli_server,
+    stream_key,
+    stream_url,
+    tenant_id,
 )
+from .support import wait_until
 
 
 @pytest.fixture

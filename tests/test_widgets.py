@@ -9,12 +9,12 @@ import papermill
 import pytest
 
 from ghetl import tenants
-from ghetl.broker import wait_until
 from ghetl.statusserver import StatusServer
 from ghetl.widgets import COLOURS, BoardModel, StatusBoard
 
 from .conftest import add_tenant
 from .status_helpers import STAGES, STEP, stream_key
+from .support import wait_until
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "live_status.ipynb"
 ALL_FINISHED = {STEP: dict.fromkeys(STAGES, "finished")}
