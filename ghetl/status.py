@@ -7,14 +7,32 @@ published only after the change is committed, so nobody ever sees a state the da
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
-from .db import utcnow
-
 log = logging.getLogger(__name__)
+
+_KEYS = re.compile(r"(key=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
+
+
+class _HideKeys(logging.Filter):
+    """websockets logs request lines and headers at debug level; a stream key must not show there.
+
+    The server and the notebook board both log their connections through PROTOCOL_LOG.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _KEYS.sub(r"\1***", record.getMessage())
+        record.args = ()
+        return True
+
+
+PROTOCOL_LOG = logging.getLogger("websockets.ghetl")
+PROTOCOL_LOG.addFilter(_HideKeys())
 
 STAGES = ("extraction", "transform", "embedding")
 Event = dict[str, Any]
@@ -45,7 +63,7 @@ def stage_event(
         "processed": processed,
         "total": total,
         "failed": failed,
-        "timestamp": utcnow().isoformat(),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
 
 
@@ -57,7 +75,7 @@ def job_event(tenant_id: int, job_id: int, run_id: str, overall: str, *, error: 
         "run_id": run_id,
         "overall": overall,
         "error": error,
-        "timestamp": utcnow().isoformat(),
+        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
 
 

@@ -66,7 +66,6 @@ import errno
 import hmac
 import json
 import logging
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -84,11 +83,10 @@ from .broker import Broker
 from .db import tenants as tenants_table
 from .db import utcnow
 from .logs import redact
-from .status import STAGES, Event, job_event, stage_event
+from .status import PROTOCOL_LOG, STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
 REVOKED = "key revoked: a new key was issued (ghetl tenant key NAME); reconnect with it"
-_KEYS = re.compile(r"(key=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
 
 DEFAULT_PORT = 8765
 QUEUE_SIZE = 1000
@@ -104,20 +102,6 @@ class Resync:
     reason: str
 
 
-class _HideKeys(logging.Filter):
-    """websockets logs request lines and headers at debug level; a stream key must not show there.
-
-    The server and the notebook board both log their connections through PROTOCOL_LOG.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _KEYS.sub(r"\1***", record.getMessage())
-        record.args = ()
-        return True
-
-
-PROTOCOL_LOG = logging.getLogger("websockets.ghetl")
-PROTOCOL_LOG.addFilter(_HideKeys())
 
 
 class Refused(Exception):

@@ -29,9 +29,7 @@ import ipywidgets as w
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from . import steps as steps_mod
-from .status import STAGES
-from .statusserver import PROTOCOL_LOG
+from .status import PROTOCOL_LOG, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +84,9 @@ class BoardModel:
             return
         step, stage = message["step"], message["stage"]
         if step not in job.steps:
-            known = steps_mod.registry().get(step)
+            from . import steps  # only for a step no snapshot named yet; a board need not load the schema
+
+            known = steps.registry().get(step)
             job.steps[step] = {"display_name": known.display_name if known else step,
                                "order": known.order if known else len(job.steps) + 1}
         job.circles.setdefault(step, dict.fromkeys(STAGES, "idle"))[stage] = message["status"]
