@@ -156,7 +156,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    from ghetl import db, tenants
+    from ghetl import db, migrate, tenants
     from ghetl.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
     from tests.support import delete_queues, scratch_database
@@ -168,7 +168,7 @@ def main() -> None:
         env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL,
                "GHETL_QUEUE_PREFIX": prefix, "GHETL_STALL_TIMEOUT": "30", "GHETL_NO_WORKER_TIMEOUT": "20"}
         engine = db.engine(url)
-        db.init(engine)
+        migrate.init(engine)
         with engine.begin() as conn:
             tenants.add_tenant(conn, OWNER)
             tenants.add_integration(conn, OWNER, OWNER, api_url=sandbox.url)

@@ -57,12 +57,12 @@ def main() -> None:
     os.environ["GITHUB_TOKEN"] = "ghp_benchmarkToken0000000000000000000000"
     os.environ.pop("GHETL_EMBEDDER", None)
     with tempfile.TemporaryDirectory() as tmp, sandbox_process(args.repos) as api_url:
-        from ghetl import db, tenants
+        from ghetl import db, migrate, tenants
         from ghetl.broker import MemoryBroker
         from ghetl.sync import sync
 
         engine = db.engine(f"sqlite:///{tmp}/bench.db")
-        db.init(engine)
+        migrate.init(engine)
         with engine.begin() as conn:
             tenants.add_tenant(conn, "bench")
             tenants.add_integration(conn, "bench", "bench", api_url=api_url)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 from bench_embedded import sandbox_process  # noqa: E402
 
-from ghetl import db, embeddings, tenants  # noqa: E402
+from ghetl import db, embeddings, migrate, tenants  # noqa: E402
 from ghetl.broker import MemoryBroker  # noqa: E402
 from ghetl.search import search  # noqa: E402
 from ghetl.sync import SyncResult, sync  # noqa: E402
@@ -87,7 +87,7 @@ def bare_encode(model: embeddings.SentenceEmbedder, texts: list[str]) -> float:
 
 def fresh_tenant(tmp: str, name: str, api_url: str) -> sa.Engine:
     engine = db.engine(f"sqlite:///{tmp}/{name}.db")
-    db.init(engine)
+    migrate.init(engine)
     with engine.begin() as conn:
         tenants.add_tenant(conn, "bench")
         tenants.add_integration(conn, "bench", "bench", api_url=api_url)
@@ -212,7 +212,7 @@ def search_benchmark(sizes: list[int], postgres: bool) -> None:
     for size in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             engine = db.engine(f"sqlite:///{tmp}/search.db")
-            db.init(engine)
+            migrate.init(engine)
             search_times(engine, "SQLite", size)
             engine.dispose()
         if postgres:
@@ -228,7 +228,7 @@ def postgres_times(size: int) -> None:
             return
         engine = db.engine(url)
         try:
-            db.init(engine)
+            migrate.init(engine)
             search_times(engine, "PostgreSQL", size)
         finally:
             engine.dispose()

@@ -213,7 +213,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
             ))
         return proc
 
-    from ghetl import db, tenants
+    from ghetl import db, migrate, tenants
     from ghetl.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
     from tests.support import delete_queues, scratch_database
@@ -233,7 +233,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                 if not args.cold_sandbox:
                     warm(sandbox.url)
                 engine = db.engine(url)
-                db.init(engine)
+                migrate.init(engine)
                 with engine.begin() as conn:
                     tenants.add_tenant(conn, "bench")
                     tenants.add_integration(conn, "bench", "bench", api_url=sandbox.url)

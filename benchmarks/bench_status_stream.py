@@ -31,7 +31,7 @@ from bench_embedded import sandbox_process  # noqa: E402
 
 from websockets.sync.client import connect  # noqa: E402
 
-from ghetl import db, tenants  # noqa: E402
+from ghetl import db, migrate, tenants  # noqa: E402
 from ghetl.broker import MemoryBroker  # noqa: E402
 from ghetl.status import stage_event  # noqa: E402
 from ghetl.statusserver import StatusServer  # noqa: E402
@@ -40,7 +40,7 @@ from ghetl.sync import sync  # noqa: E402
 
 def fresh(tmp: str, n: int, api_url: str) -> tuple[object, str]:
     engine = db.engine(f"sqlite:///{tmp}/bench-{n}.db")
-    db.init(engine)
+    migrate.init(engine)
     with engine.begin() as conn:
         _, key = tenants.add_tenant(conn, "bench")
         tenants.add_integration(conn, "bench", "bench", api_url=api_url)

@@ -25,7 +25,7 @@ _EXPORTS = {
     "add_tenant": "tenants",
     "connect_broker": "broker",
     "engine": "db",
-    "init": "db",
+    "init": "migrate",
     "search": "search",
     "sync": "sync",
 }
@@ -35,7 +35,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .broker import connect as connect_broker
-    from .db import engine, init
+    from .db import engine
+    from .migrate import init
     from .jobs import AlreadyRunning
     from .search import search
     from .settings import SettingsError

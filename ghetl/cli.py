@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import config, db, jobs, logs, sandbox, tenants
+from . import config, db, jobs, logs, migrate, sandbox, tenants
 from .argtypes import port, positive_int, positive_seconds
 from .github import GitHubError
 from .settings import SettingsError
@@ -54,7 +54,7 @@ def _engine(*, creating: bool = False) -> sa.Engine:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    version = db.init(_engine(creating=True))
+    version = migrate.init(_engine(creating=True))
     print(f"schema ready (version {version}) at {_engine().url.render_as_string(hide_password=True)}")
     return 0
 
@@ -209,7 +209,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ValueError("ghetl worker needs RabbitMQ: set GHETL_BROKER_URL=amqp://user:pass@host:5672/vhost "
                          "(with memory:// the stages run inside ghetl sync)")
     broker.declare()
-    db.check_ready(_engine())
+    migrate.check_ready(_engine())
     broker_mod.check_settings()
     pipeline = Pipeline(_engine(), broker, get_embedder() if "embedding" in stages else None)
     stop = threading.Event()
@@ -245,7 +245,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_status_server(args: argparse.Namespace) -> int:
     from .statusserver import StatusServer
 
-    db.check_ready(_engine())
+    migrate.check_ready(_engine())
     broker = broker_mod.connect()
     poll = args.poll if args.poll is not None else (1.0 if isinstance(broker, broker_mod.MemoryBroker) else None)
     if poll:

@@ -84,7 +84,7 @@ def configure(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("httpx", "httpcore", "websockets", "sentence_transformers"):
+    for noisy in ("httpx", "httpcore", "websockets", "sentence_transformers", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     # pika logs each failed reconnect as several ERROR lines with a traceback; ghetl.rabbitmq
     # already says it in one line ("lost RabbitMQ (...); reconnecting in 1.2 s").

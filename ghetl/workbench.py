@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import config, db, embeddings, frames, logs, tenants
+from . import config, db, embeddings, frames, logs, migrate, tenants
 from . import settings as settings_mod
 from .github import GitHubClient, GitHubError
 from .progress import StageBars
@@ -155,7 +155,7 @@ def setup_tenant(
     simply be run again.
     """
     engine = engine or db.engine()
-    db.init(engine)
+    migrate.init(engine)
     with engine.begin() as conn:
         tenant_id, key = tenants.add_tenant(conn, name)
         integration_id = tenants.add_integration(conn, tenant_id, owner, api_url=api_url, token_env=token_env,
@@ -178,7 +178,7 @@ def ensure_tenant(
     sync passes `create=False`, so a mistyped name fails instead of becoming a new tenant.
     """
     engine = engine or db.engine()
-    db.init(engine)
+    migrate.init(engine)
     with engine.connect() as conn:
         try:
             tenant = tenants.get_tenant(conn, name)

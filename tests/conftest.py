@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, tenants
+from ghetl import db, migrate, tenants
 from ghetl.broker import Broker, MemoryBroker
 from ghetl.sandbox import Sandbox
 
@@ -67,7 +67,7 @@ class Backend:
 def _embedded(tmp_path: Any) -> Iterator[Backend]:
     url = f"sqlite:///{tmp_path / 'ghetl.db'}"
     engine = db.engine(url)
-    db.init(engine)
+    migrate.init(engine)
     yield Backend("embedded", url, "memory://", engine, MemoryBroker(), {"GHETL_DATABASE_URL": url})
     engine.dispose()
     db._engines.pop(url, None)
@@ -84,7 +84,7 @@ def _scaleout() -> Iterator[Backend]:
         previous = os.environ.get("GHETL_QUEUE_PREFIX")
         os.environ["GHETL_QUEUE_PREFIX"] = prefix
         engine = db.engine(url)
-        db.init(engine)
+        migrate.init(engine)
         from ghetl.rabbitmq import RabbitBroker
 
         try:

@@ -19,7 +19,7 @@ import papermill
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, embeddings, frames, tenants
+from ghetl import embeddings, frames, migrate, tenants
 
 from .conftest import AMQP_URL, TOKEN, add_tenant
 
@@ -155,7 +155,7 @@ def test_failing_sync_makes_papermill_exit_non_zero_and_shows_why(kernel_env, ma
     database_url = f"sqlite:///{tmp_path / 'g.db'}"
     engine = sa.create_engine(database_url)
     try:
-        db.init(engine)
+        migrate.init(engine)
         with engine.begin() as conn:
             tenants.add_tenant(conn, "acme")
             tenants.add_integration(conn, "acme", "acme", api_url=sandbox.url)

@@ -15,9 +15,15 @@ How to add an entity (pull requests, issues, releases, ...):
    - `key(payload) -> str` (optional; default `str(payload["id"])`): the payload's GitHub id;
    - `parent_key(payload) -> str` (dependent steps): the parent's external id, which is stored
      with the raw payload and reaches `to_row` as `ctx["parent_external_id"]`;
-   - `to_row(payload, ctx) -> dict` and `upsert(conn, rows)`: the transform stage;
+   - `to_row(payload, ctx) -> dict` and `upsert(conn, rows)`: the transform stage (`ctx` also
+     has `fetched_at`; `db.upsert(..., newest=(version column, "fetched_at"))` keeps a late
+     older payload from replacing a newer row);
    - `EMBED_COLUMNS` and `embed_text(row) -> str`: what the embedding stage reads and embeds.
-2. Add the module's name to `BUILTIN` below, and its tables' migration under `ghetl/db`.
+2. Define its tables in `ghetl/db.py`, and write their Alembic revision in
+   `ghetl/migrations/versions/` (`alembic -c ghetl/migrations/alembic.ini revision
+   --autogenerate -m "<entity> tables"`, see `ghetl/migrate.py`); a test checks that a new
+   database is exactly the tables in code.
+3. Add the module's name to `BUILTIN` below.
 
 Nothing else changes: the sync extracts every registered step (a dependent one alongside its
 parent), the workers run any step's stages, completion is counted per step and stage, and each

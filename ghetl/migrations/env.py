@@ -1,0 +1,24 @@
+"""Alembic's entry point: runs the revisions on the connection `ghetl.migrate` hands over, or on
+GHETL_DATABASE_URL when a developer runs the `alembic` command (autogenerate compares with
+`ghetl.db.metadata`)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from ghetl import config, db
+
+
+def run(connection: object) -> None:
+    context.configure(connection=connection, target_metadata=db.metadata,
+                      render_as_batch=connection.dialect.name == "sqlite")  # type: ignore[attr-defined]
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+given = context.config.attributes.get("connection")
+if given is not None:
+    run(given)
+else:
+    with db.engine(config.database_url()).begin() as conn:
+        run(conn)
