@@ -70,7 +70,23 @@ def cmd_tenant_add(args: argparse.Namespace) -> int:
 def cmd_tenant_list(args: argparse.Namespace) -> int:
     with _engine().connect() as conn:
         for row in tenants.list_tenants(conn):
-            print(f"{row['id']}\t{row['name']}")
+            print(f"{row['id']}\t{row['name']}" + ("" if row["active"] else "\tdisabled"))
+    return 0
+
+
+def _switch(kind: str, name: str, was: bool, active: bool, enable_with: str) -> None:
+    """Say what enabling or disabling did, and what a disabled one means for syncs."""
+    state = "enabled" if active else "disabled"
+    already = " (it already was)" if was == active else ""
+    after = "" if active else f"; ghetl sync refuses it until: {enable_with}"
+    print(f"{kind} {name} {state}{already}{after}")
+
+
+def cmd_tenant_switch(args: argparse.Namespace) -> int:
+    active = args.tenant_command == "enable"
+    with _engine().begin() as conn:
+        tenant = tenants.set_tenant_active(conn, args.name, active)
+    _switch("tenant", tenant["name"], tenant["active"], active, f"ghetl tenant enable {tenant['name']}")
     return 0
 
 
@@ -87,6 +103,45 @@ def cmd_integration_add(args: argparse.Namespace) -> int:
             conn, args.tenant, args.owner, api_url=args.api_url, token_env=args.token_env, settings=args.settings
         )
     print(integration_id)
+    return 0
+
+
+def cmd_integration_list(args: argparse.Namespace) -> int:
+    with _engine().connect() as conn:
+        rows = tenants.list_integrations(conn, args.tenant)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        last = row["last_sync_date"].isoformat(timespec="seconds") if row["last_sync_date"] else "never"
+        print(f"{row['id']}\ttenant {row['tenant']}\towner {row['owner']}\t{row['api_url']}\ttoken ${row['token_env']}\t"
+              f"settings {json.dumps(row['settings'], sort_keys=True)}\t{'active' if row['active'] else 'disabled'}\t"
+              f"last sync {last}")
+    return 0
+
+
+def cmd_integration_switch(args: argparse.Namespace) -> int:
+    active = args.integration_command == "enable"
+    with _engine().begin() as conn:
+        integration = tenants.set_integration_active(conn, args.tenant, args.integration, active)
+        tenant = tenants.get_tenant(conn, args.tenant)["name"]
+    _switch("integration", f"{integration['id']} of tenant {tenant}", integration["active"], active,
+            f"ghetl integration enable --tenant {tenant} --integration {integration['id']}")
+    return 0
+
+
+def cmd_integration_set(args: argparse.Namespace) -> int:
+    with _engine().begin() as conn:
+        tenant = tenants.get_tenant(conn, args.tenant)
+        integration = tenants.get_integration(conn, tenant["id"], args.integration, include_disabled=True)
+        changes = tenants.update_settings(conn, integration["id"], args.settings)
+    which = f"integration {integration['id']}"
+    if not changes:
+        print(f"{which}: settings unchanged")
+        return 0
+    for key, (old, new) in changes.items():
+        print(f"{which}: {key}: {json.dumps(old)} -> {json.dumps(new)}")
+    print(f"{which}: last sync date cleared, so the next ghetl sync is a full one")
     return 0
 
 
@@ -269,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("add", cmd_tenant_add, "create a tenant; prints its id (and its status-stream key on stderr)", tenant_sub).add_argument("name")
     add("list", cmd_tenant_list, "list tenants", tenant_sub)
     add("key", cmd_tenant_key, "issue a new status-stream key for a tenant (the old one stops working)", tenant_sub).add_argument("name")
+    add("disable", cmd_tenant_switch, "disable a tenant: ghetl sync refuses it until it is enabled again; nothing "
+        "stored is removed", tenant_sub).add_argument("name")
+    add("enable", cmd_tenant_switch, "enable a disabled tenant again", tenant_sub).add_argument("name")
 
     integration = sub.add_parser("integration", help="manage GitHub integrations", description="manage GitHub integrations")
     integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
@@ -278,6 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-url", help="API root, e.g. https://ghe.example.com/api/v3 (default: $GITHUB_API_URL or https://api.github.com)")
     p.add_argument("--token-env", default="GITHUB_TOKEN", help="environment variable that holds the token (default GITHUB_TOKEN)")
     p.add_argument("--settings", help='JSON, e.g. \'{"repository_filter": "api in:name", "include_forks": false}\'')
+    p = add("list", cmd_integration_list, "list integrations: id, tenant, owner, API URL, the NAME of the token's "
+            "variable, settings, active or disabled, last sync of its job", integration_sub)
+    p.add_argument("--tenant", help="only this tenant's integrations (name or id)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    for action, help_ in (("disable", "disable an integration: ghetl sync refuses it until it is enabled again; "
+                                      "nothing stored is removed"),
+                          ("enable", "enable a disabled integration again")):
+        p = add(action, cmd_integration_switch, help_, integration_sub)
+        p.add_argument("--tenant", required=True, help="tenant name or id")
+        p.add_argument("--integration", type=int, help="integration id (needed when the tenant has several)")
+    p = add("set", cmd_integration_set, "change an integration's settings, checked as integration add checks them; "
+            "a change makes the next sync a full one", integration_sub)
+    p.add_argument("--tenant", required=True, help="tenant name or id")
+    p.add_argument("--integration", type=int, help="integration id (needed when the tenant has several)")
+    p.add_argument("--settings", required=True, help='the whole settings, as JSON: keys left out return to their '
+                   'defaults, e.g. \'{"include_forks": false}\'')
 
     p = add("sync", cmd_sync, "run the tenant's GitHub job to its end")
     p.add_argument("--tenant", required=True, help="tenant name or id")
