@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from . import broker as broker_mod
 from . import config, db, jobs, logs, sandbox, tenants
-from .argtypes import port, positive_int, positive_seconds
+from .argtypes import days, port, positive_int, positive_seconds
 from .github import GitHubError
 from .settings import SettingsError
 
@@ -224,6 +224,24 @@ def _end_stale_runs(engine: sa.Engine) -> None:
         broker.close()
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .prune import prune
+
+    with _engine().begin() as conn:
+        tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
+        counts = prune(conn, keep_runs=args.keep_runs, older_than_days=args.older_than, tenant_id=tenant_id,
+                       dry_run=args.dry_run)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "keep_runs": args.keep_runs, "older_than_days": args.older_than,
+                     "deleted": counts})
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} " + ", ".join(f"{n} {table} rows" for table, n in counts.items())
+          + f" (kept: each job's {args.keep_runs} newest runs, everything younger than {args.older_than:g} days, "
+          "unfinished items and the newest payload of each item)")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import search
 
@@ -365,6 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("jobs", cmd_jobs, "show jobs with their status circles")
     p.add_argument("--tenant", help="only this tenant's jobs")
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = add("prune", cmd_prune, "delete old raw payloads, run records and unusable ETags; keeps each job's newest "
+            "runs, everything younger than --older-than, every item not yet finished (pending, transformed, failed) "
+            "and the newest payload of each item (304 pages are rebuilt from it)")
+    p.add_argument("--keep-runs", type=positive_int, default=5, metavar="K", help="runs to keep per job (default 5)")
+    p.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",
+                   help="keep everything younger than this many days (default 30)")
+    p.add_argument("--tenant", help="only this tenant's data (name or id)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
 
     p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
             "(hash or minilm; use the one the tenant was synced with)")
