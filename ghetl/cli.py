@@ -177,7 +177,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     for step, counts in result["counts"].items():
         print(f"  {step}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     requests = result["requests"]
-    print(f"  GitHub: {requests} request{'' if requests == 1 else 's'}, {result['not_modified']} not modified (304), "
+    print(f"  GitHub: {_plural(requests, 'request')}, {result['not_modified']} not modified (304), "
           f"{result['rate_limit_points']} rate-limit points")
 
 
@@ -239,6 +239,93 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(f"{verb} " + ", ".join(f"{n} {table} rows" for table, n in counts.items())
           + f" (kept: each job's {args.keep_runs} newest runs, everything younger than {args.older_than:g} days, "
           "unfinished items and the newest payload of each item)")
+    return 0
+
+
+def _chosen_letters(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from . import deadletters
+
+    with _engine().connect() as conn:
+        tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
+        letters = deadletters.list_letters(conn, tenant_id, args.id)
+    missing = sorted(set(args.id or ()) - {letter["id"] for letter in letters})
+    if missing:
+        raise LookupError(f"no dead letter {', '.join(map(str, missing))}"
+                          + (f" of tenant {args.tenant}" if args.tenant else "") + "; see: ghetl dead-letters list")
+    return letters
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _letter_line(letter: dict[str, Any]) -> str:
+    raw = letter["raw_data_ids"]
+    items = _plural(letter["items"], "item") if letter["readable"] else "unreadable"
+    if raw:
+        items += f" (raw {', '.join(map(str, raw[:5]))}{', ...' if len(raw) > 5 else ''})"
+    return "\t".join([
+        str(letter["id"]), f"tenant {letter['tenant'] or letter['tenant_id'] or '-'}", letter["stage"],
+        f"run {letter['run_id'] or '-'}", items, _plural(letter["attempts"], "attempt"),
+        letter["created_at"].isoformat(timespec="seconds"), logs.redact(letter["reason"]),
+    ])
+
+
+def _letters_json(letters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in letter.items() if k != "body"} for letter in letters]
+
+
+def cmd_dead_letters_list(args: argparse.Namespace) -> int:
+    letters = _chosen_letters(args)
+    if args.json:
+        _print_json(_letters_json(letters))
+        return 0
+    for letter in letters:
+        print(_letter_line(letter))
+    return 0
+
+
+def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
+    from . import deadletters
+
+    letters = _chosen_letters(args)
+    broker = broker_mod.connect()
+    try:
+        done = deadletters.replay(_engine(), broker, letters)
+        if isinstance(broker, broker_mod.MemoryBroker) and done.letters:
+            deadletters.run_here(_engine(), broker, done.reopened, args.timeout)
+    finally:
+        broker.close()
+    if args.json:
+        _print_json({"replayed": _letters_json(done.letters), "reopened_items": done.reopened,
+                     "unreadable": _letters_json(done.unreadable)})
+    else:
+        where = "handled here" if isinstance(broker, broker_mod.MemoryBroker) else "the workers take them from there"
+        print(f"replayed {_plural(len(done.letters), 'dead letter')}, "
+              f"{_plural(len(done.reopened), 'failed item')} sent back to their stage ({where})")
+    if done.unreadable:
+        ids = " ".join(f"--id {letter['id']}" for letter in done.unreadable)
+        return _error(f"{len(done.unreadable)} dead letter(s) cannot be read as a message and were not replayed; "
+                      f"drop them with: ghetl dead-letters drop {ids}")
+    return 0
+
+
+def cmd_dead_letters_drop(args: argparse.Namespace) -> int:
+    from . import deadletters
+
+    if not (args.id or args.tenant or args.all):
+        raise ValueError("say which dead letters to drop: --id ID, --tenant T, or --all")
+    letters = _chosen_letters(args)
+    broker = broker_mod.connect()
+    try:
+        with _engine().begin() as conn:
+            dropped = deadletters.drop(conn, broker, letters)
+    finally:
+        broker.close()
+    if args.json:
+        _print_json({"dropped": dropped})
+    else:
+        print(f"dropped {_plural(dropped, 'dead letter')}")
     return 0
 
 
@@ -393,6 +480,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tenant", help="only this tenant's data (name or id)")
     p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+    dead = sub.add_parser("dead-letters", help="messages the workers gave up on: list, replay or drop them",
+                          description="messages the workers gave up on (unreadable, or failed GHETL_MAX_ATTEMPTS "
+                          "times): list, replay or drop them")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    for action, func, help_ in (
+        ("list", cmd_dead_letters_list, "dead letters: id, tenant, stage, run, items, attempts, when, reason"),
+        ("replay", cmd_dead_letters_replay,
+         "send dead letters back to their stage with a fresh attempt count; their failed items are handled again "
+         "(on memory:// here, on RabbitMQ by the workers). A message of a run that has ended is harmless to replay: "
+         "the workers' updates match the run and each item's status, so only items still failed are redone, and an "
+         "item a later run fetched again is left to that run"),
+        ("drop", cmd_dead_letters_drop, "delete dead letters (their items stay failed; the next sync retries them)"),
+    ):
+        p = add(action, func, help_, dead_sub)
+        p.add_argument("--tenant", help="only this tenant's dead letters (unreadable ones belong to no tenant)")
+        p.add_argument("--id", type=positive_int, action="append", help="only this dead letter (repeatable)")
+        p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--all", action="store_true", help="every dead letter (drop needs --id, --tenant or --all)")
+    dead_sub.choices["replay"].add_argument("--timeout", type=positive_seconds, default=600.0,
+                                            help="on memory://, how long to wait for the replayed messages "
+                                            "(default 600 s)")
 
     p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
             "(hash or minilm; use the one the tenant was synced with)")
