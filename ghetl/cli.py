@@ -292,8 +292,13 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
     broker = broker_mod.connect()
     try:
         done = deadletters.replay(_engine(), broker, letters)
-        if isinstance(broker, broker_mod.MemoryBroker) and done.letters:
-            deadletters.run_here(_engine(), broker, done.reopened, args.timeout)
+        if isinstance(broker, broker_mod.MemoryBroker):
+            if done.letters:
+                deadletters.run_here(_engine(), broker, done.reopened, args.timeout)
+        else:
+            for stage in sorted({letter["stage"] for letter in done.letters}):
+                if broker.consumer_count(stage) == 0:
+                    log.warning("no workers are consuming %s; start one with: ghetl worker all", broker.queue(stage))
     finally:
         broker.close()
     if args.json:
