@@ -3,12 +3,13 @@ once nothing can need it any more.
 
 Every run stores each payload it fetched, so without pruning `raw_extraction_data` grows by a
 whole listing per full run. A run is *retained* when it is among its job's `keep_runs` most
-recent, younger than `older_than_days`, or still RUNNING; the others go, with their item
-counts. A raw row goes only when all of these hold:
+recent, younger than `older_than_days`, still RUNNING, or its job's current run; the others go,
+with their item counts. A raw row goes only when all of these hold:
 
-- its run is not retained (or is gone already) and the row itself is older than the age limit;
+- its run is not retained, or is gone already;
 - its item is finished (`embedded`): a `pending`, `transformed` or `failed` row is work that a
   later run or a dead-letter replay still does;
+- it is not younger than the age limit either (rows of older ghetl versions have no run);
 - it is not the newest row of its item (tenant, integration, entity type, external id): a full
   run given a 304 for a listing page reads the page's payloads back by external id
   (`http_cache.PageCache.payloads`), newest first, and must find every one.
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from . import http_cache as http_cache_mod
 from . import settings as settings_mod
-from .db import etl_job_runs, etl_run_counts, http_cache, integrations, raw_extraction_data, utcnow
+from .db import etl_job_runs, etl_jobs, etl_run_counts, http_cache, integrations, raw_extraction_data, utcnow
 
 DEFAULT_KEEP_RUNS = 5
 DEFAULT_OLDER_THAN_DAYS = 30.0
@@ -66,12 +67,15 @@ def prune(
 
 
 def _prunable_runs(keep_runs: int, cutoff: dt.datetime, tenant_id: int | None) -> sa.Select:
-    """Runs that are not retained: beyond their job's `keep_runs` newest, older than `cutoff`, ended."""
+    """Runs that are not retained: beyond their job's `keep_runs` newest, older than `cutoff`,
+    ended, and not their job's current run (which its status and `ghetl jobs` describe, even if
+    a host's clock made a later run look older)."""
     runs = etl_job_runs
     rank = sa.func.row_number().over(partition_by=runs.c.job_id, order_by=(runs.c.started_at.desc(), runs.c.run_id.desc()))
     ranked = sa.select(runs.c.run_id, runs.c.tenant_id, runs.c.started_at, runs.c.overall, rank.label("rank")).subquery()
+    current = sa.select(etl_jobs.c.run_id).where(etl_jobs.c.run_id.is_not(None))
     query = sa.select(ranked.c.run_id).where(ranked.c.rank > keep_runs, ranked.c.started_at < cutoff,
-                                             ranked.c.overall != "RUNNING")
+                                             ranked.c.overall != "RUNNING", ranked.c.run_id.not_in(current))
     return query if tenant_id is None else query.where(ranked.c.tenant_id == tenant_id)
 
 

@@ -8,8 +8,9 @@ import json
 import sqlite3
 
 import pytest
+import sqlalchemy as sa
 
-from ghetl import tenants
+from ghetl import jobs, tenants
 from ghetl.sync import sync
 
 from .conftest import TOKEN, Backend, add_tenant
@@ -157,3 +158,19 @@ def test_a_settings_change_says_what_changed_and_makes_the_next_sync_full(cli, t
     assert first["counts"]["github_repositories"]["embedded"] == 30 - forks
     assert next_run["full"] is True
     assert stored(tmp_path, "SELECT count(*) FROM repositories") == [(30,)]
+
+
+def test_settings_are_not_changed_under_a_running_job(cli, tmp_path):
+    """The run's end would set last_sync_date for the old settings, and the next run would miss
+    what the new ones add."""
+    setup_tenant(cli, "http://127.0.0.1:9")
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'cli.db'}")
+    with engine.begin() as conn:
+        jobs.start(conn, jobs.list_jobs(conn)[0], full=True)
+    engine.dispose()
+
+    refused = cli("integration", "set", "--tenant", "acme-corp", "--settings", '{"include_forks": false}')
+
+    assert one_line_error(refused) == ("ghetl: error: integration 1's job is running; wait for it to end "
+                                       "(see: ghetl jobs), then change the settings")
+    assert stored(tmp_path, "SELECT settings FROM integrations") == [("{}",)]
