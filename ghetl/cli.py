@@ -323,8 +323,7 @@ def cmd_dead_letters_drop(args: argparse.Namespace) -> int:
     letters = _chosen_letters(args)
     broker = broker_mod.connect()
     try:
-        with _engine().begin() as conn:
-            dropped = deadletters.drop(conn, broker, letters)
+        dropped = deadletters.drop(_engine(), broker, letters)
     finally:
         broker.close()
     if args.json:

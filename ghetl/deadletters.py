@@ -77,12 +77,13 @@ def list_letters(conn: Connection, tenant_id: int | None = None, ids: list[int] 
     return letters
 
 
-def drop(conn: Connection, broker: Broker, letters: list[dict[str, Any]]) -> int:
-    """Delete these letters (and the broker's copies); return how many were still there."""
+def drop(engine: Engine, broker: Broker, letters: list[dict[str, Any]]) -> int:
+    """Delete these letters, then the broker's copies; return how many were still there."""
     ids = [letter["id"] for letter in letters]
     if not ids:
         return 0
-    dropped = conn.execute(dead_letters.delete().where(dead_letters.c.id.in_(ids))).rowcount
+    with engine.begin() as conn:
+        dropped = conn.execute(dead_letters.delete().where(dead_letters.c.id.in_(ids))).rowcount
     broker.forget_dead_letters(set(ids))
     return dropped
 

@@ -123,8 +123,7 @@ def test_an_unreadable_dead_letter_belongs_to_no_tenant_is_not_replayed_and_can_
     done = deadletters.replay(backend.engine, backend.broker, [letter])
     assert (done.letters, done.reopened, [u["id"] for u in done.unreadable]) == ([], [], [letter["id"]])
     assert [x["id"] for x in letters(backend)] == [letter["id"]]
-    with backend.engine.begin() as conn:
-        assert deadletters.drop(conn, backend.broker, [letter]) == 1
+    assert deadletters.drop(backend.engine, backend.broker, [letter]) == 1
     assert letters(backend) == []
     assert wait_until(lambda: backend.broker.dead_letters == [], timeout=10)  # type: ignore[attr-defined]
 

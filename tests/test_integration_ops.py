@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 import ghetl
 from ghetl import jobs, tenants
+from ghetl.sync import sync
 
 from .conftest import TOKEN, Backend, add_tenant
 from .test_cli import cli, one_line_error  # noqa: F401  (fixture)
@@ -99,7 +100,7 @@ def test_the_library_sync_refuses_a_disabled_integration_too(backend: Backend, s
         tenants.set_integration_active(conn, tenant, None, False)
 
     with pytest.raises(ghetl.Disabled) as refused:
-        ghetl.sync(tenant, engine=backend.engine, broker=backend.broker)
+        sync(tenant, engine=backend.engine, broker=backend.broker)
 
     assert str(refused.value) == DISABLED_INTEGRATION.removeprefix("ghetl: error: ")
     assert backend.scalar("SELECT count(*) FROM etl_job_runs") == 0
