@@ -1,9 +1,10 @@
 """ghetl: a tenant's GitHub repositories through Extract -> Transform -> Embedding, with live status.
 
-The public API: set up with `init`, `add_tenant`, `add_integration`; run with `sync`; look with
-`search` (and, in notebooks, `ghetl.frames`). Everything is configured by environment
-variables (see `ghetl.config`), so the same code runs on SQLite in a notebook and on
-PostgreSQL + RabbitMQ with workers on other hosts.
+The public API: set up with `init`, `add_tenant`, `add_integration`; run with `sync` (which
+raises `Disabled` for a disabled tenant or integration); keep the database lean with `prune`;
+look with `search` (and, in notebooks, `ghetl.frames`). Everything is configured by
+environment variables (see `ghetl.config`), so the same code runs on SQLite in a notebook and
+on PostgreSQL + RabbitMQ with workers on other hosts.
 
 The names below are imported on first use, so that `ghetl worker` or `ghetl sync` start
 without loading what only other commands need (numpy for search, the sandbox's server).
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "AlreadyRunning": "jobs",
+    "Disabled": "tenants",
     "NotFound": "tenants",
     "SettingsError": "settings",
     "SyncResult": "sync",
@@ -26,6 +28,7 @@ _EXPORTS = {
     "connect_broker": "broker",
     "engine": "db",
     "init": "migrate",
+    "prune": "prune",
     "search": "search",
     "sync": "sync",
 }
@@ -36,12 +39,13 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from .broker import connect as connect_broker
     from .db import engine
-    from .migrate import init
     from .jobs import AlreadyRunning
+    from .migrate import init
+    from .prune import prune
     from .search import search
     from .settings import SettingsError
     from .sync import SyncResult, sync
-    from .tenants import NotFound, add_integration, add_tenant
+    from .tenants import Disabled, NotFound, add_integration, add_tenant
 
 
 def __getattr__(name: str) -> Any:

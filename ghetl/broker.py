@@ -44,6 +44,7 @@ class Outcome:
     action: str
     reason: str = ""
     delay: float = 0.0
+    letter: int | None = None  # for "dead": the id of its `dead_letters` row, when it could be written
 
 
 def max_attempts() -> int:
@@ -145,6 +146,10 @@ class Broker(Protocol):
     def consumer_count(self, stage: str) -> int:
         """How many consumers the stage's queue has now; raise ConnectionError if unknown."""
 
+    def forget_dead_letters(self, letters: set[int]) -> None:
+        """Remove the broker's own copies of these dead letters (`dead_letters` ids), which were
+        replayed or dropped: the table is the truth, the broker's copy must not contradict it."""
+
     def publish_status(self, events: list[Event]) -> None: ...
 
     def subscribe_status(
@@ -196,6 +201,7 @@ class DeadLetter:
     body: bytes
     reason: str
     attempts: int
+    letter: int | None = None
 
 
 @dataclass
@@ -264,7 +270,11 @@ class MemoryBroker:
                 q.put((body, attempt))
             elif outcome.action == "dead":
                 with self._lock:
-                    self.dead_letters.append(DeadLetter(stage, body, outcome.reason, attempt))
+                    self.dead_letters.append(DeadLetter(stage, body, outcome.reason, attempt, outcome.letter))
+
+    def forget_dead_letters(self, letters: set[int]) -> None:
+        with self._lock:
+            self.dead_letters = [d for d in self.dead_letters if d.letter not in letters]
 
     def publish_status(self, events: list[Event]) -> None:
         self.status_bus.publish(events)

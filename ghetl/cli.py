@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from . import broker as broker_mod
 from . import config, db, jobs, logs, migrate, sandbox, tenants
-from .argtypes import port, positive_int, positive_seconds
+from .argtypes import days, port, positive_int, positive_seconds
 from .github import GitHubError
 from .settings import SettingsError
 
@@ -70,7 +70,23 @@ def cmd_tenant_add(args: argparse.Namespace) -> int:
 def cmd_tenant_list(args: argparse.Namespace) -> int:
     with _engine().connect() as conn:
         for row in tenants.list_tenants(conn):
-            print(f"{row['id']}\t{row['name']}")
+            print(f"{row['id']}\t{row['name']}" + ("" if row["active"] else "\tdisabled"))
+    return 0
+
+
+def _switch(kind: str, name: str, was: bool, active: bool, enable_with: str) -> None:
+    """Say what enabling or disabling did, and what a disabled one means for syncs."""
+    state = "enabled" if active else "disabled"
+    already = " (it already was)" if was == active else ""
+    after = "" if active else f"; ghetl sync refuses it until: {enable_with}"
+    print(f"{kind} {name} {state}{already}{after}")
+
+
+def cmd_tenant_switch(args: argparse.Namespace) -> int:
+    active = args.tenant_command == "enable"
+    with _engine().begin() as conn:
+        tenant = tenants.set_tenant_active(conn, args.name, active)
+    _switch("tenant", tenant["name"], tenant["active"], active, f"ghetl tenant enable {tenant['name']}")
     return 0
 
 
@@ -87,6 +103,45 @@ def cmd_integration_add(args: argparse.Namespace) -> int:
             conn, args.tenant, args.owner, api_url=args.api_url, token_env=args.token_env, settings=args.settings
         )
     print(integration_id)
+    return 0
+
+
+def cmd_integration_list(args: argparse.Namespace) -> int:
+    with _engine().connect() as conn:
+        rows = tenants.list_integrations(conn, args.tenant)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        last = row["last_sync_date"].isoformat(timespec="seconds") if row["last_sync_date"] else "never"
+        print(f"{row['id']}\ttenant {row['tenant']}\towner {row['owner']}\t{row['api_url']}\ttoken ${row['token_env']}\t"
+              f"settings {json.dumps(row['settings'], sort_keys=True)}\t{'active' if row['active'] else 'disabled'}\t"
+              f"last sync {last}")
+    return 0
+
+
+def cmd_integration_switch(args: argparse.Namespace) -> int:
+    active = args.integration_command == "enable"
+    with _engine().begin() as conn:
+        integration = tenants.set_integration_active(conn, args.tenant, args.integration, active)
+        tenant = tenants.get_tenant(conn, args.tenant)["name"]
+    _switch("integration", f"{integration['id']} of tenant {tenant}", integration["active"], active,
+            f"ghetl integration enable --tenant {tenant} --integration {integration['id']}")
+    return 0
+
+
+def cmd_integration_set(args: argparse.Namespace) -> int:
+    with _engine().begin() as conn:
+        tenant = tenants.get_tenant(conn, args.tenant)
+        integration = tenants.get_integration(conn, tenant["id"], args.integration, include_disabled=True)
+        changes = tenants.update_settings(conn, integration["id"], args.settings)
+    which = f"integration {integration['id']}"
+    if not changes:
+        print(f"{which}: settings unchanged")
+        return 0
+    for key, (old, new) in changes.items():
+        print(f"{which}: {key}: {json.dumps(old)} -> {json.dumps(new)}")
+    print(f"{which}: last sync date cleared, so the next ghetl sync is a full one")
     return 0
 
 
@@ -122,7 +177,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     for step, counts in result["counts"].items():
         print(f"  {step}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     requests = result["requests"]
-    print(f"  GitHub: {requests} request{'' if requests == 1 else 's'}, {result['not_modified']} not modified (304), "
+    print(f"  GitHub: {_plural(requests, 'request')}, {result['not_modified']} not modified (304), "
           f"{result['rate_limit_points']} rate-limit points")
     for line in _gaps(result["stats"]):
         print(f"  {line}")
@@ -178,6 +233,115 @@ def _end_stale_runs(engine: sa.Engine) -> None:
         log.warning("ended stale runs, but could not tell the status stream: %s", exc)
     finally:
         broker.close()
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .prune import prune
+
+    with _engine().begin() as conn:
+        tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
+        counts = prune(conn, keep_runs=args.keep_runs, older_than_days=args.older_than, tenant_id=tenant_id,
+                       dry_run=args.dry_run)
+    if args.json:
+        _print_json({"dry_run": args.dry_run, "keep_runs": args.keep_runs, "older_than_days": args.older_than,
+                     "deleted": counts})
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} " + ", ".join(f"{n} {table} rows" for table, n in counts.items())
+          + f" (kept: each job's {args.keep_runs} newest runs, everything younger than {args.older_than:g} days, "
+          "unfinished items and the newest payload of each item)")
+    return 0
+
+
+def _chosen_letters(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from . import deadletters
+
+    with _engine().connect() as conn:
+        tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
+        letters = deadletters.list_letters(conn, tenant_id, args.id)
+    missing = sorted(set(args.id or ()) - {letter["id"] for letter in letters})
+    if missing:
+        raise LookupError(f"no dead letter {', '.join(map(str, missing))}"
+                          + (f" of tenant {args.tenant}" if args.tenant else "") + "; see: ghetl dead-letters list")
+    return letters
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _letter_line(letter: dict[str, Any]) -> str:
+    raw = letter["raw_data_ids"]
+    items = _plural(letter["items"], "item") if letter["readable"] else "unreadable"
+    if raw:
+        items += f" (raw {', '.join(map(str, raw[:5]))}{', ...' if len(raw) > 5 else ''})"
+    return "\t".join([
+        str(letter["id"]), f"tenant {letter['tenant'] or letter['tenant_id'] or '-'}", letter["stage"],
+        f"run {letter['run_id'] or '-'}", items, _plural(letter["attempts"], "attempt"),
+        letter["created_at"].isoformat(timespec="seconds"), logs.redact(letter["reason"]),
+    ])
+
+
+def _letters_json(letters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in letter.items() if k != "body"} for letter in letters]
+
+
+def cmd_dead_letters_list(args: argparse.Namespace) -> int:
+    letters = _chosen_letters(args)
+    if args.json:
+        _print_json(_letters_json(letters))
+        return 0
+    for letter in letters:
+        print(_letter_line(letter))
+    return 0
+
+
+def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
+    from . import deadletters
+
+    letters = _chosen_letters(args)
+    broker = broker_mod.connect()
+    try:
+        done = deadletters.replay(_engine(), broker, letters)
+        if isinstance(broker, broker_mod.MemoryBroker):
+            if done.letters:
+                deadletters.run_here(_engine(), broker, done.reopened, args.timeout)
+        else:
+            for stage in sorted({letter["stage"] for letter in done.letters}):
+                if broker.consumer_count(stage) == 0:
+                    log.warning("no workers are consuming %s; start one with: ghetl worker all", broker.queue(stage))
+    finally:
+        broker.close()
+    if args.json:
+        _print_json({"replayed": _letters_json(done.letters), "reopened_items": done.reopened,
+                     "unreadable": _letters_json(done.unreadable)})
+    else:
+        where = "handled here" if isinstance(broker, broker_mod.MemoryBroker) else "the workers take them from there"
+        print(f"replayed {_plural(len(done.letters), 'dead letter')}, "
+              f"{_plural(len(done.reopened), 'failed item')} sent back to their stage ({where})")
+    if done.unreadable:
+        ids = " ".join(f"--id {letter['id']}" for letter in done.unreadable)
+        return _error(f"{len(done.unreadable)} dead letter(s) cannot be read as a message and were not replayed; "
+                      f"drop them with: ghetl dead-letters drop {ids}")
+    return 0
+
+
+def cmd_dead_letters_drop(args: argparse.Namespace) -> int:
+    from . import deadletters
+
+    if not (args.id or args.tenant or args.all):
+        raise ValueError("say which dead letters to drop: --id ID, --tenant T, or --all")
+    letters = _chosen_letters(args)
+    broker = broker_mod.connect()
+    try:
+        dropped = deadletters.drop(_engine(), broker, letters)
+    finally:
+        broker.close()
+    if args.json:
+        _print_json({"dropped": dropped})
+    else:
+        print(f"dropped {_plural(dropped, 'dead letter')}")
+    return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -280,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("add", cmd_tenant_add, "create a tenant; prints its id (and its status-stream key on stderr)", tenant_sub).add_argument("name")
     add("list", cmd_tenant_list, "list tenants", tenant_sub)
     add("key", cmd_tenant_key, "issue a new status-stream key for a tenant (the old one stops working)", tenant_sub).add_argument("name")
+    add("disable", cmd_tenant_switch, "disable a tenant: ghetl sync refuses it until it is enabled again; nothing "
+        "stored is removed", tenant_sub).add_argument("name")
+    add("enable", cmd_tenant_switch, "enable a disabled tenant again", tenant_sub).add_argument("name")
 
     integration = sub.add_parser("integration", help="manage GitHub integrations", description="manage GitHub integrations")
     integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
@@ -289,6 +456,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-url", help="API root, e.g. https://ghe.example.com/api/v3 (default: $GITHUB_API_URL or https://api.github.com)")
     p.add_argument("--token-env", default="GITHUB_TOKEN", help="environment variable that holds the token (default GITHUB_TOKEN)")
     p.add_argument("--settings", help='JSON, e.g. \'{"repository_filter": "api in:name", "include_forks": false}\'')
+    p = add("list", cmd_integration_list, "list integrations: id, tenant, owner, API URL, the NAME of the token's "
+            "variable, settings, active or disabled, last sync of its job", integration_sub)
+    p.add_argument("--tenant", help="only this tenant's integrations (name or id)")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    for action, help_ in (("disable", "disable an integration: ghetl sync refuses it until it is enabled again; "
+                                      "nothing stored is removed"),
+                          ("enable", "enable a disabled integration again")):
+        p = add(action, cmd_integration_switch, help_, integration_sub)
+        p.add_argument("--tenant", required=True, help="tenant name or id")
+        p.add_argument("--integration", type=int, help="integration id (needed when the tenant has several)")
+    p = add("set", cmd_integration_set, "change an integration's settings, checked as integration add checks them; "
+            "a change makes the next sync a full one", integration_sub)
+    p.add_argument("--tenant", required=True, help="tenant name or id")
+    p.add_argument("--integration", type=int, help="integration id (needed when the tenant has several)")
+    p.add_argument("--settings", required=True, help='the whole settings, as JSON: keys left out return to their '
+                   'defaults, e.g. \'{"include_forks": false}\'')
 
     p = add("sync", cmd_sync, "run the tenant's GitHub job to its end")
     p.add_argument("--tenant", required=True, help="tenant name or id")
@@ -302,6 +485,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("jobs", cmd_jobs, "show jobs with their status circles")
     p.add_argument("--tenant", help="only this tenant's jobs")
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = add("prune", cmd_prune, "delete old raw payloads, run records and unusable ETags; keeps each job's newest "
+            "runs, everything younger than --older-than, every item not yet finished (pending, transformed, failed) "
+            "and the newest payload of each item (304 pages are rebuilt from it)")
+    p.add_argument("--keep-runs", type=positive_int, default=5, metavar="K", help="runs to keep per job (default 5)")
+    p.add_argument("--older-than", type=days, default=30.0, metavar="DAYS",
+                   help="keep everything younger than this many days (default 30)")
+    p.add_argument("--tenant", help="only this tenant's data (name or id)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+
+    dead = sub.add_parser("dead-letters", help="messages the workers gave up on: list, replay or drop them",
+                          description="messages the workers gave up on (unreadable, or failed GHETL_MAX_ATTEMPTS "
+                          "times): list, replay or drop them")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    for action, func, help_ in (
+        ("list", cmd_dead_letters_list, "dead letters: id, tenant, stage, run, items, attempts, when, reason"),
+        ("replay", cmd_dead_letters_replay,
+         "send dead letters back to their stage with a fresh attempt count; their failed items are handled again "
+         "(on memory:// here, on RabbitMQ by the workers). A message of a run that has ended is harmless to replay: "
+         "the workers' updates match the run and each item's status, so only items still failed are redone, and an "
+         "item a later run fetched again is left to that run"),
+        ("drop", cmd_dead_letters_drop, "delete dead letters (their items stay failed; the next sync retries them)"),
+    ):
+        p = add(action, func, help_, dead_sub)
+        p.add_argument("--tenant", help="only this tenant's dead letters (unreadable ones belong to no tenant)")
+        p.add_argument("--id", type=positive_int, action="append", help="only this dead letter (repeatable)")
+        p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("--all", action="store_true", help="every dead letter (drop needs --id, --tenant or --all)")
+    dead_sub.choices["replay"].add_argument("--timeout", type=positive_seconds, default=600.0,
+                                            help="on memory://, how long to wait for the replayed messages "
+                                            "(default 600 s)")
 
     p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
             "(hash or minilm; use the one the tenant was synced with)")

@@ -260,6 +260,24 @@ http_cache = sa.Table(
     *_timestamps(),
 )
 
+# Messages the workers gave up on (poison, or out of attempts), kept where every back end can
+# read them: `ghetl dead-letters` lists, replays and drops them. No foreign keys: a poison
+# message may name a tenant or job that does not exist, and must still be kept.
+dead_letters = sa.Table(
+    "dead_letters",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("tenant_id", sa.Integer, index=True),
+    sa.Column("job_id", sa.Integer),
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("step", sa.String(100)),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
 schema_info = sa.Table(
     "ghetl_schema",
     metadata,

@@ -12,7 +12,10 @@ can share one server):
   a short delay behind a long one. They are declared when first needed and expire after an
   hour without use.
 - `{prefix}.dead`: messages given up on (poison, or out of attempts), with the headers
-  `x-ghetl-reason`, `x-ghetl-stage` and `x-ghetl-attempts`.
+  `x-ghetl-reason`, `x-ghetl-stage`, `x-ghetl-attempts` and `x-ghetl-dead-letter` (the id of
+  the message's `dead_letters` row). That table is the truth, which `ghetl dead-letters`
+  reads; this queue holds a copy for RabbitMQ's own tools, and a replayed or dropped letter's
+  copy is removed from it (`forget_dead_letters`).
 - `{prefix}.status`: fanout exchange of status events; each subscriber binds its own exclusive
   auto-delete queue.
 
@@ -68,6 +71,7 @@ ATTEMPT = "x-ghetl-attempt"
 REASON = "x-ghetl-reason"
 STAGE = "x-ghetl-stage"
 ATTEMPTS = "x-ghetl-attempts"
+LETTER = "x-ghetl-dead-letter"
 PUBLISH_PATIENCE = 120.0
 STATUS_PATIENCE = 5.0
 RETRY_QUEUE_EXPIRES_MS = 3_600_000
@@ -421,8 +425,21 @@ class RabbitBroker:
                     break
                 headers = properties.headers or {}
                 letters.append(DeadLetter(str(headers.get(STAGE, "")), body, str(headers.get(REASON, "")),
-                                          int(headers.get(ATTEMPTS, 0))))
+                                          int(headers.get(ATTEMPTS, 0)), headers.get(LETTER)))
         return letters
+
+    def forget_dead_letters(self, letters: set[int]) -> None:
+        """Ack the dead-letter queue's copies of these letters; the others go back when the
+        channel closes unacked, in their order."""
+        if not letters:
+            return
+        with self._channel() as channel:
+            while True:
+                method, properties, _body = channel.basic_get(self.dead_queue, auto_ack=False)
+                if method is None:
+                    break
+                if (properties.headers or {}).get(LETTER) in letters:
+                    channel.basic_ack(method.delivery_tag)
 
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
         """Run `concurrency` consumer threads per stage, each on its own connection, until `stop` is set."""
@@ -476,7 +493,7 @@ class RabbitBroker:
             if outcome.action == "retry":
                 self._retry(channel, stage, [body], attempt)
             elif outcome.action == "dead":
-                self._dead_letter(stage, body, outcome.reason, attempt)
+                self._dead_letter(stage, body, outcome.reason, attempt, outcome.letter)
             elif outcome.action == "requeue":
                 _pause(channel.connection, outcome.delay, stop)
                 self._publisher.publish([Outgoing("", self.queue(stage), body, {ATTEMPT: attempt})])
@@ -517,8 +534,8 @@ class RabbitBroker:
         delay_ms = str(int(broker_mod.retry_delay(attempt) * 1000))
         self._publisher.publish([Outgoing("", name, body, {ATTEMPT: attempt + 1}, expiration=delay_ms) for body in bodies])
 
-    def _dead_letter(self, stage: str, body: bytes, reason: str, attempt: int) -> None:
-        headers = {REASON: reason[:1000], STAGE: stage, ATTEMPTS: attempt}
+    def _dead_letter(self, stage: str, body: bytes, reason: str, attempt: int, letter: int | None) -> None:
+        headers = {REASON: reason[:1000], STAGE: stage, ATTEMPTS: attempt, LETTER: letter}
         self._publisher.publish([Outgoing("", self.dead_queue, body, headers)])
 
     def publish_status(self, events: list[Event]) -> None:

@@ -96,7 +96,7 @@ def sync(
         run_workers = isinstance(broker, MemoryBroker)
     started = time.monotonic()
     with engine.begin() as conn:
-        tenant_row = tenants.get_tenant(conn, tenant)
+        tenant_row = tenants.get_tenant(conn, tenant, active=True)
         integration = tenants.get_integration(conn, tenant_row["id"], integration_id)
         job = jobs.get_job(conn, tenant_row["id"], integration["id"])
         settings = settings_mod.parse(integration["settings"])

@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import config, jobs, settings as settings_mod
-from .db import integrations, tenants
+from . import config, jobs, steps, settings as settings_mod
+from .db import etl_jobs, integrations, tenants
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 
 class NotFound(LookupError):
     """A tenant or integration that does not exist; the message says which."""
+
+
+class Disabled(ValueError):
+    """A tenant or integration an operator disabled; the message says how to enable it."""
 
 
 def hash_key(key: str) -> str:
@@ -86,11 +90,12 @@ def check_key(conn: Connection, tenant_id: int, key: str) -> bool:
     return bool(stored) and hmac.compare_digest(stored, hash_key(key))
 
 
-def get_tenant(conn: Connection, name_or_id: str | int) -> dict[str, Any]:
-    """A tenant by id (an int, or a string of digits) or by name.
+def get_tenant(conn: Connection, name_or_id: str | int, *, active: bool = False) -> dict[str, Any]:
+    """A tenant by id (an int, or a string of digits) or by name; with `active`, only an enabled one.
 
     Digits that are no tenant's id are tried as a name too: an earlier ghetl accepted all-digit
-    names, and such a tenant must stay reachable.
+    names, and such a tenant must stay reachable. Only what starts work (a sync) asks for
+    `active`: a disabled tenant must stay visible to `jobs`, `search` and `tenant enable`.
     """
     row = None
     if isinstance(name_or_id, int) or is_id(name_or_id):
@@ -99,11 +104,47 @@ def get_tenant(conn: Connection, name_or_id: str | int) -> dict[str, Any]:
         row = conn.execute(sa.select(tenants).where(tenants.c.name == name_or_id)).mappings().first()
     if row is None:
         raise NotFound(f"unknown tenant '{name_or_id}'; create it with: ghetl tenant add {name_or_id}")
+    if active and not row["active"]:
+        raise Disabled(f"tenant {row['name']} is disabled; enable it with: ghetl tenant enable {row['name']}")
     return dict(row)
 
 
 def list_tenants(conn: Connection) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute(sa.select(tenants.c.id, tenants.c.name).order_by(tenants.c.id)).mappings()]
+    query = sa.select(tenants.c.id, tenants.c.name, tenants.c.active).order_by(tenants.c.id)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def set_tenant_active(conn: Connection, name: str | int, active: bool) -> dict[str, Any]:
+    """Enable or disable a tenant; return it as it was before, so the caller can say what changed."""
+    tenant = get_tenant(conn, name)
+    conn.execute(tenants.update().where(tenants.c.id == tenant["id"]).values(active=active))
+    return tenant
+
+
+def set_integration_active(conn: Connection, tenant: str | int, integration_id: int | None, active: bool) -> dict[str, Any]:
+    """Enable or disable one integration of a tenant; return it as it was before."""
+    integration = get_integration(conn, get_tenant(conn, tenant)["id"], integration_id, include_disabled=True)
+    conn.execute(integrations.update().where(integrations.c.id == integration["id"]).values(active=active))
+    return integration
+
+
+def list_integrations(conn: Connection, tenant: str | int | None = None) -> list[dict[str, Any]]:
+    """Every integration (or one tenant's) with its tenant's name and its job's last sync.
+
+    `token_env` is the variable's name; the token itself is never stored, so never listed.
+    """
+    query = (
+        sa.select(integrations.c.id, tenants.c.name.label("tenant"), integrations.c.owner, integrations.c.api_url,
+                  integrations.c.token_env, integrations.c.settings, integrations.c.active,
+                  etl_jobs.c.last_sync_date)
+        .join(tenants, tenants.c.id == integrations.c.tenant_id)
+        .outerjoin(etl_jobs, sa.and_(etl_jobs.c.integration_id == integrations.c.id,
+                                     etl_jobs.c.job_name == steps.JOB_NAME))
+        .order_by(integrations.c.id)
+    )
+    if tenant is not None:
+        query = query.where(integrations.c.tenant_id == get_tenant(conn, tenant)["id"])
+    return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def add_integration(
@@ -124,8 +165,7 @@ def add_integration(
         raise ValueError(f"owner '{owner}' is not a GitHub user or organisation name")
     _check_token_env(token_env)
     api_url = config.check_api_url(api_url, "--api-url") if api_url else config.api_url()
-    parsed = settings_mod.parse(settings)
-    stored = {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
+    stored = _stored(settings_mod.parse(settings))
     if not os.environ.get(token_env):
         log.warning("$%s is not set here; set it to the token wherever ghetl sync runs for this integration",
                     token_env)
@@ -148,22 +188,60 @@ def _check_token_env(token_env: str) -> None:
                          "not starting with a digit")
 
 
-def update_settings(conn: Connection, integration_id: int, settings: str | dict[str, Any]) -> dict[str, Any]:
+def _stored(parsed: dict[str, Any]) -> dict[str, Any]:
+    """Settings as stored: only what differs from the defaults, so a later default applies to them."""
+    return {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
+
+
+def update_settings(conn: Connection, integration_id: int, settings: str | dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Replace an integration's settings, validated as `add_integration` validates them; return
+    what changed, {key: (old, new)}.
+
+    A change resets the job's `last_sync_date` in the same transaction: an incremental run keeps
+    only what changed since then, so repositories the new settings select but that did not
+    change (forks now included, say) would never arrive; the next run is a full one instead.
+    Refused while the job runs: that run's end would set `last_sync_date` again, for the old settings.
+    """
     parsed = settings_mod.parse(settings)
-    stored = {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
-    conn.execute(integrations.update().where(integrations.c.id == integration_id).values(settings=stored))
-    return parsed
+    row = conn.execute(sa.select(integrations).where(integrations.c.id == integration_id)).mappings().one()
+    old = settings_mod.parse(row["settings"])
+    changes = {k: (old[k], parsed[k]) for k in settings_mod.DEFAULTS if old[k] != parsed[k]}
+    if not changes:
+        return {}
+    job = jobs.get_job(conn, row["tenant_id"], integration_id)
+    if job["status"]["overall"] == "RUNNING":
+        raise jobs.AlreadyRunning(f"integration {integration_id}'s job is running; wait for it to end "
+                                  "(see: ghetl jobs), then change the settings")
+    conn.execute(integrations.update().where(integrations.c.id == integration_id).values(settings=_stored(parsed)))
+    conn.execute(etl_jobs.update().where(etl_jobs.c.id == job["id"]).values(last_sync_date=None))
+    return changes
 
 
-def get_integration(conn: Connection, tenant_id: int, integration_id: int | None = None) -> dict[str, Any]:
-    """The tenant's integration with that id, or its only active one when no id is given."""
-    query = sa.select(integrations).where(integrations.c.tenant_id == tenant_id, integrations.c.active.is_(True))
+def get_integration(
+    conn: Connection, tenant_id: int, integration_id: int | None = None, *, include_disabled: bool = False
+) -> dict[str, Any]:
+    """The tenant's integration with that id, or its only one when no id is given.
+
+    Disabled integrations count only with `include_disabled` (to enable, change or list them);
+    otherwise one that was asked for, or that is the tenant's only one, is refused with the
+    command that enables it.
+    """
+    query = sa.select(integrations).where(integrations.c.tenant_id == tenant_id)
     if integration_id is not None:
         query = query.where(integrations.c.id == integration_id)
-    rows = [dict(r) for r in conn.execute(query.order_by(integrations.c.id)).mappings()]
+    found = [dict(r) for r in conn.execute(query.order_by(integrations.c.id)).mappings()]
+    rows = found if include_disabled else [r for r in found if r["active"]]
     if len(rows) == 1:
         return rows[0]
     name = conn.execute(sa.select(tenants.c.name).where(tenants.c.id == tenant_id)).scalar() or tenant_id
+    if not rows and len(found) == 1:
+        disabled = found[0]["id"]
+        raise Disabled(f"integration {disabled} of tenant {name} is disabled; enable it with: "
+                       f"ghetl integration enable --tenant {name} --integration {disabled}")
+    if not rows and found:
+        ids = ", ".join(str(r["id"]) for r in found)
+        raise Disabled(f"tenant {name}'s integrations ({ids}) are all disabled; enable one with: "
+                       f"ghetl integration enable --tenant {name} --integration ID")
     if not rows:
         which = f"integration {integration_id}" if integration_id is not None else "active integration"
         raise NotFound(f"tenant '{name}' has no {which}; add one with: ghetl integration add --tenant {name} "

@@ -185,7 +185,7 @@ def ensure_tenant(
         except tenants.NotFound:
             tenant = None
         if tenant is not None:
-            integration = tenants.get_integration(conn, tenant["id"])
+            integration = tenants.get_integration(conn, tenant["id"], include_disabled=True)  # sync refuses it
             return TenantSetup(tenant["name"], tenant["id"], integration["id"], integration["owner"],
                                integration["api_url"], False)
     where = engine.url.render_as_string(hide_password=True)

@@ -23,7 +23,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import embeddings, jobs, steps
+from . import deadletters, embeddings, jobs, steps
 from .broker import Broker, Outcome, PoisonMessage
 from .db import embeddings as embeddings_table
 from .db import etl_jobs, raw_extraction_data, upsert, utcnow
@@ -77,18 +77,19 @@ class Pipeline:
         An `attempt` beyond GHETL_MAX_ATTEMPTS is not tried: the broker passes one when every
         allowed attempt ended with its worker gone, and the message is then recorded as failed.
         """
+        message = None
         try:
             message = broker_mod.decode(body)
             steps.get(message["step"])
         except (PoisonMessage, KeyError) as exc:
             log.error("dead-lettered a %s message that can never be processed: %s", stage, exc)
-            return Outcome("dead", str(exc))
+            return self._give_up(stage, body, message, str(exc), attempt)
         if attempt > broker_mod.max_attempts():
             reason = (f"gave up after {attempt - 1} attempts: the worker handling it stopped before it "
                       "finished (crashed, killed, or lost its connection) every time")
             log.error("dead-lettered a %s message: %s", stage, reason)
             self.record_failure(stage, message, reason)
-            return Outcome("dead", reason)
+            return self._give_up(stage, body, message, reason, attempt - 1)
         try:
             self.handle(stage, message)
         except Exception as exc:
@@ -98,11 +99,17 @@ class Pipeline:
             if attempt >= broker_mod.max_attempts():
                 log.error("a %s message failed %d times, dead-lettered: %s", stage, attempt, reason)
                 self.record_failure(stage, message, reason)
-                return Outcome("dead", reason)
+                return self._give_up(stage, body, message, reason, attempt)
             log.warning("a %s message failed (attempt %d), will retry: %s", stage, attempt, reason)
             return Outcome("retry", reason)
         self._database_back()
         return Outcome("ack")
+
+    def _give_up(self, stage: str, body: bytes, message: dict[str, Any] | None, reason: str, attempts: int) -> Outcome:
+        """Dead-letter a delivery: kept in `dead_letters` for `ghetl dead-letters`, then handed to
+        the broker's own dead-letter queue."""
+        letter = deadletters.record(self.engine, stage, body, message, reason, attempts)
+        return Outcome("dead", reason, letter=letter)
 
     def _wait_for_database(self, exc: Exception) -> Outcome:
         """Put the message back, after a pause that doubles while the outage lasts; say so once per outage."""

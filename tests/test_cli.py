@@ -15,8 +15,10 @@ import pytest
 
 from .conftest import TOKEN
 
-COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "list"], ["tenant", "key"], ["integration", "add"], ["sync"], ["jobs"],
-            ["search"], ["worker"], ["sandbox"], ["status-server"]]
+COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "list"], ["tenant", "key"], ["tenant", "disable"], ["tenant", "enable"],
+            ["integration", "add"], ["integration", "list"], ["integration", "disable"], ["integration", "enable"],
+            ["integration", "set"], ["sync"], ["jobs"], ["prune"], ["dead-letters"], ["dead-letters", "list"],
+            ["dead-letters", "replay"], ["dead-letters", "drop"], ["search"], ["worker"], ["sandbox"], ["status-server"]]
 
 
 @pytest.fixture

@@ -66,8 +66,9 @@ def raw_storage(engine: sa.Engine) -> tuple[str, list[str] | None]:
 
 def as_legacy(conn: sa.Connection, version: int) -> None:
     """What a ghetl from before Alembic left: no alembic_version, its own schema version, and
-    none of the columns added since."""
+    none of the tables and columns added since."""
     conn.exec_driver_sql("DROP TABLE alembic_version")
+    conn.exec_driver_sql("DROP TABLE dead_letters")
     conn.execute(db.schema_info.delete())
     conn.execute(db.schema_info.insert().values(version=version))
     for table, column in (("raw_extraction_data", "carried_over"), ("repositories", "fetched_at")):

@@ -10,7 +10,7 @@ from ghetl import config, db
 
 
 def run(connection: object) -> None:
-    context.configure(connection=connection, target_metadata=db.metadata,
+    context.configure(connection=connection, target_metadata=db.metadata, user_module_prefix="ghetl.db.",
                       render_as_batch=connection.dialect.name == "sqlite")  # type: ignore[attr-defined]
     with context.begin_transaction():
         context.run_migrations()
