@@ -14,6 +14,9 @@ with their item counts. A raw row goes only when all of these hold:
   run given a 304 for a listing page reads the page's payloads back by external id
   (`http_cache.PageCache.payloads`), newest first, and must find every one.
 
+`ghetl sync` applies the default retention to its tenant after a FINISHED run, when `due` says
+there is something to delete (GHETL_PRUNE_ON_SYNC=0 turns that off).
+
 ETags are kept unless they were stored under settings other than the integration's current
 ones: such an entry can never be used again (`PageCache.get` ignores it). An entry is not
 removed for its age: an unchanged page is answered 304 and never rewritten, which is the point.
@@ -64,6 +67,14 @@ def prune(
         else:
             counts[table.name] = conn.execute(table.delete().where(where)).rowcount
     return counts
+
+
+def due(conn: Connection, *, tenant_id: int | None = None) -> bool:
+    """Whether the default retention has any run to let go: one query on the runs table, which
+    holds a few rows per job, so a sync can ask after every run and prune only when it must."""
+    cutoff = utcnow() - dt.timedelta(days=DEFAULT_OLDER_THAN_DAYS)
+    runs = _prunable_runs(DEFAULT_KEEP_RUNS, cutoff, tenant_id).limit(1)
+    return conn.execute(runs).first() is not None
 
 
 def _prunable_runs(keep_runs: int, cutoff: dt.datetime, tenant_id: int | None) -> sa.Select:

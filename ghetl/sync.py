@@ -24,6 +24,8 @@ from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
 from .github import GitHubClient, GitHubError, Policy
 from .logs import safe_url
+from .prune import due as retention_due
+from .prune import prune
 from .status import Event, stage_event
 
 if TYPE_CHECKING:
@@ -128,6 +130,7 @@ def sync(
         _extract_all(engine, broker, run, job, client, integration, settings, carried)
         _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers)
         ended = True
+        _retention(engine, run)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         with engine.begin() as conn:
@@ -145,6 +148,19 @@ def sync(
         if own_broker:
             broker.close()  # RabbitMQ: what was handed to the publisher is written before the process ends
     return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
+
+
+def _retention(engine: sa.Engine, run: jobs.Run) -> None:
+    """The default retention for this tenant (see prune.py), after a run that finished, when
+    there is anything to delete: a failed run's payloads may still be the next run's work."""
+    if config.env_float("GHETL_PRUNE_ON_SYNC", 1.0) == 0:
+        return
+    with engine.begin() as conn:
+        finished = jobs.get_run(conn, run.run_id)
+        if finished is None or finished["overall"] != "FINISHED" or not retention_due(conn, tenant_id=run.tenant_id):
+            return
+        counts = prune(conn, tenant_id=run.tenant_id)
+    log.info("retention: deleted %s", ", ".join(f"{n} {table} rows" for table, n in counts.items() if n) or "nothing")
 
 
 def _per_stage(workers: int | tuple[int, int]) -> tuple[int, int]:

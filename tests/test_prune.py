@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ghetl import db, tenants
-from ghetl.prune import prune
+from ghetl.prune import due, prune
 
 from .conftest import Backend, add_tenant
 from .test_cli import cli  # noqa: F401  (fixture)
@@ -130,3 +130,27 @@ def test_prune_command_prints_the_counts_of_one_tenant(cli, make_sandbox, tmp_pa
         raw = dict(conn.execute(sa.text("SELECT tenant_id, count(*) FROM raw_extraction_data GROUP BY tenant_id")).all())
     engine.dispose()
     assert per_tenant == {1: 1, 2: 3} and raw == {1: 4, 2: 9}
+
+
+def test_a_finished_sync_applies_the_default_retention_when_it_is_due(embedded, make_sandbox, token, monkeypatch):
+    backend = embedded
+    sb = make_sandbox(orgs={"acme": 5}, seed=3)
+    tenant = add_tenant(backend, sb)
+    for _ in range(6):
+        assert backend.sync(tenant, full=True).overall == "FINISHED"
+    for age, run in enumerate(reversed(run_ids(backend))):  # in their order, oldest first
+        backdate(backend, [run], days=40 + age)
+    monkeypatch.setenv("GHETL_PRUNE_ON_SYNC", "0")
+    assert backend.sync(tenant).overall == "FINISHED"
+    assert len(run_ids(backend)) == 7, "turned off: nothing pruned"
+
+    monkeypatch.delenv("GHETL_PRUNE_ON_SYNC")
+    last = backend.sync(tenant)
+
+    assert last.overall == "FINISHED"
+    assert len(run_ids(backend)) == 5 and run_ids(backend)[-1] == last.run_id
+    kept = run_ids(backend)[:3]  # the three full runs among the five newest; the two after them stored nothing
+    assert {r.run_id for r in backend.rows("SELECT DISTINCT run_id FROM raw_extraction_data")} == set(kept)
+    assert backend.scalar("SELECT count(*) FROM raw_extraction_data") == 15
+    with backend.engine.begin() as conn:
+        assert not due(conn)
