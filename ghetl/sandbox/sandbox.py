@@ -14,10 +14,11 @@ from typing import Any, Iterable
 
 from .cli import DEFAULT_PORT
 from .faults import Faults
-from .limits import RateLimits, SecondaryLimit
+from .limits import RESOURCES, RateLimits, SecondaryLimit
 from .records import RequestRecord
 from .server import SandboxHTTPServer
 from .shapes import site_for
+from .pulls import PullStore, ground_truth
 from .state import Store
 
 log = logging.getLogger("ghetl.sandbox")
@@ -41,16 +42,18 @@ class Sandbox:
     def __init__(self, orgs: dict[str, int] | None = None, users: dict[str, int] | None = None,
                  seed: int = 7, tokens: Iterable[str] | None = None, core_limit: int = 5000,
                  search_limit: int = 30, reset_seconds: int = 3600,
-                 secondary_limit: tuple[int, float] | None = None, path_prefix: str = "") -> None:
+                 secondary_limit: tuple[int, float] | None = None, path_prefix: str = "",
+                 graphql_limit: int = 5000) -> None:
         self.prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
         self.tokens = None if tokens is None else frozenset(tokens)
-        self.limits = RateLimits(core_limit, search_limit, reset_seconds)
+        self.limits = RateLimits(core_limit, search_limit, reset_seconds, graphql_limit=graphql_limit)
         self.secondary = None if secondary_limit is None else SecondaryLimit(*secondary_limit)
         self.faults = Faults()
         self.host = "127.0.0.1"
         self.port = DEFAULT_PORT
         self.store = Store(DEFAULT_ORGS if orgs is None else dict(orgs), dict(users or {}), seed,
                            site_for(self._url(), self.prefix))
+        self.pull_store = PullStore(self.store)
         self.token_expiration = (datetime.now(timezone.utc) + timedelta(days=30)).strftime(
             "%Y-%m-%d %H:%M:%S UTC")
         self._requests: list[RequestRecord] = []
@@ -113,6 +116,58 @@ class Sandbox:
         """The theme(s) a generated repository's name and description were built from."""
         return list(self.store.resolve(id_or_full_name).themes)
 
+    # ----- pull requests (served over GraphQL) --------------------------------------------
+
+    def pull_requests(self, id_or_full_name: int | str) -> list[dict[str, Any]]:
+        """Ground truth: every pull request of the repository in number order, with its commits,
+        reviews and comments (issue and review comments), keyed like the Phase 4 table columns."""
+        with self.store.lock:
+            repo = self.store.resolve(id_or_full_name)
+            web = f"{self.store.site.web}/{repo.full_name}/pull"
+            return [ground_truth(p, f"{web}/{p.number}") for p in self.pull_store.of(repo)]
+
+    def pull_request(self, id_or_full_name: int | str, number: int) -> dict[str, Any]:
+        with self.store.lock:
+            repo = self.store.resolve(id_or_full_name)
+            return ground_truth(self.pull_store.get(repo, number),
+                                f"{self.store.site.web}/{repo.full_name}/pull/{number}")
+
+    def pull_request_counts(self, id_or_full_name: int | str) -> dict[str, int]:
+        """Totals for one repository: pull_requests, commits, reviews, comments, review_comments."""
+        with self.store.lock:
+            pulls = self.pull_store.of(self.store.resolve(id_or_full_name))
+            return {"pull_requests": len(pulls), "commits": sum(len(p.commits) for p in pulls),
+                    "reviews": sum(len(p.reviews) for p in pulls), "comments": sum(len(p.comments) for p in pulls),
+                    "review_comments": sum(len(p.review_comments) for p in pulls)}
+
+    def touch_pull_request(self, id_or_full_name: int | str, number: int, **changes: Any) -> dict[str, Any]:
+        """Set updatedAt to now and apply changes (title, body, is_draft, state=OPEN|CLOSED|MERGED)."""
+        self.pull_store.touch(self.store.resolve(id_or_full_name), number, **changes)
+        return self.pull_request(id_or_full_name, number)
+
+    def add_pull_request(self, id_or_full_name: int | str, title: str, author: str | None = None, body: str = "",
+                         commits: int = 1) -> dict[str, Any]:
+        """A new OPEN pull request with the next number; ``author`` is a login of the owner's people."""
+        pull = self.pull_store.add(self.store.resolve(id_or_full_name), title, author, body, commits)
+        return self.pull_request(id_or_full_name, pull.number)
+
+    def comment_pull_request(self, id_or_full_name: int | str, number: int, body: str,
+                             author: str | None = None) -> dict[str, Any]:
+        """Add an issue comment (PullRequest.comments)."""
+        self.pull_store.comment(self.store.resolve(id_or_full_name), number, body, author)
+        return self.pull_request(id_or_full_name, number)
+
+    def review_pull_request(self, id_or_full_name: int | str, number: int, state: str = "APPROVED", body: str = "",
+                            author: str | None = None) -> dict[str, Any]:
+        """Add a review; state PENDING leaves submittedAt null."""
+        self.pull_store.review(self.store.resolve(id_or_full_name), number, state, body, author)
+        return self.pull_request(id_or_full_name, number)
+
+    def force_push_pull_request(self, id_or_full_name: int | str, number: int, commits: int = 1) -> dict[str, Any]:
+        """Replace the pull request's commits with ``commits`` new ones."""
+        self.pull_store.force_push(self.store.resolve(id_or_full_name), number, commits)
+        return self.pull_request(id_or_full_name, number)
+
     # ----- mutations ---------------------------------------------------------------------
 
     def create(self, owner: str, name: str, **fields: Any) -> dict[str, Any]:
@@ -150,8 +205,11 @@ class Sandbox:
 
         status (status=502, body=..., headers={...}, e.g. a Location for a redirect), html (status=200
         or 5xx, HTML body labelled JSON), reset, delay (seconds=...), secondary (status=403|429,
-        retry_after=N or none), incomplete (search), mutate (action=callable taking the sandbox, run
-        before the matching request).  status and html faults also accept seconds=... to answer late.
+        retry_after=N or none; on GraphQL also status=200), incomplete (search), mutate (action=callable
+        taking the sandbox, run before the matching request).  status and html faults also accept
+        seconds=... to answer late.  On POST /graphql a 502/504 status fault without a body answers
+        GitHub's GraphQL timeout body; GraphQL only: timedout (200 {"errors":[{"message":"timedout"}]})
+        and ratelimited (200 RATE_LIMITED, remaining 0).
         """
         self.faults.add(fault, path, times, **options)
         log.info("injected fault %s for %d request(s) matching %s", fault, times, path)
@@ -162,8 +220,8 @@ class Sandbox:
     def set_rate_limit(self, resource: str = "core", limit: int | None = None, remaining: int | None = None,
                        reset_in: float | None = None) -> None:
         """Force every caller's ``resource`` bucket (and those created later) into this state."""
-        if resource not in ("core", "search"):
-            raise ValueError("resource must be core or search")
+        if resource not in RESOURCES:
+            raise ValueError("resource must be core, search or graphql")
         self.limits.set(resource, limit, remaining, reset_in)
 
     # ----- request log -------------------------------------------------------------------

@@ -1,0 +1,454 @@
+"""The sandbox's GraphQL endpoint: paging, nested paging through node(id:), GitHub's limits, cost,
+errors, search, faults and mutations, each checked against the sandbox's ground truth."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from ghetl.sandbox import Sandbox
+from ghetl.sandbox.nodeids import parse_cursor
+
+TOKEN = {"Authorization": "bearer ghp_graphqlTestToken00000000000000000001"}
+
+PULLS_PAGE = """
+query($owner: String!, $name: String!, $after: String) {
+  repository(owner: $owner, name: $name) {
+    pullRequests(first: 100, after: $after, orderBy: {field: UPDATED_AT, direction: DESC}) {
+      totalCount
+      pageInfo { hasNextPage endCursor hasPreviousPage startCursor }
+      nodes { id number updatedAt }
+    }
+  }
+}"""
+COMMITS_PAGE = """
+query($id: ID!, $after: String) {
+  node(id: $id) {
+    __typename
+    ... on PullRequest {
+      commits(first: 100, after: $after) {
+        totalCount
+        pageInfo { hasNextPage endCursor }
+        nodes { commit { oid } }
+      }
+    }
+  }
+}"""
+
+
+def post(sb: Sandbox, query: str, variables: dict | None = None, headers: dict | None = None,
+         path: str = "/graphql") -> httpx.Response:
+    root = sb.url[: -len(sb.prefix)] if sb.prefix else sb.url
+    return httpx.post(root + path, json={"query": query, "variables": variables or {}},
+                      headers=TOKEN if headers is None else headers, timeout=30)
+
+
+def data(sb: Sandbox, query: str, variables: dict | None = None) -> dict:
+    reply = post(sb, query, variables)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with Sandbox(orgs={"acme": 500}, seed=11) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def truth(sb):
+    """Every acme repository's pull requests, by full name."""
+    return {r.full_name: sb.pull_requests(r.id) for r in sb.store.repos_of("acme")}
+
+
+@pytest.fixture()
+def fresh():
+    with Sandbox(orgs={"acme": 40}, seed=11) as sandbox:
+        yield sandbox
+
+
+def busiest(truth: dict) -> str:
+    return max(truth, key=lambda name: len(truth[name]))
+
+
+def some_repo(sandbox: Sandbox) -> str:
+    return next(r.full_name for r in sandbox.store.repos_of("acme") if sandbox.pull_requests(r.id))
+
+
+# ----- paging ---------------------------------------------------------------------------------
+
+def test_paging_pull_requests_returns_the_ground_truth_in_updated_desc_order(sb, truth):
+    name = busiest(truth)
+    owner, repo = name.split("/")
+    expected = [p["external_id"] for p in sorted(truth[name], key=lambda p: (p["gh_updated_at"], p["database_id"]),
+                                                 reverse=True)]
+    assert len(expected) > 100
+    seen, after, pages = [], None, 0
+    while True:
+        page = data(sb, PULLS_PAGE, {"owner": owner, "name": repo, "after": after})["repository"]["pullRequests"]
+        assert page["totalCount"] == len(expected)
+        assert page["pageInfo"]["hasPreviousPage"] == (after is not None)
+        seen += [n["id"] for n in page["nodes"]]
+        pages += 1
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == expected
+    assert pages == -(-len(expected) // 100)
+
+
+def test_default_order_is_number_ascending_and_states_filter(sb, truth):
+    name = busiest(truth)
+    owner, repo = name.split("/")
+    query = """query($o: String!, $n: String!) { repository(owner: $o, name: $n) {
+        all: pullRequests(first: 5) { nodes { number } }
+        merged: pullRequests(states: [MERGED]) { totalCount } } }"""
+    result = data(sb, query, {"o": owner, "n": repo})["repository"]
+    assert [n["number"] for n in result["all"]["nodes"]] == [1, 2, 3, 4, 5]
+    assert result["merged"]["totalCount"] == sum(1 for p in truth[name] if p["state"] == "MERGED")
+
+
+def test_cursors_are_github_shaped_keyset_cursors(sb, truth):
+    name = busiest(truth)
+    owner, repo = name.split("/")
+    page = data(sb, PULLS_PAGE, {"owner": owner, "name": repo})["repository"]["pullRequests"]
+    cursor = page["pageInfo"]["endCursor"]
+    assert cursor.startswith("Y3Vyc29yOnYyOpK")  # base64("cursor:v2:" + msgpack fixarray(2))
+    assert base64.urlsafe_b64decode(cursor).startswith(b"cursor:v2:")
+    moment, database_id = parse_cursor(cursor)
+    last = page["nodes"][-1]
+    assert datetime.fromisoformat(moment) == datetime.fromisoformat(last["updatedAt"].replace("Z", "+00:00"))
+    assert database_id == next(p["database_id"] for p in truth[name] if p["external_id"] == last["id"])
+
+
+def test_invalid_cursor_is_refused(sb, truth):
+    owner, repo = busiest(truth).split("/")
+    body = post(sb, PULLS_PAGE, {"owner": owner, "name": repo, "after": "bm9wZQ=="}).json()
+    assert body["errors"][0]["type"] == "INVALID_CURSOR_ARGUMENTS"
+    assert body["data"] == {"repository": None}
+
+
+def test_nested_commits_page_through_node_to_the_exact_commit_list(sb, truth):
+    pull = next(p for pulls in truth.values() for p in pulls if p["commits_total"] > 100)
+    oids, after = [], None
+    while True:
+        node = data(sb, COMMITS_PAGE, {"id": pull["external_id"], "after": after})["node"]
+        assert node["__typename"] == "PullRequest"
+        commits = node["commits"]
+        assert commits["totalCount"] == pull["commits_total"]
+        oids += [n["commit"]["oid"] for n in commits["nodes"]]
+        if not commits["pageInfo"]["hasNextPage"]:
+            break
+        after = commits["pageInfo"]["endCursor"]
+    assert oids == [c["sha"] for c in pull["commits"]]
+
+
+def test_nodes_resolves_every_kind_of_id_and_null_for_unknown(sb, truth):
+    pull = next(p for pulls in truth.values() for p in pulls
+                if p["reviews"] and any(c["kind"] == "review" for c in p["comments"]) and p["author_login"])
+    review = pull["reviews"][0]["external_id"]
+    issue_comment = next((c["external_id"] for c in pull["comments"] if c["kind"] == "issue"), None)
+    review_comment = next(c for c in pull["comments"] if c["kind"] == "review")
+    ids = [pull["external_id"], review, review_comment["external_id"], review_comment["thread_external_id"],
+           "PR_kwDOAAAAAc4AAAAB"]
+    if issue_comment:
+        ids.append(issue_comment)
+    query = "query($ids: [ID!]!) { nodes(ids: $ids) { __typename id } }"
+    body = post(sb, query, {"ids": ids}).json()
+    kinds = [n and n["__typename"] for n in body["data"]["nodes"]]
+    assert kinds[:5] == ["PullRequest", "PullRequestReview", "PullRequestReviewComment", "PullRequestReviewThread",
+                         None]
+    assert [n["id"] for n in body["data"]["nodes"] if n] == [i for i in ids if i != "PR_kwDOAAAAAc4AAAAB"]
+    assert body["errors"] == [{"type": "NOT_FOUND", "path": ["nodes", 4],
+                               "locations": [{"line": 1, "column": query.index("nodes") + 1}],
+                               "message": "Could not resolve to a node with the global id of 'PR_kwDOAAAAAc4AAAAB'"}]
+
+
+def test_review_threads_replies_and_pending_reviews_match_the_ground_truth(sb, truth):
+    pull = next(p for pulls in truth.values() for p in pulls
+                if any(c.get("reply_to_external_id") for c in p["comments"]))
+    query = """query($id: ID!) { node(id: $id) { ... on PullRequest {
+        reviews(first: 100) { nodes { id state submittedAt author { login } } }
+        reviewThreads(first: 100) { nodes { id isResolved comments(first: 100) { nodes {
+            id path line body replyTo { id } pullRequestReview { id } } } } } } } }"""
+    node = data(sb, query, {"id": pull["external_id"]})["node"]
+    got = [(c["id"], t["id"], t["isResolved"], c["replyTo"] and c["replyTo"]["id"], c["pullRequestReview"]["id"],
+            c["path"], c["line"]) for t in node["reviewThreads"]["nodes"] for c in t["comments"]["nodes"]]
+    want = [(c["external_id"], c["thread_external_id"], c["thread_resolved"], c["reply_to_external_id"],
+             c["review_external_id"], c["path"], c["line"]) for c in pull["comments"] if c["kind"] == "review"]
+    assert got == want
+    reviews = [(r["id"], r["state"], r["submittedAt"] is None) for r in node["reviews"]["nodes"]][:100]
+    assert reviews == [(r["external_id"], r["state"], r["submitted_at"] is None) for r in pull["reviews"]][:100]
+
+
+def test_generated_data_is_consistent_and_has_what_clients_must_handle(truth):
+    pulls = [p for ps in truth.values() for p in ps]
+    counts = sorted(len(ps) for ps in truth.values())
+    assert counts[len(counts) // 2] <= 5 and counts[-1] >= 100
+    assert any(p["author_login"] is None for p in pulls)
+    assert any(r["state"] == "PENDING" and r["submitted_at"] is None for p in pulls for r in p["reviews"])
+    assert {p["state"] for p in pulls} == {"OPEN", "CLOSED", "MERGED"}
+    assert any(p["comments_total"] > 100 for p in pulls) and any(p["reviews_total"] > 100 for p in pulls)
+    for p in pulls:
+        assert p["gh_updated_at"] >= p["gh_created_at"]
+        if p["state"] == "MERGED":
+            assert p["merged_at"] == p["closed_at"] >= p["gh_created_at"] and p["merge_commit_sha"]
+        else:
+            assert p["merged_at"] is None and p["merge_commit_sha"] is None
+        assert (p["closed_at"] is None) == (p["state"] == "OPEN")
+        assert all(r["submitted_at"] >= p["gh_created_at"] for r in p["reviews"] if r["submitted_at"])
+
+
+def test_generation_is_lazy_and_deterministic():
+    started = time.perf_counter()
+    first = Sandbox(orgs={"acme": 500}, seed=11)
+    assert time.perf_counter() - started < 1.0
+    second = Sandbox(orgs={"acme": 500}, seed=11)
+    name = first.store.repos_of("acme")[7].full_name
+    assert first.pull_requests(name) == second.pull_requests(name)
+    counts = first.pull_request_counts(name)
+    assert counts["pull_requests"] == len(first.pull_requests(name))
+
+
+# ----- GitHub's limits and errors -------------------------------------------------------------
+
+def test_missing_first_is_missing_pagination_boundaries_but_counting_needs_none(sb, truth):
+    owner, repo = busiest(truth).split("/")
+    query = f'{{ repository(owner: "{owner}", name: "{repo}") {{ pullRequests {{ nodes {{ id }} }} }} }}'
+    body = post(sb, query).json()
+    assert body["data"] == {"repository": None}
+    assert body["errors"] == [{
+        "type": "MISSING_PAGINATION_BOUNDARIES", "path": ["repository", "pullRequests"],
+        "locations": [{"line": 1, "column": query.index("pullRequests") + 1}],
+        "message": "You must provide a `first` or `last` value to properly paginate the `pullRequests` connection."}]
+    counted = data(sb, f'{{ repository(owner: "{owner}", name: "{repo}") {{ pullRequests {{ totalCount }} }} }}')
+    assert counted["repository"]["pullRequests"]["totalCount"] == len(truth[busiest(truth)])
+
+
+def test_first_101_is_excessive_pagination(sb, truth):
+    owner, repo = busiest(truth).split("/")
+    body = post(sb, PULLS_PAGE.replace("first: 100", "first: 101"), {"owner": owner, "name": repo}).json()
+    assert body["errors"][0]["type"] == "EXCESSIVE_PAGINATION"
+    assert body["errors"][0]["message"] == ("Requesting 101 records on the `pullRequests` connection exceeds the "
+                                            "`first` limit of 100 records.")
+    assert body["errors"][0]["path"] == ["repository", "pullRequests"]
+
+
+def test_unknown_field_and_missing_argument_are_github_shaped_validation_errors(sb):
+    body = post(sb, 'query Q { repository(owner: "acme", name: "x") { nope } }').json()
+    assert body == {"errors": [{"path": ["query Q", "repository", "nope"],
+                                "extensions": {"code": "undefinedField", "typeName": "Repository",
+                                               "fieldName": "nope"},
+                                "locations": [{"line": 1, "column": 50}],
+                                "message": "Field 'nope' doesn't exist on type 'Repository'"}]}
+    body = post(sb, '{ repository(owner: "acme") { id } }').json()
+    assert body["errors"][0]["extensions"] == {"code": "missingRequiredArguments", "className": "Field",
+                                               "name": "repository", "arguments": "name"}
+    assert body["errors"][0]["message"] == "Field 'repository' is missing required arguments: name"
+    assert body["errors"][0]["path"] == ["query", "repository"]
+    assert "data" not in body
+
+
+def test_parse_error_and_empty_query(sb):
+    body = post(sb, "{ viewer { login }").json()
+    assert body == {"errors": [{"message": "Parse error on end of string at [1, 19]",
+                                "locations": [{"line": 1, "column": 19}]}]}
+    reply = httpx.post(f"{sb.url}/graphql", json={}, headers=TOKEN)
+    assert reply.status_code == 200
+    assert reply.json() == {"errors": [{"message": "A query attribute must be specified and must be a string."}]}
+
+
+def test_more_than_500000_nodes_is_refused_before_running(fresh):
+    query = """{ repository(owner: "acme", name: "x") { pullRequests(first: 100) { nodes {
+        reviews(first: 100) { nodes { comments(first: 100) { nodes { id } } } } } } } }"""
+    reply = post(fresh, query)
+    assert reply.json() == {"errors": [{
+        "type": "MAX_NODE_LIMIT_EXCEEDED",
+        "message": "By the time this query traverses to the comments connection, it is requesting up to 1,010,100 "
+                   "possible nodes which exceeds the maximum limit of 500,000."}]}
+    assert reply.headers["x-ratelimit-used"] == "0"
+
+
+def test_not_found_repository_gives_partial_data(sb, truth):
+    owner, repo = busiest(truth).split("/")
+    query = f"""{{ gone: repository(owner: "acme", name: "no-such-repo") {{ id }}
+        here: repository(owner: "{owner}", name: "{repo}") {{ nameWithOwner }} }}"""
+    body = post(sb, query).json()
+    assert body["data"] == {"gone": None, "here": {"nameWithOwner": busiest(truth)}}
+    assert body["errors"] == [{"type": "NOT_FOUND", "path": ["gone"], "locations": [{"line": 1, "column": 3}],
+                               "message": "Could not resolve to a Repository with the name 'acme/no-such-repo'."}]
+
+
+def test_graphql_needs_a_token(fresh):
+    reply = post(fresh, "{ viewer { login } }", headers={})
+    assert reply.status_code == 401
+    assert reply.json()["message"] == "This endpoint requires you to be authenticated."
+    with Sandbox(orgs={"acme": 3}, seed=11, tokens=["good"]) as guarded:
+        assert post(guarded, "{ viewer { login } }", headers={"Authorization": "bearer bad"}).json() == {
+            "message": "Bad credentials", "documentation_url": "https://docs.github.com/graphql", "status": "401"}
+        assert post(guarded, "{ viewer { login } }", headers={"Authorization": "bearer good"}).status_code == 200
+
+
+def test_ghes_prefix_serves_api_graphql(fresh):
+    with Sandbox(orgs={"acme": 3}, seed=11, path_prefix="/api/v3") as ghes:
+        reply = post(ghes, "{ viewer { login } }", path="/api/graphql")
+        assert reply.status_code == 200 and reply.json() == {"data": {"viewer": {"login": "sandbox-admin"}}}
+        assert reply.headers["x-github-enterprise-version"]
+
+
+# ----- cost and rate limit --------------------------------------------------------------------
+
+def test_cost_node_count_and_remaining_follow_the_documented_rules(fresh):
+    name = some_repo(fresh)
+    owner, repo = name.split("/")
+    query = f"""{{ repository(owner: "{owner}", name: "{repo}") {{ pullRequests(first: 100) {{ nodes {{
+        commits(first: 50) {{ nodes {{ commit {{ oid }} }} }}
+        reviews(first: 100) {{ nodes {{ comments(first: 10) {{ nodes {{ id }} }} }} }} }} }} }}
+        rateLimit {{ cost remaining used limit nodeCount resetAt }} }}"""
+    first = post(fresh, query)
+    rate = first.json()["data"]["rateLimit"]
+    # requests: 1 (pullRequests) + 100 (commits) + 100 (reviews) + 100*100 (review comments) = 10 201 -> 102
+    assert rate["cost"] == 102
+    assert rate["nodeCount"] == 100 + 100 * 50 + 100 * 100 + 100 * 100 * 10
+    assert (rate["limit"], rate["used"], rate["remaining"]) == (5000, 102, 4898)
+    assert first.headers["x-ratelimit-resource"] == "graphql"
+    assert first.headers["x-ratelimit-remaining"] == "4898"
+    small = post(fresh, "{ viewer { login } rateLimit { cost remaining } }")
+    assert small.json()["data"]["rateLimit"] == {"cost": 1, "remaining": 4897}
+    limits = httpx.get(f"{fresh.url}/rate_limit", headers=TOKEN).json()["resources"]
+    assert limits["core"]["used"] == 0
+    assert limits["graphql"]["used"] == 103
+    reset = datetime.strptime(rate["resetAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    assert timedelta(minutes=59) < reset - datetime.now(timezone.utc) <= timedelta(hours=1, seconds=1)
+
+
+def test_spent_bucket_answers_rate_limited_with_200(fresh):
+    fresh.set_rate_limit("graphql", remaining=0)
+    reply = post(fresh, "{ viewer { login } }")
+    assert reply.status_code == 200
+    assert reply.json() == {"errors": [{"type": "RATE_LIMITED",
+                                        "message": f"API rate limit exceeded for user ID {fresh.store.viewer.id}."}]}
+    assert reply.headers["x-ratelimit-remaining"] == "0"
+    assert httpx.get(f"{fresh.url}/orgs/acme", headers=TOKEN).status_code == 200
+
+
+# ----- search ---------------------------------------------------------------------------------
+
+SEARCH = """query($q: String!, $after: String) {
+  search(type: ISSUE, query: $q, first: 100, after: $after) {
+    issueCount
+    pageInfo { hasNextPage endCursor }
+    nodes { ... on PullRequest { id updatedAt } }
+  }
+}"""
+
+
+def test_search_is_capped_at_1000_results(sb, truth):
+    total = sum(len(p) for p in truth.values())
+    assert total > 1000
+    seen, after = [], None
+    while True:
+        result = data(sb, SEARCH, {"q": "org:acme is:pr", "after": after})["search"]
+        assert result["issueCount"] == total
+        seen += [n["id"] for n in result["nodes"]]
+        if not result["pageInfo"]["hasNextPage"]:
+            break
+        after = result["pageInfo"]["endCursor"]
+    assert len(seen) == 1000 == len(set(seen))
+
+
+def test_search_updated_since_sorted_updated_desc(sb, truth):
+    since = datetime(2025, 11, 1, tzinfo=timezone.utc)
+    expected = sorted(((p["gh_updated_at"], p["database_id"], p["external_id"]) for ps in truth.values() for p in ps
+                       if p["gh_updated_at"] >= since), reverse=True)
+    assert 0 < len(expected) <= 1000
+    seen, after = [], None
+    while True:
+        result = data(sb, SEARCH, {"q": "org:acme is:pr updated:>=2025-11-01T00:00:00Z sort:updated-desc",
+                                   "after": after})["search"]
+        assert result["issueCount"] == len(expected)
+        seen += [n["id"] for n in result["nodes"]]
+        if not result["pageInfo"]["hasNextPage"]:
+            break
+        after = result["pageInfo"]["endCursor"]
+    assert seen == [e[2] for e in expected]
+
+
+# ----- faults ---------------------------------------------------------------------------------
+
+def test_fault_shapes(fresh):
+    fresh.inject("status", path="graphql", status=502)
+    reply = post(fresh, "{ viewer { login } }")
+    assert reply.status_code == 502
+    body = reply.json()
+    assert body["data"] == "null"
+    assert body["errors"][0]["message"].startswith("Something went wrong while executing your query.")
+    assert reply.headers["x-github-request-id"] in body["errors"][0]["message"]
+    fresh.inject("status", path="graphql", status=504)
+    assert post(fresh, "{ viewer { login } }").status_code == 504
+    fresh.inject("timedout", path="graphql")
+    reply = post(fresh, "{ viewer { login } }")
+    assert (reply.status_code, reply.json()) == (200, {"errors": [{"message": "timedout"}]})
+    fresh.inject("secondary", path="graphql", status=403, retry_after=30)
+    reply = post(fresh, "{ viewer { login } }")
+    assert reply.status_code == 403 and reply.headers["retry-after"] == "30"
+    assert reply.json()["message"].startswith("You have exceeded a secondary rate limit")
+    fresh.inject("secondary", path="graphql", status=200, retry_after=7)
+    reply = post(fresh, "{ viewer { login } }")
+    assert reply.status_code == 200 and reply.headers["retry-after"] == "7"
+    assert reply.json()["errors"][0]["message"].startswith("You have exceeded a secondary rate limit")
+    fresh.inject("ratelimited", path="graphql")
+    reply = post(fresh, "{ viewer { login } }")
+    assert reply.json()["errors"][0]["type"] == "RATE_LIMITED" and reply.headers["x-ratelimit-remaining"] == "0"
+    assert post(fresh, "{ viewer { login } }").json() == {"data": {"viewer": {"login": "sandbox-admin"}}}
+    assert [r.fault for r in fresh.requests] == ["status", "status", "timedout", "secondary", "secondary",
+                                                 "ratelimited", None]
+    assert httpx.get(f"{fresh.url}/orgs/acme").status_code == 200
+
+
+# ----- mutations ------------------------------------------------------------------------------
+
+def test_touch_comment_review_and_force_push_show_in_the_next_query_and_in_search(fresh):
+    name = some_repo(fresh)
+    owner, repo = name.split("/")
+    before = datetime.now(timezone.utc).replace(microsecond=0)
+    number = fresh.pull_requests(name)[0]["number"]
+    fresh.touch_pull_request(name, number, title="Renamed by the test")
+    fresh.comment_pull_request(name, number, "a new comment")
+    fresh.review_pull_request(name, number, state="PENDING")
+    pushed = fresh.force_push_pull_request(name, number, commits=3)
+    added = fresh.add_pull_request(name, "Brand new pull request")
+    query = f"""{{ repository(owner: "{owner}", name: "{repo}") {{
+        pullRequests(first: 2, orderBy: {{field: UPDATED_AT, direction: DESC}}) {{ nodes {{
+          number title
+          commits(first: 100) {{ totalCount nodes {{ commit {{ oid }} }} }}
+          comments(last: 1) {{ nodes {{ body }} }}
+          reviews(last: 1) {{ nodes {{ state submittedAt }} }} }} }} }} }}"""
+    nodes = data(fresh, query)["repository"]["pullRequests"]["nodes"]
+    assert {n["number"] for n in nodes} == {number, added["number"]}
+    touched = next(n for n in nodes if n["number"] == number)
+    assert touched["title"] == "Renamed by the test"
+    assert [c["commit"]["oid"] for c in touched["commits"]["nodes"]] == [c["sha"] for c in pushed["commits"]]
+    assert touched["comments"]["nodes"] == [{"body": "a new comment"}]
+    assert touched["reviews"]["nodes"] == [{"state": "PENDING", "submittedAt": None}]
+    stamp = before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    found = data(fresh, SEARCH, {"q": f"org:acme is:pr updated:>={stamp}"})["search"]
+    assert found["issueCount"] == 2
+    assert {n["id"] for n in found["nodes"]} == {pushed["external_id"], added["external_id"]}
+
+
+def test_control_api_mutates_pull_requests(fresh):
+    name = some_repo(fresh)
+    number = fresh.pull_requests(name)[0]["number"]
+    reply = httpx.post(f"{fresh.url}/_sandbox/comment_pull_request",
+                       json={"repo": name, "number": number, "body": "over HTTP"})
+    assert reply.status_code == 200
+    assert [c["body"] for c in reply.json()["comments"] if c["kind"] == "issue"][-1] == "over HTTP"
+    listed = httpx.get(f"{fresh.url}/_sandbox/pull_requests", params={"repo": name}).json()
+    assert [p["external_id"] for p in listed] == [p["external_id"] for p in fresh.pull_requests(name)]
