@@ -185,8 +185,9 @@ def _pull_requests(sb: Sandbox, repo: Repo, info: GraphQLResolveInfo, args: dict
     """Repository.pullRequests: states, baseRefName, headRefName filters; orderBy (default CREATED_AT ASC)."""
     order = args.get("orderBy") or {"field": "CREATED_AT", "direction": "ASC"}
     key = ORDER_KEYS[order["field"]]
+    every = sb.pull_store.of(repo)
     with sb.store.lock:
-        pulls = [p for p in sb.pull_store.of(repo)
+        pulls = [p for p in every
                  if (not args.get("states") or p.state in args["states"])
                  and (args.get("baseRefName") is None or p.base_ref == args["baseRefName"])
                  and (args.get("headRefName") is None or p.head_ref == args["headRefName"])]

@@ -314,7 +314,9 @@ def find_node(sb: Sandbox, text: str) -> dict[str, Any] | None:
             return None
         if prefix == "R" and len(parts) == 1:
             return repository(sb, repo)
-        return _pull_node(sb, repo, prefix, parts[1:])
+    pulls = sb.pull_store.of(repo)
+    with store.lock:
+        return _pull_node(sb, repo, pulls, prefix, parts[1:])
 
 
 def _actor_node(sb: Sandbox, prefix: str, number: Any) -> dict[str, Any] | None:
@@ -328,8 +330,8 @@ def _actor_node(sb: Sandbox, prefix: str, number: Any) -> dict[str, Any] | None:
     return None
 
 
-def _pull_node(sb: Sandbox, repo: Any, prefix: str, parts: list[Any]) -> dict[str, Any] | None:
-    for pull in sb.pull_store.of(repo):
+def _pull_node(sb: Sandbox, repo: Any, pulls: list[Any], prefix: str, parts: list[Any]) -> dict[str, Any] | None:
+    for pull in pulls:
         if prefix == "PR" and parts == [pull.id]:
             return pull_request(sb, repo, pull)
         if prefix == "PURC" and len(parts) == 2 and parts[0] == pull.id and 1 <= parts[1] <= len(pull.commits):

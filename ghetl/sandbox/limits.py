@@ -1,7 +1,8 @@
 """Primary and secondary rate limits, one set of buckets per caller.
 
-GitHub keeps a ``core``, a ``search`` and a ``graphql`` bucket (points, not requests) per account (or per IP when unauthenticated);
-the sandbox keeps them per token so that tests can give each client its own budget.  A bucket's
+GitHub keeps a ``core``, a ``search`` and a ``graphql`` bucket (points, not requests) per account
+(or per IP when unauthenticated); the sandbox keeps them per token so that tests can give each
+client its own budget.  A bucket's
 window starts with its first request and refills completely when ``reset`` passes, which is what
 the ``x-ratelimit-reset`` epoch on real responses describes.
 """

@@ -378,13 +378,17 @@ class PullStore:
             return None
 
     def of(self, repo: Repo) -> list[PullRequest]:
-        """The repository's pull requests in number order (generated on first call)."""
-        with self.store.lock:
-            pulls = self._pulls.get(repo.id)
-            if pulls is None:
-                pulls = self._pulls[repo.id] = generate_pulls(repo, self.store.seed, self.people(repo.owner),
-                                                              now_utc())
+        """The repository's pull requests in number order (generated on first call).
+
+        Generation runs outside the lock, so REST requests are not held up by a first GraphQL
+        search over a large organization; callers must not hold the lock when calling this.
+        """
+        pulls = self._pulls.get(repo.id)
+        if pulls is not None:
             return pulls
+        generated = generate_pulls(repo, self.store.seed, self.people(repo.owner), now_utc())
+        with self.store.lock:
+            return self._pulls.setdefault(repo.id, generated)
 
     def get(self, repo: Repo, number: int) -> PullRequest:
         pull = next((p for p in self.of(repo) if p.number == number), None)

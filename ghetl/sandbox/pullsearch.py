@@ -73,12 +73,13 @@ def find(sb: Sandbox, text: str) -> list[tuple[Repo, PullRequest]]:
                 words.append(token.lower())
     store = sb.store
     with store.lock:
-        found = [(repo, pull) for repo in store.all_repos()
+        scope = [repo for repo in store.all_repos()
                  if (not owners or repo.owner.lower() in owners) and (not repos or repo.full_name.lower() in repos)
-                 and store.can_see(repo, True)
-                 for pull in sb.pull_store.of(repo)
-                 if all(t(pull) for t in tests)
-                 and all(w in f"{pull.title} {pull.body}".lower() for w in words)]
+                 and store.can_see(repo, True)]
+    pulls = {repo.id: sb.pull_store.of(repo) for repo in scope}
+    with store.lock:
+        found = [(repo, pull) for repo in scope for pull in pulls[repo.id]
+                 if all(t(pull) for t in tests) and all(w in f"{pull.title} {pull.body}".lower() for w in words)]
     field, _, direction = sort.partition("-")
     attribute = DATES.get(field, "created_at")
     found.sort(key=lambda pair: (getattr(pair[1], attribute) or NEVER,

@@ -121,21 +121,23 @@ class Sandbox:
     def pull_requests(self, id_or_full_name: int | str) -> list[dict[str, Any]]:
         """Ground truth: every pull request of the repository in number order, with its commits,
         reviews and comments (issue and review comments), keyed like the Phase 4 table columns."""
+        repo = self.store.resolve(id_or_full_name)
+        pulls = self.pull_store.of(repo)
         with self.store.lock:
-            repo = self.store.resolve(id_or_full_name)
             web = f"{self.store.site.web}/{repo.full_name}/pull"
-            return [ground_truth(p, f"{web}/{p.number}") for p in self.pull_store.of(repo)]
+            return [ground_truth(p, f"{web}/{p.number}") for p in pulls]
 
     def pull_request(self, id_or_full_name: int | str, number: int) -> dict[str, Any]:
+        """Ground truth of one pull request (the shape of an item of ``pull_requests``)."""
+        repo = self.store.resolve(id_or_full_name)
+        pull = self.pull_store.get(repo, number)
         with self.store.lock:
-            repo = self.store.resolve(id_or_full_name)
-            return ground_truth(self.pull_store.get(repo, number),
-                                f"{self.store.site.web}/{repo.full_name}/pull/{number}")
+            return ground_truth(pull, f"{self.store.site.web}/{repo.full_name}/pull/{number}")
 
     def pull_request_counts(self, id_or_full_name: int | str) -> dict[str, int]:
         """Totals for one repository: pull_requests, commits, reviews, comments, review_comments."""
+        pulls = self.pull_store.of(self.store.resolve(id_or_full_name))
         with self.store.lock:
-            pulls = self.pull_store.of(self.store.resolve(id_or_full_name))
             return {"pull_requests": len(pulls), "commits": sum(len(p.commits) for p in pulls),
                     "reviews": sum(len(p.reviews) for p in pulls), "comments": sum(len(p.comments) for p in pulls),
                     "review_comments": sum(len(p.review_comments) for p in pulls)}
