@@ -338,6 +338,24 @@ def test_spent_bucket_answers_rate_limited_with_200(fresh):
     assert httpx.get(f"{fresh.url}/orgs/acme", headers=TOKEN).status_code == 200
 
 
+def test_dry_run_is_measured_but_not_charged(fresh):
+    query = ('{ search(type: ISSUE, query: "org:acme", first: 10) { issueCount } '
+             'rateLimit(dryRun: true) { cost remaining } }')
+    reply = post(fresh, query)
+    assert reply.json()["data"]["rateLimit"] == {"cost": 1, "remaining": 5000}
+    assert reply.headers["x-ratelimit-used"] == "0"
+    assert [r.charged for r in fresh.requests] == [False]
+
+
+def test_configured_secondary_limit_applies_to_graphql():
+    with Sandbox(orgs={"acme": 3}, seed=11, secondary_limit=(2, 60)) as limited:
+        statuses = [post(limited, "{ viewer { login } }").status_code for _ in range(3)]
+        assert statuses == [200, 200, 403]
+        refused = post(limited, "{ viewer { login } }")
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.json()["message"].startswith("You have exceeded a secondary rate limit")
+
+
 # ----- search ---------------------------------------------------------------------------------
 
 SEARCH = """query($q: String!, $after: String) {
@@ -441,6 +459,26 @@ def test_touch_comment_review_and_force_push_show_in_the_next_query_and_in_searc
     found = data(fresh, SEARCH, {"q": f"org:acme is:pr updated:>={stamp}"})["search"]
     assert found["issueCount"] == 2
     assert {n["id"] for n in found["nodes"]} == {pushed["external_id"], added["external_id"]}
+
+
+def test_new_objects_have_32_bit_database_ids_and_reviews_keep_rewritten_commits(fresh):
+    name = some_repo(fresh)
+    owner, repo = name.split("/")
+    number = fresh.add_pull_request(name, "Ids", commits=2)["number"]
+    fresh.review_pull_request(name, number, state="CHANGES_REQUESTED")
+    fresh.comment_pull_request(name, number, "checking ids")
+    reviewed = fresh.pull_request(name, number)["reviews"][0]["commit_sha"]
+    fresh.force_push_pull_request(name, number, commits=1)
+    query = f"""{{ repository(owner: "{owner}", name: "{repo}") {{ pullRequest(number: {number}) {{
+        databaseId reviewDecision commits(first: 10) {{ totalCount }}
+        reviews(first: 1) {{ nodes {{ databaseId commit {{ oid }} }} }}
+        comments(first: 1) {{ nodes {{ databaseId }} }} }} }} }}"""
+    pull = data(fresh, query)["repository"]["pullRequest"]
+    ids = [pull["databaseId"], pull["reviews"]["nodes"][0]["databaseId"], pull["comments"]["nodes"][0]["databaseId"]]
+    assert all(0 < i < 2**31 for i in ids)
+    assert pull["reviews"]["nodes"][0]["commit"] == {"oid": reviewed}
+    assert pull["commits"]["totalCount"] == 1
+    assert pull["reviewDecision"] == "CHANGES_REQUESTED"
 
 
 def test_control_api_mutates_pull_requests(fresh):

@@ -5,6 +5,7 @@ multiplies what is selected below it by its ``first``/``last``; a query may requ
 500 000 nodes in total; its cost is the number of requests needed to fill every connection (a
 connection under a parent connection of 50 nodes needs 50 requests), divided by 100 and rounded
 to the nearest whole number, at least 1.  ``nodes(ids:)`` multiplies by the number of ids.
+A query selecting ``rateLimit(dryRun: true)`` is measured but not charged.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Measure:
     nodes: int = 0
     requests: int = 0
     exceeded_at: str | None = None
+    dry_run: bool = False
 
     @property
     def cost(self) -> int:
@@ -53,20 +55,23 @@ def measure(schema: GraphQLSchema, operation: OperationDefinitionNode,
 
 
 def _page_size(field: FieldNode, variables: dict[str, Any]) -> int:
-    for argument in field.arguments or ():
-        if argument.name.value in ("first", "last"):
-            value = value_from_ast_untyped(argument.value, variables)
-            if isinstance(value, int):
-                return max(0, value)
+    for name in ("first", "last"):
+        value = _argument(field, name, variables)
+        if isinstance(value, int):
+            return max(0, value)
     return 0
 
 
-def _ids(field: FieldNode, variables: dict[str, Any]) -> int:
+def _argument(field: FieldNode, name: str, variables: dict[str, Any]) -> Any:
     for argument in field.arguments or ():
-        if argument.name.value == "ids":
-            value = value_from_ast_untyped(argument.value, variables)
-            return len(value) if isinstance(value, list) else 1
-    return 1
+        if argument.name.value == name:
+            return value_from_ast_untyped(argument.value, variables)
+    return None
+
+
+def _ids(field: FieldNode, variables: dict[str, Any]) -> int:
+    value = _argument(field, "ids", variables)
+    return len(value) if isinstance(value, list) else 1
 
 
 def _walk(schema: GraphQLSchema, parent: Any, selection_set: SelectionSetNode,
@@ -99,5 +104,7 @@ def _field(schema: GraphQLSchema, parent: Any, field: FieldNode, fragments: dict
             result.exceeded_at = field.name.value
     elif parent is schema.query_type and field.name.value == "nodes":
         inner = multiplier * _ids(field, variables)
+    elif parent is schema.query_type and field.name.value == "rateLimit":
+        result.dry_run = result.dry_run or _argument(field, "dryRun", variables) is True
     if field.selection_set is not None:
         _walk(schema, named, field.selection_set, fragments, variables, inner, result)

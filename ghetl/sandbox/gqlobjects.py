@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from graphql import FieldNode, FragmentSpreadNode, GraphQLError, GraphQLResolveInfo, InlineFragmentNode
 
 from .data import Owner, Repo
+from .limits import Bucket
 from .nodeids import cursor, node_id, parse_cursor
 from .pulls import Commit, IssueComment, Person, PullRequest, Review, ReviewComment, ReviewThread
 from .shapes import iso
@@ -49,10 +50,7 @@ class Context:
     sb: Sandbox
     cost: int
     nodes: int
-    limit: int
-    remaining: int
-    used: int
-    reset: int
+    bucket: Bucket
 
 
 # ----- connections ----------------------------------------------------------------------------
@@ -283,21 +281,16 @@ def review(sb: Sandbox, repo: Repo, pull: PullRequest, item: Review) -> dict[str
         "body": item.body, "state": item.state, "submittedAt": iso(item.submitted_at),
         "createdAt": iso(item.created_at), "updatedAt": iso(item.updated_at), "url": sb.store.site.web + path,
         "resourcePath": path,
-        "commit": None if item.commit_oid is None else {"__typename": "Commit", **_commit_stub(sb, repo, pull,
-                                                                                               item.commit_oid)},
+        "commit": _commit_or_none(sb, repo, pull, item.commit_oid),
         "pullRequest": lambda info: pull_request(sb, repo, pull),
         "comments": lambda info, **args: connection(info, args, own, _by_id,
                                                     lambda c: review_comment(sb, repo, pull, c)),
     }
 
 
-def _commit_stub(sb: Sandbox, repo: Repo, pull: PullRequest, oid: str) -> dict[str, Any]:
-    """The commit a review was made on: the pull request's commit, or a bare oid after a force-push."""
-    found = next((c for c in pull.commits if c.oid == oid), None)
-    if found is not None:
-        return commit(sb, repo, found)
-    path = f"/{repo.full_name}/commit/{oid}"
-    return {"id": node_id("C", repo.id, oid), "oid": oid, "url": sb.store.site.web + path, "resourcePath": path}
+def _commit_or_none(sb: Sandbox, repo: Repo, pull: PullRequest, oid: str | None) -> dict[str, Any] | None:
+    found = None if oid is None else pull.commit_by_oid(oid)
+    return None if found is None else commit(sb, repo, found)
 
 
 def issue_comment(sb: Sandbox, repo: Repo, pull: PullRequest, item: IssueComment) -> dict[str, Any]:

@@ -231,14 +231,16 @@ def answer(sb: Sandbox, caller: str, body: bytes, request_id: str) -> Answer:
     refusal = measured.error()
     if refusal is not None:
         return Answer(200, {"errors": [refusal]}, bucket)
-    charged, bucket = sb.limits.try_charge(caller, "graphql", True, measured.cost)
-    if not charged:
-        log.info("GraphQL rate limit exhausted")
-        return Answer(200, rate_limited(sb.store.viewer.id), bucket)
-    context = Context(sb, measured.cost, measured.nodes, bucket.limit, bucket.remaining, bucket.used, bucket.reset)
+    charged = False
+    if not measured.dry_run:
+        charged, bucket = sb.limits.try_charge(caller, "graphql", True, measured.cost)
+        if not charged:
+            log.info("GraphQL rate limit exhausted")
+            return Answer(200, rate_limited(sb.store.viewer.id), bucket)
+    context = Context(sb, measured.cost, measured.nodes, bucket)
     result = execute(schema(), document, root_value=root(context), context_value=context,
                      variable_values=variables, operation_name=operation_name)
-    return Answer(200, _body(result, request_id), bucket, charged=True)
+    return Answer(200, _body(result, request_id), bucket, charged=charged)
 
 
 def _body(result: ExecutionResult, request_id: str) -> dict[str, Any]:
@@ -263,9 +265,9 @@ def root(ctx: Context) -> dict[str, Any]:
         "nodes": lambda info, ids: [find_node(sb, i) or _node_not_found(i) for i in ids],
         "search": lambda info, **args: _search(sb, info, args),
         "rateLimit": lambda info, dryRun=False: {
-            "cost": ctx.cost, "limit": ctx.limit, "remaining": ctx.remaining, "used": ctx.used,
-            "nodeCount": ctx.nodes,
-            "resetAt": datetime.fromtimestamp(ctx.reset, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "cost": ctx.cost, "limit": ctx.bucket.limit, "remaining": ctx.bucket.remaining,
+            "used": ctx.bucket.used, "nodeCount": ctx.nodes,
+            "resetAt": datetime.fromtimestamp(ctx.bucket.reset, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
     }
 
 

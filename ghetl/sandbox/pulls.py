@@ -135,10 +135,15 @@ class PullRequest:
     reviews: list[Review] = field(default_factory=list)
     comments: list[IssueComment] = field(default_factory=list)
     threads: list[ReviewThread] = field(default_factory=list)
+    rewritten: list[Commit] = field(default_factory=list)
 
     @property
     def node_id(self) -> str:
         return node_id("PR", self.repo_id, self.id)
+
+    def commit_by_oid(self, oid: str) -> Commit | None:
+        """A commit of the branch, or one a force-push removed (reviews still point at it)."""
+        return next((c for c in (*self.commits, *self.rewritten) if c.oid == oid), None)
 
     @property
     def additions(self) -> int:
@@ -218,17 +223,26 @@ def _oid(rng: random.Random) -> str:
     return hashlib.sha1(rng.getrandbits(64).to_bytes(8, "big")).hexdigest()
 
 
+# Database ids per kind: base + seconds since 2008, so they grow with time as GitHub's do and stay
+# below GraphQL's 32-bit Int limit (2 147 483 647) until about 2031.
+ID_BASES = {"pr": 100_000_000, "thread": 700_000_000, "comment": 800_000_000, "review": 1_400_000_000}
+
+
 class _Ids:
-    """Database ids that grow with time, as GitHub's do, and stay within GraphQL's 32-bit Int."""
+    """Increasing database ids of one kind, derived from the moment each object was created."""
 
     def __init__(self, base: int) -> None:
         self.base = base
         self.last = 0
 
     def at(self, moment: datetime) -> int:
-        value = self.base + int((moment - GITHUB_EPOCH).total_seconds() * 2)
+        value = self.base + int((moment - GITHUB_EPOCH).total_seconds())
         self.last = max(self.last + 1, value)
         return self.last
+
+
+def _id_makers() -> dict[str, _Ids]:
+    return {kind: _Ids(base) for kind, base in ID_BASES.items()}
 
 
 def generate_pulls(repo: Repo, seed: int, people: list[Person], now: datetime) -> list[PullRequest]:
@@ -237,8 +251,7 @@ def generate_pulls(repo: Repo, seed: int, people: list[Person], now: datetime) -
     end = max(repo.created_at + timedelta(hours=1), min(repo.updated_at, anchor_for(now)))
     span = (end - repo.created_at).total_seconds()
     starts = sorted(repo.created_at + timedelta(seconds=int(span * rng.random())) for _ in range(_pull_count(rng)))
-    ids = {kind: _Ids(base) for kind, base in (("pr", 300_000_000), ("review", 900_000_000),
-                                                ("comment", 600_000_000), ("thread", 1_200_000_000))}
+    ids = _id_makers()
     phrases = [p for key in repo.themes for p in THEMES[key].phrases] or ["the build"]
     return [_pull(rng, repo, number, created, end, people, ids, phrases)
             for number, created in enumerate(starts, start=1)]
@@ -360,7 +373,7 @@ class PullStore:
         self.store = store
         self._pulls: dict[int, list[PullRequest]] = {}
         self._people: dict[str, list[Person]] = {}
-        self._next_id = _Ids(1_500_000_000)
+        self._ids = _id_makers()
 
     def people(self, owner: str) -> list[Person]:
         with self.store.lock:
@@ -433,7 +446,7 @@ class PullStore:
             moment = now_utc()
             person = self._actor(repo, author)
             number = max((p.number for p in pulls), default=0) + 1
-            pull = PullRequest(repo.id, self._next_id.at(moment), number, title, body, "OPEN", False, person, None,
+            pull = PullRequest(repo.id, self._ids["pr"].at(moment), number, title, body, "OPEN", False, person, None,
                                repo.default_branch, f"{person.login if person else 'ghost'}/change-{number}", None,
                                1, moment, moment, None, None)
             pull.commits = self._new_commits(pull, commits, moment)
@@ -444,7 +457,7 @@ class PullStore:
         with self.store.lock:
             pull = self.get(repo, number)
             moment = now_utc()
-            comment = IssueComment(self._next_id.at(moment), self._actor(repo, author), body, moment, moment)
+            comment = IssueComment(self._ids["comment"].at(moment), self._actor(repo, author), body, moment, moment)
             pull.comments.append(comment)
             pull.touched(moment)
             return comment
@@ -456,7 +469,7 @@ class PullStore:
         with self.store.lock:
             pull = self.get(repo, number)
             moment = now_utc()
-            review = Review(self._next_id.at(moment), state, self._actor(repo, author), body, moment,
+            review = Review(self._ids["review"].at(moment), state, self._actor(repo, author), body, moment,
                             None if state == "PENDING" else moment, moment,
                             pull.commits[-1].oid if pull.commits else None)
             pull.reviews.append(review)
@@ -470,6 +483,7 @@ class PullStore:
         with self.store.lock:
             pull = self.get(repo, number)
             moment = now_utc()
+            pull.rewritten.extend(pull.commits)
             pull.commits = self._new_commits(pull, commits, moment)
             pull.touched(moment)
             return pull
