@@ -1,4 +1,4 @@
-"""The Sandbox: a local, faithful GitHub REST API with generated data and fault injection.
+"""The Sandbox: a local, faithful GitHub REST and GraphQL API with generated data and fault injection.
 
 No machine here reaches github.com, so the demo, notebooks, tests and benchmarks talk to this
 instead.  It is driven from Python (``Sandbox(...).start()``) or over HTTP (``/_sandbox/...``,
@@ -37,6 +37,8 @@ class Sandbox:
     Until ``start`` binds a port, rendered URLs use http://127.0.0.1:8766 (the CLI default).
     As on GitHub, unauthenticated callers only see public repositories and GET /users/{user}/repos
     lists public repositories only; a user's private ones come from GET /user/repos with a token.
+    POST /graphql (``graphql.py``) serves the repositories and their generated pull requests
+    (``pulls.py``) and needs a token; ``graphql_limit`` is its bucket in points per hour.
     """
 
     def __init__(self, orgs: dict[str, int] | None = None, users: dict[str, int] | None = None,

@@ -2,7 +2,9 @@
 
 Per request, in GitHub's order of concerns: injected faults (infrastructure fails before GitHub
 sees anything), authentication, secondary then primary rate limit, the endpoint itself, then
-conditional requests (an authenticated 304 gives its rate-limit unit back).  Headers follow the
+conditional requests (an authenticated 304 gives its rate-limit unit back).  POST /graphql takes
+the same path through faults, authentication and the secondary limit, then ``graphql.answer``
+charges its cost and runs it (graphql-core is imported by the first such request).  Headers follow the
 2025/2026 recordings (get-repository.pygithub-*.json).  Responses are written in one send with
 TCP_NODELAY so that 100 pages of 100 repositories stream in about a second over loopback.
 """
