@@ -264,6 +264,16 @@ def test_parse_error_and_empty_query(sb):
     assert reply.json() == {"errors": [{"message": "A query attribute must be specified and must be a string."}]}
 
 
+def test_a_variable_of_the_wrong_type_is_refused_as_graphql_ruby_words_it(sb):
+    body = post(sb, 'query($first: Int) { search(type: ISSUE, query: "org:acme", first: $first) { issueCount } }',
+                {"first": "ten"}).json()
+    assert body == {"errors": [{
+        "extensions": {"value": "ten", "problems": [{"path": [], "explanation":
+                                                     "Int cannot represent non-integer value: 'ten'"}]},
+        "locations": [{"line": 1, "column": 7}],
+        "message": "Variable $first of type Int was provided invalid value"}]}
+
+
 def test_more_than_500000_nodes_is_refused_before_running(fresh):
     query = """{ repository(owner: "acme", name: "x") { pullRequests(first: 100) { nodes {
         reviews(first: 100) { nodes { comments(first: 100) { nodes { id } } } } } } } }"""

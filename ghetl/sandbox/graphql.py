@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graphql import (DocumentNode, ExecutionResult, FieldNode, FragmentDefinitionNode, GraphQLError,
-                     GraphQLSchema, OperationDefinitionNode, build_schema, execute, parse, validate)
+                     GraphQLSchema, OperationDefinitionNode, build_schema, execute, parse, print_ast, validate)
 
 from . import gqlcost, pullsearch
 from .gqlobjects import (Context, check_page_arguments, commit, find_repository, gh_error, issue_comment, owner,
@@ -240,14 +240,33 @@ def answer(sb: Sandbox, caller: str, body: bytes, request_id: str) -> Answer:
     context = Context(sb, measured.cost, measured.nodes, bucket)
     result = execute(schema(), document, root_value=root(context), context_value=context,
                      variable_values=variables, operation_name=operation_name)
-    return Answer(200, _body(result, request_id), bucket, charged=charged)
+    return Answer(200, _body(operation, variables, result, request_id), bucket, charged=charged)
 
 
-def _body(result: ExecutionResult, request_id: str) -> dict[str, Any]:
+VARIABLE_ERROR = re.compile(r"Variable '\$(\w+)' has invalid value(?: at \[(.*?)\])?: (.*)")
+
+
+def variable_error(operation: OperationDefinitionNode, variables: dict[str, Any],
+                   error: GraphQLError) -> dict[str, Any] | None:
+    """A variable that does not fit its type, as graphql-ruby words it; None for other errors."""
+    found = VARIABLE_ERROR.match(error.message)
+    if found is None:
+        return None
+    name, where, explanation = found.groups()
+    declared = next(d for d in operation.variable_definitions or () if d.variable.name.value == name)
+    path = [int(p) if p.isdigit() else p for p in where.replace("'", "").split("][")] if where else []
+    return {"extensions": {"value": variables.get(name), "problems": [{"path": path, "explanation": explanation}]},
+            "locations": _locations(error),
+            "message": f"Variable ${name} of type {print_ast(declared.type)} was provided invalid value"}
+
+
+def _body(operation: OperationDefinitionNode, variables: dict[str, Any], result: ExecutionResult,
+          request_id: str) -> dict[str, Any]:
     """``data`` (possibly partial) and ``errors``; a request that could not start (bad variables) has no data."""
+    if result.errors and result.data is None and all(not e.path for e in result.errors):
+        return {"errors": [variable_error(operation, variables, e) or execution_error(e, request_id)
+                           for e in result.errors]}
     errors = [execution_error(e, request_id) for e in result.errors or ()]
-    if errors and result.data is None and all(not e.path for e in result.errors):
-        return {"errors": errors}
     return {"data": result.data, "errors": errors} if errors else {"data": result.data}
 
 
