@@ -149,6 +149,25 @@ def test_nested_commits_page_through_node_to_the_exact_commit_list(sb, truth):
     assert oids == [c["sha"] for c in pull["commits"]]
 
 
+def test_backward_paging_with_last_and_before_and_edge_cursors(sb, truth):
+    pull = next(p for pulls in truth.values() for p in pulls if p["reviews_total"] > 100)
+    query = """query($id: ID!, $before: String) { node(id: $id) { ... on PullRequest {
+        reviews(last: 40, before: $before) { pageInfo { hasPreviousPage startCursor hasNextPage endCursor }
+        edges { cursor node { id } } } } } }"""
+    seen, before = [], None
+    while True:
+        reviews = data(sb, query, {"id": pull["external_id"], "before": before})["node"]["reviews"]
+        edges = reviews["edges"]
+        assert reviews["pageInfo"]["startCursor"] == edges[0]["cursor"]
+        assert reviews["pageInfo"]["endCursor"] == edges[-1]["cursor"]
+        assert reviews["pageInfo"]["hasNextPage"] == (before is not None)
+        seen = [e["node"]["id"] for e in edges] + seen
+        if not reviews["pageInfo"]["hasPreviousPage"]:
+            break
+        before = reviews["pageInfo"]["startCursor"]
+    assert seen == [r["external_id"] for r in pull["reviews"]]
+
+
 def test_nodes_resolves_every_kind_of_id_and_null_for_unknown(sb, truth):
     pull = next(p for pulls in truth.values() for p in pulls
                 if p["reviews"] and any(c["kind"] == "review" for c in p["comments"]) and p["author_login"])

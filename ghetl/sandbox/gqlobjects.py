@@ -180,13 +180,16 @@ def _pull_or_none(sb: Sandbox, repo: Repo, number: int) -> dict[str, Any] | None
 
 
 def _pull_requests(sb: Sandbox, repo: Repo, info: GraphQLResolveInfo, args: dict[str, Any]) -> dict[str, Any]:
-    """Repository.pullRequests: states, baseRefName, headRefName filters; orderBy (default CREATED_AT ASC)."""
+    """Repository.pullRequests: states, baseRefName, headRefName filters; orderBy (default CREATED_AT ASC).
+
+    Sandbox pull requests carry no labels, so a ``labels`` filter matches none.
+    """
     order = args.get("orderBy") or {"field": "CREATED_AT", "direction": "ASC"}
     key = ORDER_KEYS[order["field"]]
     every = sb.pull_store.of(repo)
     with sb.store.lock:
         pulls = [p for p in every
-                 if (not args.get("states") or p.state in args["states"])
+                 if not args.get("labels") and (not args.get("states") or p.state in args["states"])
                  and (args.get("baseRefName") is None or p.base_ref == args["baseRefName"])
                  and (args.get("headRefName") is None or p.head_ref == args["headRefName"])]
         descending = order["direction"] == "DESC"
