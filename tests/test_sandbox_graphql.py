@@ -257,6 +257,11 @@ def test_first_101_is_excessive_pagination(sb, truth):
     assert body["errors"][0]["message"] == ("Requesting 101 records on the `pullRequests` connection exceeds the "
                                             "`first` limit of 100 records.")
     assert body["errors"][0]["path"] == ["repository", "pullRequests"]
+    body = post(sb, PULLS_PAGE.replace("first: 100", "first: 10, last: 10"), {"owner": owner, "name": repo}).json()
+    assert body["errors"][0]["message"] == ("Passing both `first` and `last` to paginate the `pullRequests` "
+                                            "connection is not supported.")
+    body = post(sb, PULLS_PAGE.replace("first: 100", "first: -1"), {"owner": owner, "name": repo}).json()
+    assert body["errors"][0]["message"] == "`first` on the `pullRequests` connection cannot be less than zero."
 
 
 def test_unknown_field_and_missing_argument_are_github_shaped_validation_errors(sb):

@@ -38,9 +38,9 @@ def iso_offset(moment: Any) -> str:
     return moment.replace(microsecond=0).isoformat()
 
 
-def gh_error(kind: str, message: str) -> GraphQLError:
-    """A resolver error; the endpoint renders ``type`` first, as GitHub does."""
-    return GraphQLError(message, extensions={"type": kind})
+def gh_error(kind: str | None, message: str) -> GraphQLError:
+    """A resolver error; the endpoint renders ``type`` first, as GitHub does (when GitHub gives one)."""
+    return GraphQLError(message, extensions={"type": kind} if kind else None)
 
 
 @dataclass
@@ -81,18 +81,20 @@ def _position(keys: list[list], raw: str, descending: bool, inclusive: bool) -> 
 
 
 def check_page_arguments(info: GraphQLResolveInfo, args: dict[str, Any]) -> None:
-    """MISSING_PAGINATION_BOUNDARIES and EXCESSIVE_PAGINATION with GitHub's wording."""
+    """MISSING_PAGINATION_BOUNDARIES, EXCESSIVE_PAGINATION and the other page-size refusals, in GitHub's words."""
     name = info.field_name
     if args.get("first") is None and args.get("last") is None and _selects_nodes(info):
         raise gh_error("MISSING_PAGINATION_BOUNDARIES",
                        f"You must provide a `first` or `last` value to properly paginate the `{name}` connection.")
+    if args.get("first") is not None and args.get("last") is not None:
+        raise gh_error(None, f"Passing both `first` and `last` to paginate the `{name}` connection is not supported.")
     for argument in ("first", "last"):
         value = args.get(argument)
         if value is not None and value > MAX_PAGE:
             raise gh_error("EXCESSIVE_PAGINATION", f"Requesting {value} records on the `{name}` connection exceeds "
                                                    f"the `{argument}` limit of {MAX_PAGE} records.")
         if value is not None and value < 0:
-            raise gh_error("INVALID_PAGINATION", f"`{argument}` on the `{name}` connection cannot be less than zero.")
+            raise gh_error(None, f"`{argument}` on the `{name}` connection cannot be less than zero.")
 
 
 def connection(info: GraphQLResolveInfo, args: dict[str, Any], items: Sequence[Any], key: Callable[[Any], list],
