@@ -515,6 +515,24 @@ def test_new_objects_have_32_bit_database_ids_and_reviews_keep_rewritten_commits
     assert pull["reviewDecision"] == "CHANGES_REQUESTED"
 
 
+def test_deleted_comments_leave_the_pull_request(fresh):
+    name, pull = next((r.full_name, p) for r in fresh.store.repos_of("acme") for p in fresh.pull_requests(r.id)
+                      if any(c["kind"] == "review" for c in p["comments"])
+                      and any(c["kind"] == "issue" for c in p["comments"]))
+    issue = next(c for c in pull["comments"] if c["kind"] == "issue")
+    review = next(c for c in pull["comments"] if c["kind"] == "review")
+    fresh.delete_pull_request_comment(name, pull["number"], issue["external_id"])
+    after = fresh.delete_pull_request_comment(name, pull["number"], review["external_id"])
+    remaining = {c["external_id"] for c in after["comments"]}
+    assert remaining == {c["external_id"] for c in pull["comments"]} - {issue["external_id"], review["external_id"]}
+    assert after["gh_updated_at"] > pull["gh_updated_at"]
+    body = post(fresh, "query($ids: [ID!]!) { nodes(ids: $ids) { id } }",
+                {"ids": [issue["external_id"], review["external_id"]]}).json()
+    assert body["data"] == {"nodes": [None, None]}
+    with pytest.raises(KeyError):
+        fresh.delete_pull_request_comment(name, pull["number"], issue["external_id"])
+
+
 def test_control_api_mutates_pull_requests(fresh):
     name = some_repo(fresh)
     number = fresh.pull_requests(name)[0]["number"]

@@ -6,7 +6,8 @@ Bodies mirror the Python calls: ``POST /_sandbox/touch {"repo": "acme/x", "descr
 ``{"fault": "mutate", "path": "page=2", "op": "touch", "args": {"repo": "acme/x"}}``.
 Pull requests: ``GET /_sandbox/pull_requests?repo=acme/x`` (ground truth), ``POST /_sandbox/touch_pull_request
 {"repo": "acme/x", "number": 3, "title": "..."}``, likewise add_pull_request (title), comment_pull_request
-(number, body), review_pull_request (number, state) and force_push_pull_request (number, commits).
+(number, body), review_pull_request (number, state), delete_pull_request_comment (number, external_id)
+and force_push_pull_request (number, commits).
 Control requests are free, never faulted and not recorded in ``requests``.
 """
 
@@ -120,6 +121,8 @@ WRITES: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "add_pull_request": lambda sb, a: _jsonable(sb.add_pull_request(_ref(a), **a)),
     "comment_pull_request": lambda sb, a: _jsonable(sb.comment_pull_request(_ref(a), int(a.pop("number")), **a)),
     "review_pull_request": lambda sb, a: _jsonable(sb.review_pull_request(_ref(a), int(a.pop("number")), **a)),
+    "delete_pull_request_comment": lambda sb, a: _jsonable(
+        sb.delete_pull_request_comment(_ref(a), int(a.pop("number")), a.pop("external_id"))),
     "force_push_pull_request": lambda sb, a: _jsonable(
         sb.force_push_pull_request(_ref(a), int(a.pop("number")), int(a.pop("commits", 1)))),
 }

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .data import GITHUB_EPOCH, THEMES, Repo, anchor_for
-from .nodeids import node_id
+from .nodeids import node_id, parse_node_id
 from .state import Store, now_utc
 
 FIRST_NAMES = ("ana", "ben", "chen", "dara", "emil", "fatou", "goran", "hana", "ivan", "jun", "kofi", "lena",
@@ -475,6 +475,26 @@ class PullStore:
             pull.reviews.append(review)
             pull.touched(moment)
             return review
+
+    def delete_comment(self, repo: Repo, number: int, external_id: str) -> PullRequest:
+        """Remove an issue comment (IC_ id) or a review comment (PRRC_ id); a thread left empty goes too."""
+        parsed = parse_node_id(external_id)
+        if parsed is None or parsed[0] not in ("IC", "PRRC") or len(parsed[1]) != 2:
+            raise ValueError(f"not an issue or review comment id: {external_id!r}")
+        wanted = parsed[1][1]
+        with self.store.lock:
+            pull = self.get(repo, number)
+            before = len(pull.comments) + len(pull.review_comments)
+            if parsed[0] == "IC":
+                pull.comments = [c for c in pull.comments if c.id != wanted]
+            else:
+                for thread in pull.threads:
+                    thread.comments = [c for c in thread.comments if c.id != wanted]
+                pull.threads = [t for t in pull.threads if t.comments]
+            if len(pull.comments) + len(pull.review_comments) == before:
+                raise KeyError(f"no comment {external_id} on {repo.full_name}#{number}")
+            pull.touched(now_utc())
+            return pull
 
     def force_push(self, repo: Repo, number: int, commits: int = 1) -> PullRequest:
         """Replace the branch's commits: the old ones disappear from the pull request."""

@@ -172,6 +172,12 @@ class Sandbox:
         self.pull_store.force_push(self.store.resolve(id_or_full_name), number, commits)
         return self.pull_request(id_or_full_name, number)
 
+    def delete_pull_request_comment(self, id_or_full_name: int | str, number: int,
+                                    external_id: str) -> dict[str, Any]:
+        """Delete an issue or review comment by its node id, as when someone deletes it on GitHub."""
+        self.pull_store.delete_comment(self.store.resolve(id_or_full_name), number, external_id)
+        return self.pull_request(id_or_full_name, number)
+
     # ----- mutations ---------------------------------------------------------------------
 
     def create(self, owner: str, name: str, **fields: Any) -> dict[str, Any]:
