@@ -464,6 +464,18 @@ def test_fault_shapes(fresh):
     assert httpx.get(f"{fresh.url}/orgs/acme").status_code == 200
 
 
+def test_a_failure_inside_the_sandbox_answers_like_github_s_internal_error(fresh, monkeypatch):
+    from ghetl.sandbox import graphql
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(graphql, "answer", broken)
+    reply = post(fresh, "{ viewer { login } }")
+    assert reply.status_code == 502
+    assert reply.json()["data"] == "null"
+
+
 # ----- mutations ------------------------------------------------------------------------------
 
 def test_touch_comment_review_and_force_push_show_in_the_next_query_and_in_search(fresh):

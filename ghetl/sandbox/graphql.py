@@ -128,9 +128,10 @@ VALIDATION_RULES: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"Unknown argument '(\w+)' on field '(\w+)\.(\w+)'"),
      lambda m: (f"Field '{m[3]}' doesn't accept argument '{m[1]}'", "argumentNotAccepted",
                 {"name": m[3], "typeName": "Field", "argumentName": m[1]})),
-    (re.compile(r"Argument '\w+\.(\w+)\((\w+):\)' of type '.+' is required"),
-     lambda m: (f"Field '{m[1]}' is missing required arguments: {m[2]}", "missingRequiredArguments",
-                {"className": "Field", "name": m[1], "arguments": m[2]})),
+    (re.compile(r"Argument '\w+\.(\w+)\((\w+):\)' of type '.+' is required"
+                r"|Field '(\w+)' argument '(\w+)' of type '.+' is required"),
+     lambda m: (f"Field '{m[1] or m[3]}' is missing required arguments: {m[2] or m[4]}", "missingRequiredArguments",
+                {"className": "Field", "name": m[1] or m[3], "arguments": m[2] or m[4]})),
     (re.compile(r"Field '(\w+)' of type '(.+)' must have a selection of subfields"),
      lambda m: (f"Field must have selections (field '{m[1]}' returns {m[2].rstrip('!')} but has no selections. "
                 f"Did you mean '{m[1]} {{ ... }}'?)", "selectionMismatch",
@@ -243,18 +244,21 @@ def answer(sb: Sandbox, caller: str, body: bytes, request_id: str) -> Answer:
     return Answer(200, _body(operation, variables, result, request_id), bucket, charged=charged)
 
 
-VARIABLE_ERROR = re.compile(r"Variable '\$(\w+)' has invalid value(?: at \[(.*?)\])?: (.*)")
+# graphql-core 3.3 and 3.2 word it differently: "has invalid value at [0]: ..." / "got invalid value x at 'ids[0]'; ..."
+VARIABLE_ERRORS = (re.compile(r"Variable '\$(\w+)' has invalid value(?: at (\S+))?: (.*)"),
+                   re.compile(r"Variable '\$(\w+)' got invalid value .*?(?: at '\w+((?:\[\w+\])+)')?; (.*)"),
+                   re.compile(r"Variable '\$(\w+)' of required type '.+' ()(was not provided)\."))
 
 
 def variable_error(operation: OperationDefinitionNode, variables: dict[str, Any],
                    error: GraphQLError) -> dict[str, Any] | None:
     """A variable that does not fit its type, as graphql-ruby words it; None for other errors."""
-    found = VARIABLE_ERROR.match(error.message)
+    found = next((m for m in (p.match(error.message) for p in VARIABLE_ERRORS) if m), None)
     if found is None:
         return None
     name, where, explanation = found.groups()
     declared = next(d for d in operation.variable_definitions or () if d.variable.name.value == name)
-    path = [int(p) if p.isdigit() else p for p in where.replace("'", "").split("][")] if where else []
+    path = [int(p) if p.isdigit() else p for p in re.findall(r"\w+", where or "")]
     return {"extensions": {"value": variables.get(name), "problems": [{"path": path, "explanation": explanation}]},
             "locations": _locations(error),
             "message": f"Variable ${name} of type {print_ast(declared.type)} was provided invalid value"}

@@ -237,7 +237,14 @@ class Handler(BaseHTTPRequestHandler):
                 bucket = sb.limits.peek(call.caller, "graphql", True)
                 self._respond(sb, call, self._secondary_reply(403, retry_after, rid), bucket, rid, record)
                 return
-        answer = graphql.answer(sb, call.caller, body, rid)
+        try:
+            answer = graphql.answer(sb, call.caller, body, rid)
+        except Exception:
+            log.exception("the GraphQL request failed inside the sandbox")
+            bucket = sb.limits.peek(call.caller, "graphql", True)
+            reply = Reply(502, graphql.timed_out(rid), scopes=graphql.SCOPES, media_type=GRAPHQL_MEDIA_TYPE)
+            self._respond(sb, call, reply, bucket, rid, record)
+            return
         reply = Reply(answer.status, answer.body, scopes=graphql.SCOPES, media_type=GRAPHQL_MEDIA_TYPE)
         self._respond(sb, call, reply, answer.bucket, rid, {**record, "charged": answer.charged})
 
