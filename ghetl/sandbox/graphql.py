@@ -240,7 +240,8 @@ def answer(sb: Sandbox, caller: str, body: bytes, request_id: str) -> Answer:
             return Answer(200, rate_limited(sb.store.viewer.id), bucket)
     context = Context(sb, measured.cost, measured.nodes, bucket)
     result = execute(schema(), document, root_value=root(context), context_value=context,
-                     variable_values=variables, operation_name=operation_name)
+                     variable_values=variables, operation_name=operation_name, field_resolver=_resolve,
+                     is_awaitable=_never_awaitable)
     return Answer(200, _body(operation, variables, result, request_id), bucket, charged=charged)
 
 
@@ -262,6 +263,17 @@ def variable_error(operation: OperationDefinitionNode, variables: dict[str, Any]
     return {"extensions": {"value": variables.get(name), "problems": [{"path": path, "explanation": explanation}]},
             "locations": _locations(error),
             "message": f"Variable ${name} of type {print_ast(declared.type)} was provided invalid value"}
+
+
+def _resolve(source: dict[str, Any], info: Any, **args: Any) -> Any:
+    """Every sandbox object is a dict (see gqlobjects): cheaper than graphql-core's general resolver."""
+    value = source.get(info.field_name)
+    return value(info, **args) if callable(value) else value
+
+
+def _never_awaitable(value: Any) -> bool:
+    """All resolvers are synchronous; skipping graphql-core's awaitable check per value saves a tenth."""
+    return False
 
 
 def _body(operation: OperationDefinitionNode, variables: dict[str, Any], result: ExecutionResult,
