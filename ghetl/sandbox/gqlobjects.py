@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from graphql import FieldNode, FragmentSpreadNode, GraphQLError, GraphQLResolveInfo, InlineFragmentNode
@@ -33,7 +34,7 @@ ORDER_KEYS: dict[str, Callable[[PullRequest], Any]] = {
 }
 
 
-def iso_offset(moment: Any) -> str:
+def iso_offset(moment: datetime) -> str:
     """Cursor sort keys carry the timestamp with its offset, as GitHub's do (2024-09-13T19:23:09+02:00)."""
     return moment.replace(microsecond=0).isoformat()
 
@@ -126,16 +127,26 @@ def _by_id(item: Any) -> list:
 
 # ----- actors ---------------------------------------------------------------------------------
 
-def person(sb: Sandbox, who: Person | None) -> dict[str, Any] | None:
-    """A User or Bot; None for a deleted account, as GitHub answers ``author: null``."""
-    if who is None:
-        return None
+def maybe_person(sb: Sandbox, who: Person | None) -> dict[str, Any] | None:
+    """None for a deleted account, as GitHub answers ``author: null``."""
+    return None if who is None else person(sb, who)
+
+
+def person(sb: Sandbox, who: Person) -> dict[str, Any]:
+    """A User or Bot."""
     web = sb.store.site.web
     path = f"/apps/{who.login.removesuffix('[bot]')}" if who.kind == "Bot" else f"/{who.login}"
     return {"__typename": who.kind, "id": who.node_id, "databaseId": who.id, "login": who.login,
             "name": who.name, "email": "", "createdAt": iso(who.created_at), "updatedAt": iso(who.created_at),
             "url": web + path, "resourcePath": path,
             "avatarUrl": lambda info, size=None: f"{sb.store.site.avatars}/u/{who.id}?v=4"}
+
+
+def _owner_of(sb: Sandbox, repo: Repo) -> Owner:
+    """Every repository's owner is in the store: a transfer to an unknown account creates it."""
+    found = sb.store.owner(repo.owner)
+    assert found is not None, repo.full_name
+    return found
 
 
 def owner(sb: Sandbox, account: Owner) -> dict[str, Any]:
@@ -168,7 +179,7 @@ def repository(sb: Sandbox, repo: Repo) -> dict[str, Any]:
         "nameWithOwner": repo.full_name, "isPrivate": repo.private, "createdAt": iso(repo.created_at),
         "updatedAt": iso(repo.updated_at), "url": f"{store.site.web}/{repo.full_name}",
         "resourcePath": f"/{repo.full_name}",
-        "owner": lambda info: owner(sb, store.owner(repo.owner)),
+        "owner": lambda info: owner(sb, _owner_of(sb, repo)),
         "pullRequest": lambda info, number: _pull_or_none(sb, repo, number),
         "pullRequests": lambda info, **args: _pull_requests(sb, repo, info, args),
     }
@@ -204,7 +215,7 @@ def _association(sb: Sandbox, repo: Repo, who: Person | None) -> str:
         return "NONE"
     if who.kind == "Bot":
         return "CONTRIBUTOR"
-    return "MEMBER" if sb.store.owner(repo.owner).kind == "Organization" else "COLLABORATOR"
+    return "MEMBER" if _owner_of(sb, repo).kind == "Organization" else "COLLABORATOR"
 
 
 def pull_request(sb: Sandbox, repo: Repo, pull: PullRequest) -> dict[str, Any]:
@@ -214,12 +225,14 @@ def pull_request(sb: Sandbox, repo: Repo, pull: PullRequest) -> dict[str, Any]:
         "__typename": "PullRequest", "id": pull.node_id, "databaseId": pull.id, "number": pull.number,
         "title": pull.title, "body": pull.body, "url": sb.store.site.web + path, "resourcePath": path,
         "state": pull.state, "isDraft": pull.is_draft, "closed": pull.state != "OPEN",
-        "merged": pull.state == "MERGED", "author": person(sb, pull.author), "mergedBy": person(sb, pull.merged_by),
+        "merged": pull.state == "MERGED", "author": maybe_person(sb, pull.author),
+        "mergedBy": maybe_person(sb, pull.merged_by),
         "authorAssociation": _association(sb, repo, pull.author),
         "baseRefName": pull.base_ref, "headRefName": pull.head_ref, "headRefOid": head, "isCrossRepository": False,
-        "headRepositoryOwner": lambda info: owner(sb, sb.store.owner(repo.owner)),
+        "headRepositoryOwner": lambda info: owner(sb, _owner_of(sb, repo)),
         "baseRefOid": _pseudo_oid(f"{repo.id}:{pull.base_ref}"),
-        "mergeCommit": None if pull.merge_oid is None else _merge_commit(sb, repo, pull),
+        "mergeCommit": None if pull.merge_oid is None or pull.merged_at is None else _merge_commit(
+            sb, repo, pull, pull.merge_oid, pull.merged_at),
         "additions": pull.additions, "deletions": pull.deletions, "changedFiles": pull.changed_files,
         "reviewDecision": pull.review_decision, "createdAt": iso(pull.created_at),
         "updatedAt": iso(pull.updated_at), "closedAt": iso(pull.closed_at), "mergedAt": iso(pull.merged_at),
@@ -247,10 +260,10 @@ def _pseudo_oid(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def _merge_commit(sb: Sandbox, repo: Repo, pull: PullRequest) -> dict[str, Any]:
+def _merge_commit(sb: Sandbox, repo: Repo, pull: PullRequest, oid: str, moment: datetime) -> dict[str, Any]:
     merger = pull.merged_by
-    return commit(sb, repo, Commit(pull.merge_oid, f"Merge pull request #{pull.number} from {pull.head_ref}",
-                                   pull.merged_at, pull.merged_at, pull.additions, pull.deletions,
+    return commit(sb, repo, Commit(oid, f"Merge pull request #{pull.number} from {pull.head_ref}",
+                                   moment, moment, pull.additions, pull.deletions,
                                    merger.name if merger else "GitHub", merger.email if merger else "",
                                    merger, "GitHub"))
 
@@ -270,7 +283,7 @@ def commit(sb: Sandbox, repo: Repo, item: Commit) -> dict[str, Any]:
         "committedDate": iso(item.committed_at), "additions": item.additions, "deletions": item.deletions,
         "url": sb.store.site.web + path, "resourcePath": path,
         "author": {"name": item.author_name, "email": item.author_email, "date": iso(item.authored_at),
-                   "user": person(sb, item.author)},
+                   "user": maybe_person(sb, item.author)},
         "committer": {"name": item.committer_name,
                       "email": "noreply@github.com" if item.committer_name == "GitHub" else item.author_email,
                       "date": iso(item.committed_at), "user": None},
@@ -282,7 +295,7 @@ def review(sb: Sandbox, repo: Repo, pull: PullRequest, item: Review) -> dict[str
     own = [c for t in pull.threads for c in t.comments if c.review_id == item.id]
     return {
         "__typename": "PullRequestReview", "id": node_id("PRR", repo.id, item.id), "databaseId": item.id,
-        "author": person(sb, item.author), "authorAssociation": _association(sb, repo, item.author),
+        "author": maybe_person(sb, item.author), "authorAssociation": _association(sb, repo, item.author),
         "body": item.body, "state": item.state, "submittedAt": iso(item.submitted_at),
         "createdAt": iso(item.created_at), "updatedAt": iso(item.updated_at), "url": sb.store.site.web + path,
         "resourcePath": path,
@@ -301,7 +314,7 @@ def _commit_or_none(sb: Sandbox, repo: Repo, pull: PullRequest, oid: str | None)
 def issue_comment(sb: Sandbox, repo: Repo, pull: PullRequest, item: IssueComment) -> dict[str, Any]:
     path = f"/{repo.full_name}/pull/{pull.number}#issuecomment-{item.id}"
     return {"__typename": "IssueComment", "id": node_id("IC", repo.id, item.id), "databaseId": item.id,
-            "author": person(sb, item.author), "authorAssociation": _association(sb, repo, item.author),
+            "author": maybe_person(sb, item.author), "authorAssociation": _association(sb, repo, item.author),
             "body": item.body, "createdAt": iso(item.created_at), "updatedAt": iso(item.updated_at),
             "url": sb.store.site.web + path, "resourcePath": path,
             "pullRequest": lambda info: pull_request(sb, repo, pull)}
@@ -322,7 +335,7 @@ def review_comment(sb: Sandbox, repo: Repo, pull: PullRequest, item: ReviewComme
     parent_review = next((r for r in pull.reviews if r.id == item.review_id), None)
     return {
         "__typename": "PullRequestReviewComment", "id": node_id("PRRC", repo.id, item.id), "databaseId": item.id,
-        "author": person(sb, item.author), "authorAssociation": _association(sb, repo, item.author),
+        "author": maybe_person(sb, item.author), "authorAssociation": _association(sb, repo, item.author),
         "body": item.body, "path": item.path, "line": item.line, "originalLine": item.line,
         "createdAt": iso(item.created_at), "updatedAt": iso(item.updated_at), "url": sb.store.site.web + path,
         "resourcePath": path, "commit": None,

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeGuard, cast
 
 from graphql import (DocumentNode, ExecutionResult, FieldNode, FragmentDefinitionNode, GraphQLError,
                      GraphQLSchema, OperationDefinitionNode, build_schema, execute, parse, print_ast, validate)
@@ -239,9 +239,10 @@ def answer(sb: Sandbox, caller: str, body: bytes, request_id: str) -> Answer:
             log.info("GraphQL rate limit exhausted")
             return Answer(200, rate_limited(sb.store.viewer.id), bucket)
     context = Context(sb, measured.cost, measured.nodes, bucket)
-    result = execute(schema(), document, root_value=root(context), context_value=context,
-                     variable_values=variables, operation_name=operation_name, field_resolver=_resolve,
-                     is_awaitable=_never_awaitable)
+    result = cast(ExecutionResult, execute(schema(), document, root_value=root(context), context_value=context,
+                                           variable_values=variables, operation_name=operation_name,
+                                           field_resolver=_resolve,
+                                           is_awaitable=_never_awaitable))
     return Answer(200, _body(operation, variables, result, request_id), bucket, charged=charged)
 
 
@@ -271,7 +272,7 @@ def _resolve(source: dict[str, Any], info: Any, **args: Any) -> Any:
     return value(info, **args) if callable(value) else value
 
 
-def _never_awaitable(value: Any) -> bool:
+def _never_awaitable(value: Any) -> TypeGuard[Awaitable[Any]]:
     """All resolvers are synchronous; skipping graphql-core's awaitable check per value saves a tenth."""
     return False
 
@@ -383,13 +384,13 @@ def _child_node(sb: Sandbox, repo: Any, pull: Any, prefix: str, parts: list[Any]
     if len(parts) != 1:
         return None
     wanted = parts[0]
-    kinds = {
+    kinds: dict[str, tuple[list[Any], Callable[..., dict[str, Any]]]] = {
         "PRR": (pull.reviews, review), "IC": (pull.comments, issue_comment),
         "PRRT": (pull.threads, review_thread), "PRRC": (pull.review_comments, review_comment),
     }
     if prefix == "C":
-        item = next((c for c in pull.commits if c.oid == wanted), None)
-        return None if item is None else commit(sb, repo, item)
+        found = pull.commit_by_oid(wanted) if isinstance(wanted, str) else None
+        return None if found is None else commit(sb, repo, found)
     if prefix not in kinds:
         return None
     items, render = kinds[prefix]

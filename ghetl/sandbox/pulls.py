@@ -179,7 +179,8 @@ class PullRequest:
 def people_of(owner: str, seed: int) -> list[Person]:
     """The owner's contributors: 24 people and the bots, the same for every repository of the owner."""
     rng = random.Random(f"{seed}:people:{owner.lower()}")
-    people, logins = [], set()
+    people: list[Person] = []
+    logins: set[str] = set()
     while len(people) < 24:
         first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
         login = f"{first}-{last}" if rng.random() < 0.5 else f"{first}{last[:3]}{rng.randint(1, 99)}"
@@ -534,9 +535,9 @@ def _login(person: Person | None) -> str | None:
 def ground_truth(pull: PullRequest, url: str) -> dict[str, Any]:
     """A pull request as the Phase 4 tables should hold it (column names of DESIGN.md), with children."""
     author = _login(pull.author)
-    submitted = [r for r in pull.reviews if r.submitted_at is not None]
-    by_others = [r for r in submitted if r.author is None or r.author.login != author]
-    approvals = [r.submitted_at for r in submitted if r.state == "APPROVED"]
+    by_others = [r.submitted_at for r in pull.reviews
+                 if r.submitted_at is not None and (r.author is None or r.author.login != author)]
+    approvals = [r.submitted_at for r in pull.reviews if r.submitted_at is not None and r.state == "APPROVED"]
     review_ids = {r.id: node_id("PRR", pull.repo_id, r.id) for r in pull.reviews}
     return {
         "external_id": pull.node_id, "database_id": pull.id, "number": pull.number, "title": pull.title,
@@ -548,7 +549,7 @@ def ground_truth(pull: PullRequest, url: str) -> dict[str, Any]:
         "gh_created_at": pull.created_at, "gh_updated_at": pull.updated_at, "closed_at": pull.closed_at,
         "merged_at": pull.merged_at,
         "first_commit_at": min((c.authored_at for c in pull.commits), default=None),
-        "first_review_at": min((r.submitted_at for r in by_others), default=None),
+        "first_review_at": min(by_others, default=None),
         "first_approval_at": min(approvals, default=None),
         "commits": [{"sha": c.oid, "message_headline": c.message.split("\n", 1)[0], "author_name": c.author_name,
                      "author_email": c.author_email, "author_login": _login(c.author), "authored_at": c.authored_at,
