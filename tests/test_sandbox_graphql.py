@@ -114,6 +114,25 @@ def test_default_order_is_number_ascending_and_states_filter(sb, truth):
     assert result["merged"]["totalCount"] == sum(1 for p in truth[name] if p["state"] == "MERGED")
 
 
+def test_keyset_cursors_do_not_skip_when_a_pull_request_moves_between_pages(truth):
+    name = busiest(truth)
+    owner, repo = name.split("/")
+    with Sandbox(orgs={"acme": 500}, seed=11) as sandbox:
+        first = data(sandbox, PULLS_PAGE, {"owner": owner, "name": repo})["repository"]["pullRequests"]
+        expected = [p["external_id"] for p in sorted(sandbox.pull_requests(name),
+                                                     key=lambda p: (p["gh_updated_at"], p["database_id"]),
+                                                     reverse=True)]
+        moved = next(p for p in sandbox.pull_requests(name) if p["external_id"] == expected[-1])
+        sandbox.inject("mutate", path="graphql", action=lambda sbx: sbx.touch_pull_request(name, moved["number"]))
+        seen, after = [n["id"] for n in first["nodes"]], first["pageInfo"]["endCursor"]
+        while after:
+            page = data(sandbox, PULLS_PAGE, {"owner": owner, "name": repo, "after": after})["repository"]
+            seen += [n["id"] for n in page["pullRequests"]["nodes"]]
+            info = page["pullRequests"]["pageInfo"]
+            after = info["endCursor"] if info["hasNextPage"] else None
+        assert seen == [i for i in expected if i != moved["external_id"]]
+
+
 def test_cursors_are_github_shaped_keyset_cursors(sb, truth):
     name = busiest(truth)
     owner, repo = name.split("/")
