@@ -78,7 +78,7 @@ def _position(keys: list[list], raw: str, descending: bool, inclusive: bool) -> 
             return sum(1 for k in keys if (k >= key if inclusive else k > key))
         return sum(1 for k in keys if (k <= key if inclusive else k < key))
     except (ValueError, TypeError):
-        raise gh_error("INVALID_CURSOR_ARGUMENTS", f"`{raw}` does not appear to be a valid cursor.") from None
+        raise invalid_cursor(raw) from None
 
 
 def check_page_arguments(info: GraphQLResolveInfo, args: dict[str, Any]) -> None:
@@ -100,24 +100,34 @@ def check_page_arguments(info: GraphQLResolveInfo, args: dict[str, Any]) -> None
 
 def connection(info: GraphQLResolveInfo, args: dict[str, Any], items: Sequence[Any], key: Callable[[Any], list],
                render: Callable[[Any], dict], descending: bool = False) -> dict[str, Any]:
-    """One page of ``items`` (already in connection order) as a Relay connection."""
+    """One page of ``items`` (already in connection order) as a Relay connection with keyset cursors."""
     check_page_arguments(info, args)
     keys = [key(item) for item in items]
     start = _position(keys, args["after"], descending, True) if args.get("after") else 0
     end = _position(keys, args["before"], descending, False) if args.get("before") else len(items)
-    end = max(start, end)
+    return page(items, args, start, end, lambda i: cursor(keys[i]), render)
+
+
+def invalid_cursor(raw: str) -> GraphQLError:
+    return gh_error("INVALID_CURSOR_ARGUMENTS", f"`{raw}` does not appear to be a valid cursor.")
+
+
+def page(items: Sequence[Any], args: dict[str, Any], start: int, end: int, cursor_at: Callable[[int], str],
+         render: Callable[[Any], dict]) -> dict[str, Any]:
+    """The items between the cursors (``start`` to ``end``), cut to ``first`` or ``last``."""
+    end = max(start, min(end, len(items)))
     if args.get("first") is not None:
         end = min(end, start + args["first"])
     if args.get("last") is not None:
         start = max(start, end - args["last"])
-    page = list(range(start, end))
+    shown = range(start, end)
     return {
         "totalCount": len(items),
         "pageInfo": {"hasNextPage": end < len(items), "hasPreviousPage": start > 0,
-                     "startCursor": cursor(keys[start]) if page else None,
-                     "endCursor": cursor(keys[end - 1]) if page else None},
-        "nodes": lambda info: [render(items[i]) for i in page],
-        "edges": lambda info: [{"cursor": cursor(keys[i]), "node": render(items[i])} for i in page],
+                     "startCursor": cursor_at(start) if shown else None,
+                     "endCursor": cursor_at(end - 1) if shown else None},
+        "nodes": lambda info: [render(items[i]) for i in shown],
+        "edges": lambda info: [{"cursor": cursor_at(i), "node": render(items[i])} for i in shown],
     }
 
 

@@ -24,9 +24,9 @@ from graphql import (DocumentNode, ExecutionResult, FieldNode, FragmentDefinitio
                      GraphQLSchema, OperationDefinitionNode, build_schema, execute, parse, print_ast, validate)
 
 from . import gqlcost, pullsearch
-from .gqlobjects import (Context, check_page_arguments, commit, find_repository, gh_error, issue_comment, owner,
-                         person, pull_request, pull_request_commit, repository, review, review_comment,
-                         review_thread)
+from .gqlobjects import (Context, check_page_arguments, commit, find_repository, gh_error, invalid_cursor,
+                         issue_comment, owner, page, person, pull_request, pull_request_commit, repository, review,
+                         review_comment, review_thread)
 from .limits import Bucket
 from .nodeids import node_id, parse_node_id, parse_search_cursor, search_cursor
 
@@ -417,18 +417,5 @@ def _offset_page(sb: Sandbox, args: dict[str, Any], served: list) -> dict[str, A
         start = parse_search_cursor(args["after"]) if args.get("after") else 0
         end = parse_search_cursor(args["before"]) - 1 if args.get("before") else len(served)
     except ValueError:
-        raise gh_error("INVALID_CURSOR_ARGUMENTS",
-                       f"`{args.get('after') or args.get('before')}` does not appear to be a valid cursor.") from None
-    end = max(start, min(end, len(served)))
-    if args.get("first") is not None:
-        end = min(end, start + args["first"])
-    if args.get("last") is not None:
-        start = max(start, end - args["last"])
-    page = range(start, end)
-    return {
-        "pageInfo": {"hasNextPage": end < len(served), "hasPreviousPage": start > 0,
-                     "startCursor": search_cursor(start + 1) if page else None,
-                     "endCursor": search_cursor(end) if page else None},
-        "nodes": lambda info: [pull_request(sb, *served[i]) for i in page],
-        "edges": lambda info: [{"cursor": search_cursor(i + 1), "node": pull_request(sb, *served[i])} for i in page],
-    }
+        raise invalid_cursor(args.get("after") or args["before"]) from None
+    return page(served, args, start, end, lambda i: search_cursor(i + 1), lambda pair: pull_request(sb, *pair))
