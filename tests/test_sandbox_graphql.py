@@ -55,6 +55,21 @@ def data(sb: Sandbox, query: str, variables: dict | None = None) -> dict:
     return body["data"]
 
 
+def pages(sandbox: Sandbox, query: str, variables: dict, pick, after: str | None = None) -> list[dict]:
+    """Every page of the connection ``pick`` finds in the answer, following endCursor to the end."""
+    found = []
+    while True:
+        page = pick(data(sandbox, query, {**variables, "after": after}))
+        found.append(page)
+        if not page["pageInfo"]["hasNextPage"]:
+            return found
+        after = page["pageInfo"]["endCursor"]
+
+
+def ids(found: list[dict]) -> list[str]:
+    return [n["id"] for page in found for n in page["nodes"]]
+
+
 @pytest.fixture(scope="module")
 def sb():
     with Sandbox(orgs={"acme": 500}, seed=11) as sandbox:
@@ -89,18 +104,11 @@ def test_paging_pull_requests_returns_the_ground_truth_in_updated_desc_order(sb,
     expected = [p["external_id"] for p in sorted(truth[name], key=lambda p: (p["gh_updated_at"], p["database_id"]),
                                                  reverse=True)]
     assert len(expected) > 100
-    seen, after, pages = [], None, 0
-    while True:
-        page = data(sb, PULLS_PAGE, {"owner": owner, "name": repo, "after": after})["repository"]["pullRequests"]
-        assert page["totalCount"] == len(expected)
-        assert page["pageInfo"]["hasPreviousPage"] == (after is not None)
-        seen += [n["id"] for n in page["nodes"]]
-        pages += 1
-        if not page["pageInfo"]["hasNextPage"]:
-            break
-        after = page["pageInfo"]["endCursor"]
-    assert seen == expected
-    assert pages == -(-len(expected) // 100)
+    found = pages(sb, PULLS_PAGE, {"owner": owner, "name": repo}, lambda d: d["repository"]["pullRequests"])
+    assert ids(found) == expected
+    assert len(found) == -(-len(expected) // 100)
+    assert {page["totalCount"] for page in found} == {len(expected)}
+    assert [page["pageInfo"]["hasPreviousPage"] for page in found] == [False] + [True] * (len(found) - 1)
 
 
 def test_default_order_is_number_ascending_and_states_filter(sb, truth):
@@ -124,13 +132,9 @@ def test_keyset_cursors_do_not_skip_when_a_pull_request_moves_between_pages(trut
                                                      reverse=True)]
         moved = next(p for p in sandbox.pull_requests(name) if p["external_id"] == expected[-1])
         sandbox.inject("mutate", path="graphql", action=lambda sbx: sbx.touch_pull_request(name, moved["number"]))
-        seen, after = [n["id"] for n in first["nodes"]], first["pageInfo"]["endCursor"]
-        while after:
-            page = data(sandbox, PULLS_PAGE, {"owner": owner, "name": repo, "after": after})["repository"]
-            seen += [n["id"] for n in page["pullRequests"]["nodes"]]
-            info = page["pullRequests"]["pageInfo"]
-            after = info["endCursor"] if info["hasNextPage"] else None
-        assert seen == [i for i in expected if i != moved["external_id"]]
+        rest = pages(sandbox, PULLS_PAGE, {"owner": owner, "name": repo}, lambda d: d["repository"]["pullRequests"],
+                     after=first["pageInfo"]["endCursor"])
+        assert ids([first, *rest]) == [i for i in expected if i != moved["external_id"]]
 
 
 def test_cursors_are_github_shaped_keyset_cursors(sb, truth):
@@ -155,17 +159,9 @@ def test_invalid_cursor_is_refused(sb, truth):
 
 def test_nested_commits_page_through_node_to_the_exact_commit_list(sb, truth):
     pull = next(p for pulls in truth.values() for p in pulls if p["commits_total"] > 100)
-    oids, after = [], None
-    while True:
-        node = data(sb, COMMITS_PAGE, {"id": pull["external_id"], "after": after})["node"]
-        assert node["__typename"] == "PullRequest"
-        commits = node["commits"]
-        assert commits["totalCount"] == pull["commits_total"]
-        oids += [n["commit"]["oid"] for n in commits["nodes"]]
-        if not commits["pageInfo"]["hasNextPage"]:
-            break
-        after = commits["pageInfo"]["endCursor"]
-    assert oids == [c["sha"] for c in pull["commits"]]
+    found = pages(sb, COMMITS_PAGE, {"id": pull["external_id"]}, lambda d: d["node"]["commits"])
+    assert [n["commit"]["oid"] for page in found for n in page["nodes"]] == [c["sha"] for c in pull["commits"]]
+    assert {page["totalCount"] for page in found} == {pull["commits_total"]}
 
 
 def test_backward_paging_with_last_and_before_and_edge_cursors(sb, truth):
@@ -423,15 +419,9 @@ SEARCH = """query($q: String!, $after: String) {
 def test_search_is_capped_at_1000_results(sb, truth):
     total = sum(len(p) for p in truth.values())
     assert total > 1000
-    seen, after = [], None
-    while True:
-        result = data(sb, SEARCH, {"q": "org:acme is:pr", "after": after})["search"]
-        assert result["issueCount"] == total
-        seen += [n["id"] for n in result["nodes"]]
-        if not result["pageInfo"]["hasNextPage"]:
-            break
-        after = result["pageInfo"]["endCursor"]
-    assert len(seen) == 1000 == len(set(seen))
+    found = pages(sb, SEARCH, {"q": "org:acme is:pr"}, lambda d: d["search"])
+    assert {page["issueCount"] for page in found} == {total}
+    assert len(ids(found)) == 1000 == len(set(ids(found)))
 
 
 def test_search_updated_since_sorted_updated_desc(sb, truth):
@@ -439,16 +429,10 @@ def test_search_updated_since_sorted_updated_desc(sb, truth):
     expected = sorted(((p["gh_updated_at"], p["database_id"], p["external_id"]) for ps in truth.values() for p in ps
                        if p["gh_updated_at"] >= since), reverse=True)
     assert 0 < len(expected) <= 1000
-    seen, after = [], None
-    while True:
-        result = data(sb, SEARCH, {"q": "org:acme is:pr updated:>=2025-11-01T00:00:00Z sort:updated-desc",
-                                   "after": after})["search"]
-        assert result["issueCount"] == len(expected)
-        seen += [n["id"] for n in result["nodes"]]
-        if not result["pageInfo"]["hasNextPage"]:
-            break
-        after = result["pageInfo"]["endCursor"]
-    assert seen == [e[2] for e in expected]
+    found = pages(sb, SEARCH, {"q": "org:acme is:pr updated:>=2025-11-01T00:00:00Z sort:updated-desc"},
+                  lambda d: d["search"])
+    assert {page["issueCount"] for page in found} == {len(expected)}
+    assert ids(found) == [e[2] for e in expected]
 
 
 # ----- faults ---------------------------------------------------------------------------------
