@@ -36,7 +36,7 @@ COMMENT_BODIES = ("Thanks for the fix!", "Could we split this into two pull requ
                   "Ça marche chez moi.", "LGTM")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Person:
     """A pull-request participant: a User or a Bot (GraphQL ``__typename``)."""
 
@@ -52,7 +52,7 @@ class Person:
         return node_id("BOT" if self.kind == "Bot" else "U", self.id)
 
 
-@dataclass
+@dataclass(slots=True)
 class Commit:
     oid: str
     message: str
@@ -66,7 +66,7 @@ class Commit:
     committer_name: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Review:
     id: int
     state: str
@@ -78,7 +78,7 @@ class Review:
     commit_oid: str | None
 
 
-@dataclass
+@dataclass(slots=True)
 class IssueComment:
     id: int
     author: Person | None
@@ -87,7 +87,7 @@ class IssueComment:
     updated_at: datetime
 
 
-@dataclass
+@dataclass(slots=True)
 class ReviewComment:
     id: int
     author: Person | None
@@ -100,7 +100,7 @@ class ReviewComment:
     reply_to: int | None
 
 
-@dataclass
+@dataclass(slots=True)
 class ReviewThread:
     id: int
     path: str
@@ -110,7 +110,7 @@ class ReviewThread:
     comments: list[ReviewComment] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class PullRequest:
     """The mutable state of one pull request; GraphQL and ground-truth shapes derive from it."""
 
