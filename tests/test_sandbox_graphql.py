@@ -111,6 +111,88 @@ def test_paging_pull_requests_returns_the_ground_truth_in_updated_desc_order(sb,
     assert [page["pageInfo"]["hasPreviousPage"] for page in found] == [False] + [True] * (len(found) - 1)
 
 
+FULL_PULLS = """
+query($owner: String!, $name: String!, $after: String) {
+  repository(owner: $owner, name: $name) {
+    pullRequests(first: 20, after: $after) {
+      pageInfo { hasNextPage endCursor }
+      nodes {
+        id databaseId number title body url state isDraft author { login } mergedBy { login }
+        baseRefName headRefName mergeCommit { oid } additions deletions changedFiles reviewDecision
+        createdAt updatedAt closedAt mergedAt
+        commits(first: 100) { totalCount nodes { commit { oid messageHeadline authoredDate committedDate
+          additions deletions author { name email user { login } } committer { name } } } }
+        reviews(first: 100) { totalCount nodes { id state author { login } body submittedAt commit { oid } } }
+        comments(first: 100) { totalCount nodes { id author { login } body createdAt updatedAt } }
+        reviewThreads(first: 100) { nodes { id isResolved comments(first: 100) { nodes {
+          id path line body author { login } createdAt updatedAt replyTo { id } pullRequestReview { id } } } } }
+      }
+    }
+  }
+}"""
+
+
+def moment(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def login(actor: dict | None) -> str | None:
+    return None if actor is None else actor["login"]
+
+
+def as_ground_truth(node: dict) -> dict:
+    """A GraphQL pull request in the shape of Sandbox.pull_requests (the Phase 4 columns)."""
+    commits = [n["commit"] for n in node["commits"]["nodes"]]
+    reviews = node["reviews"]["nodes"]
+    return {
+        "external_id": node["id"], "database_id": node["databaseId"], "number": node["number"],
+        "title": node["title"], "body": node["body"], "url": node["url"], "state": node["state"],
+        "is_draft": node["isDraft"], "author_login": login(node["author"]), "merged_by_login": login(node["mergedBy"]),
+        "base_ref": node["baseRefName"], "head_ref": node["headRefName"],
+        "merge_commit_sha": node["mergeCommit"] and node["mergeCommit"]["oid"], "additions": node["additions"],
+        "deletions": node["deletions"], "changed_files": node["changedFiles"],
+        "commits_total": node["commits"]["totalCount"], "reviews_total": node["reviews"]["totalCount"],
+        "comments_total": node["comments"]["totalCount"], "review_decision": node["reviewDecision"],
+        "gh_created_at": moment(node["createdAt"]), "gh_updated_at": moment(node["updatedAt"]),
+        "closed_at": moment(node["closedAt"]), "merged_at": moment(node["mergedAt"]),
+        "first_commit_at": min((moment(c["authoredDate"]) for c in commits), default=None),
+        "first_review_at": min((moment(r["submittedAt"]) for r in reviews if r["submittedAt"]
+                                and login(r["author"]) != login(node["author"])), default=None),
+        "first_approval_at": min((moment(r["submittedAt"]) for r in reviews
+                                  if r["submittedAt"] and r["state"] == "APPROVED"), default=None),
+        "commits": [{"sha": c["oid"], "message_headline": c["messageHeadline"], "author_name": c["author"]["name"],
+                     "author_email": c["author"]["email"], "author_login": login(c["author"]["user"]),
+                     "authored_at": moment(c["authoredDate"]), "committer_name": c["committer"]["name"],
+                     "committed_at": moment(c["committedDate"]), "additions": c["additions"],
+                     "deletions": c["deletions"]} for c in commits],
+        "reviews": [{"external_id": r["id"], "state": r["state"], "author_login": login(r["author"]), "body": r["body"],
+                     "submitted_at": moment(r["submittedAt"]), "commit_sha": r["commit"] and r["commit"]["oid"]}
+                    for r in reviews],
+        "comments": [{"external_id": c["id"], "kind": "issue", "author_login": login(c["author"]), "body": c["body"],
+                      "gh_created_at": moment(c["createdAt"]), "gh_updated_at": moment(c["updatedAt"])}
+                     for c in node["comments"]["nodes"]]
+                    + [{"external_id": c["id"], "kind": "review", "author_login": login(c["author"]), "body": c["body"],
+                        "gh_created_at": moment(c["createdAt"]), "gh_updated_at": moment(c["updatedAt"]),
+                        "path": c["path"], "line": c["line"], "thread_external_id": t["id"],
+                        "review_external_id": c["pullRequestReview"] and c["pullRequestReview"]["id"],
+                        "reply_to_external_id": c["replyTo"] and c["replyTo"]["id"], "thread_resolved": t["isResolved"]}
+                       for t in node["reviewThreads"]["nodes"] for c in t["comments"]["nodes"]],
+    }
+
+
+def test_graphql_serves_exactly_the_ground_truth(sb, truth):
+    """Every Phase 4 column the ground truth holds, as a client reads it over GraphQL."""
+    name, expected = next((n, ps) for n, ps in truth.items() if 30 <= len(ps) <= 60
+                          and all(p["commits_total"] <= 100 and p["reviews_total"] <= 100
+                                  and p["comments_total"] <= 100 for p in ps))
+    assert {p["state"] for p in expected} == {"OPEN", "CLOSED", "MERGED"}
+    assert any(c["kind"] == "review" and c["reply_to_external_id"] for p in expected for c in p["comments"])
+    owner, repo = name.split("/")
+    found = pages(sb, FULL_PULLS, {"owner": owner, "name": repo}, lambda d: d["repository"]["pullRequests"])
+    served = [as_ground_truth(node) for page in found for node in page["nodes"]]
+    assert served == expected
+
+
 def test_default_order_is_number_ascending_and_states_filter(sb, truth):
     name = busiest(truth)
     owner, repo = name.split("/")
