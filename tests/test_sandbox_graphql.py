@@ -535,6 +535,7 @@ def test_fault_shapes(fresh):
     fresh.inject("secondary", path="graphql", status=403, retry_after=30)
     reply = post(fresh, "{ viewer { login } }")
     assert reply.status_code == 403 and reply.headers["retry-after"] == "30"
+    assert reply.headers["x-ratelimit-resource"] == "graphql"
     assert reply.json()["message"].startswith("You have exceeded a secondary rate limit")
     fresh.inject("secondary", path="graphql", status=200, retry_after=7)
     reply = post(fresh, "{ viewer { login } }")

@@ -2,9 +2,8 @@
 
 GitHub keeps a ``core``, a ``search`` and a ``graphql`` bucket (points, not requests) per account
 (or per IP when unauthenticated); the sandbox keeps them per token so that tests can give each
-client its own budget.  A bucket's
-window starts with its first request and refills completely when ``reset`` passes, which is what
-the ``x-ratelimit-reset`` epoch on real responses describes.
+client its own budget.  A bucket's window starts with its first request and refills completely
+when ``reset`` passes, which is what the ``x-ratelimit-reset`` epoch on real responses describes.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ Per request, in GitHub's order of concerns: injected faults (infrastructure fail
 sees anything), authentication, secondary then primary rate limit, the endpoint itself, then
 conditional requests (an authenticated 304 gives its rate-limit unit back).  POST /graphql takes
 the same path through faults, authentication and the secondary limit, then ``graphql.answer``
-charges its cost and runs it (graphql-core is imported by the first such request).  Headers follow the
-2025/2026 recordings (get-repository.pygithub-*.json).  Responses are written in one send with
-TCP_NODELAY so that 100 pages of 100 repositories stream in about a second over loopback.
+charges its cost and runs it (graphql-core is imported by the first such request).  Headers
+follow the 2025/2026 recordings (get-repository.pygithub-*.json).  Responses are written in one
+send with TCP_NODELAY so that 100 pages of 100 repositories stream in about a second over loopback.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ class Handler(BaseHTTPRequestHandler):
         self._respond(sb, call, reply, answer.bucket, rid, {**record, "charged": answer.charged})
 
     def _graphql_fault(self, sb: Sandbox, call: Call, fault: Fault, rid: str, record: dict) -> None:
-        """GraphQL's own failure bodies; html, reset and custom bodies are the same as for REST."""
+        """GraphQL's own failure bodies and the graphql bucket; html, reset and custom bodies are REST's."""
         from . import graphql
 
         options = fault.options
@@ -259,8 +259,8 @@ class Handler(BaseHTTPRequestHandler):
             payload = {"errors": [{"message": "timedout"}]}
         elif fault.kind == "ratelimited":
             payload, bucket = graphql.rate_limited(sb.store.viewer.id), replace(bucket, used=bucket.limit)
-        elif fault.kind == "secondary" and status == 200:
-            payload = graphql.secondary_limited(rid)
+        elif fault.kind == "secondary":
+            payload = graphql.secondary_limited(rid) if status == 200 else errors.secondary_rate_limit(rid)
         elif fault.kind == "status" and options.get("body") is None and status in (502, 504):
             payload = graphql.timed_out(rid)
         else:
