@@ -201,10 +201,8 @@ def _pick(rng: random.Random, people: list[Person], ghost_rate: float = 0.03) ->
     """A participant; None stands for a deleted account."""
     if rng.random() < ghost_rate:
         return None
-    humans = [p for p in people if p.kind == "User"]
-    if rng.random() < 0.06:
-        return rng.choice([p for p in people if p.kind == "Bot"])
-    return rng.choice(humans)
+    kind = "Bot" if rng.random() < 0.06 else "User"
+    return rng.choice([p for p in people if p.kind == kind])
 
 
 def _count(rng: random.Random, heavy: float, small: tuple[int, int], large: tuple[int, int]) -> int:
