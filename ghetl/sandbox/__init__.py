@@ -1,8 +1,10 @@
-"""A faithful local GitHub REST API sandbox: generated organizations, real-looking responses, faults.
+"""A faithful local GitHub API sandbox: generated organizations and pull requests, REST and
+GraphQL, real-looking responses, faults.
 
     from ghetl.sandbox import Sandbox
     with Sandbox(orgs={"acme": 500}, users={"octocat": 12}, seed=7) as sb:
         httpx.get(f"{sb.url}/orgs/acme/repos", params={"per_page": 100})
+        httpx.post(f"{sb.url}/graphql", json={"query": "{ viewer { login } }"}, headers={"Authorization": "bearer t"})
 
 The server is imported on first use of `Sandbox`, so `ghetl` commands that only list the
 `sandbox` subcommand in their help do not load it.

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="accepted token (repeatable); when given, other tokens get 401")
     parser.add_argument("--core-limit", type=int, default=5000, help="authenticated core rate limit per hour")
     parser.add_argument("--search-limit", type=int, default=30, help="authenticated search rate limit per minute")
+    parser.add_argument("--graphql-limit", type=int, default=5000,
+                        help="GraphQL rate limit in points per hour (POST /graphql)")
     parser.add_argument("--reset-seconds", type=int, default=3600, help="length of the core rate-limit window")
     parser.add_argument("--path-prefix", default="", help='serve under a prefix like GHES, e.g. "/api/v3"')
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
                           core_limit=args.core_limit, search_limit=args.search_limit,
-                          reset_seconds=args.reset_seconds, path_prefix=args.path_prefix)
+                          reset_seconds=args.reset_seconds, path_prefix=args.path_prefix,
+                          graphql_limit=args.graphql_limit)
     except ValueError as exc:
         print(f"ghetl: error: cannot start the sandbox: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="python -m ghetl.sandbox",
-                                     description="Serve a local GitHub REST API sandbox with generated repositories.")
+                                     description="Serve a local GitHub REST and GraphQL API sandbox with generated "
+                                                 "repositories and pull requests.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -4,12 +4,17 @@ Bodies mirror the Python calls: ``POST /_sandbox/touch {"repo": "acme/x", "descr
 ``POST /_sandbox/inject {"fault": "status", "path": "page=2", "times": 2, "status": 502}``; a
 ``mutate`` fault names a control operation to run instead of a callable:
 ``{"fault": "mutate", "path": "page=2", "op": "touch", "args": {"repo": "acme/x"}}``.
+Pull requests: ``GET /_sandbox/pull_requests?repo=acme/x`` (ground truth), ``POST /_sandbox/touch_pull_request
+{"repo": "acme/x", "number": 3, "title": "..."}``, likewise add_pull_request (title), comment_pull_request
+(number, body), review_pull_request (number, state), delete_pull_request_comment (number, external_id)
+and force_push_pull_request (number, commits).
 Control requests are free, never faulted and not recorded in ``requests``.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qsl
 
@@ -64,10 +69,19 @@ def _ref(args: dict[str, Any]) -> int | str:
     raise ValueError('missing "repo" (an id or "owner/name")')
 
 
+def _jsonable(value: Any) -> Any:
+    """Ground-truth dicts carry datetimes; over HTTP they are GitHub-style ISO strings."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return iso(value) if isinstance(value, datetime) else value
+
+
 def _info(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
     owners = [{"login": o.login, "id": o.id, "type": o.kind, "repos": len(sb.store.repos_of(o.login)),
                "created_at": iso(o.created_at)} for o in sb.store.owners()]
-    return {"url": sb.url, "viewer": sb.store.viewer.login, "owners": owners}
+    return {"url": sb.url, "graphql": f"{sb.url}/graphql", "viewer": sb.store.viewer.login, "owners": owners}
 
 
 def _inject(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +91,8 @@ def _inject(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
     if kind == "mutate":
         op, op_args = args.pop("op", None), args.pop("args", {})
         if op not in WRITES or op in ("inject", "clear_faults", "reset_stats"):
-            raise ValueError('a mutate fault needs "op": one of touch, create, rename, transfer, delete, '
-                             'set_rate_limit')
+            raise ValueError('a mutate fault needs "op": one of '
+                             + ", ".join(sorted(set(WRITES) - {"inject", "clear_faults", "reset_stats"})))
         args["action"] = lambda sandbox: run_op(sandbox, op, op_args)
     sb.inject(kind, **args)
     return {"ok": True}
@@ -90,6 +104,8 @@ READS: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "repos": lambda sb, a: sb.repos(a["owner"]),
     "repo": lambda sb, a: sb.repo(_ref(a)),
     "themes": lambda sb, a: sb.themes_of(_ref(a)),
+    "pull_requests": lambda sb, a: _jsonable(sb.pull_requests(_ref(a))),
+    "pull_request_counts": lambda sb, a: sb.pull_request_counts(_ref(a)),
 }
 WRITES: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "touch": lambda sb, a: sb.touch(_ref(a), **a),
@@ -101,4 +117,12 @@ WRITES: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "clear_faults": lambda sb, a: sb.clear_faults() or {"ok": True},
     "set_rate_limit": lambda sb, a: sb.set_rate_limit(**a) or {"ok": True},
     "reset_stats": lambda sb, a: sb.reset_stats() or {"ok": True},
+    "touch_pull_request": lambda sb, a: _jsonable(sb.touch_pull_request(_ref(a), int(a.pop("number")), **a)),
+    "add_pull_request": lambda sb, a: _jsonable(sb.add_pull_request(_ref(a), **a)),
+    "comment_pull_request": lambda sb, a: _jsonable(sb.comment_pull_request(_ref(a), int(a.pop("number")), **a)),
+    "review_pull_request": lambda sb, a: _jsonable(sb.review_pull_request(_ref(a), int(a.pop("number")), **a)),
+    "delete_pull_request_comment": lambda sb, a: _jsonable(
+        sb.delete_pull_request_comment(_ref(a), int(a.pop("number")), a.pop("external_id"))),
+    "force_push_pull_request": lambda sb, a: _jsonable(
+        sb.force_push_pull_request(_ref(a), int(a.pop("number")), int(a.pop("commits", 1)))),
 }

@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-KINDS = ("status", "html", "reset", "delay", "secondary", "incomplete", "mutate")
+KINDS = ("status", "html", "reset", "delay", "secondary", "incomplete", "mutate", "timedout", "ratelimited")
+GRAPHQL_KINDS = ("timedout", "ratelimited")
 
 
 @dataclass

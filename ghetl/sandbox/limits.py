@@ -1,9 +1,9 @@
 """Primary and secondary rate limits, one set of buckets per caller.
 
-GitHub keeps a ``core`` and a ``search`` bucket per account (or per IP when unauthenticated);
-the sandbox keeps them per token so that tests can give each client its own budget.  A bucket's
-window starts with its first request and refills completely when ``reset`` passes, which is what
-the ``x-ratelimit-reset`` epoch on real responses describes.
+GitHub keeps a ``core``, a ``search`` and a ``graphql`` bucket (points, not requests) per account
+(or per IP when unauthenticated); the sandbox keeps them per token so that tests can give each
+client its own budget.  A bucket's window starts with its first request and refills completely
+when ``reset`` passes, which is what the ``x-ratelimit-reset`` epoch on real responses describes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, replace
 
-UNAUTHENTICATED_LIMITS = {"core": 60, "search": 10}
+UNAUTHENTICATED_LIMITS = {"core": 60, "search": 10, "graphql": 0}
+RESOURCES = ("core", "search", "graphql")
 SEARCH_WINDOW_SECONDS = 60
 
 
@@ -43,8 +44,8 @@ class RateLimits:
     """Thread-safe buckets keyed by (caller, resource)."""
 
     def __init__(self, core_limit: int, search_limit: int, reset_seconds: int,
-                 clock=time.time) -> None:
-        self._authenticated = {"core": core_limit, "search": search_limit}
+                 clock=time.time, graphql_limit: int = 5000) -> None:
+        self._authenticated = {"core": core_limit, "search": search_limit, "graphql": graphql_limit}
         self._reset_seconds = reset_seconds
         self._clock = clock
         self._buckets: dict[tuple[str, str], Bucket] = {}
@@ -62,13 +63,16 @@ class RateLimits:
         with self._lock:
             return replace(self._bucket(caller, resource, authenticated))
 
-    def try_charge(self, caller: str, resource: str, authenticated: bool) -> tuple[bool, Bucket]:
-        """Spend one request if any is left; returns whether it was spent and the state after."""
+    def try_charge(self, caller: str, resource: str, authenticated: bool, points: int = 1) -> tuple[bool, Bucket]:
+        """Spend ``points`` (one request, or a GraphQL query's cost) if that many are left.
+
+        Returns whether they were spent and the state after.
+        """
         with self._lock:
             bucket = self._bucket(caller, resource, authenticated)
-            if bucket.remaining <= 0:
+            if bucket.remaining < points or bucket.remaining <= 0:
                 return False, replace(bucket)
-            bucket.used += 1
+            bucket.used += points
             return True, replace(bucket)
 
     def refund(self, caller: str, resource: str, authenticated: bool) -> Bucket:
@@ -93,7 +97,7 @@ class RateLimits:
     def snapshot(self, caller: str, authenticated: bool) -> dict[str, Bucket]:
         """All resources for GET /rate_limit."""
         with self._lock:
-            return {res: replace(self._bucket(caller, res, authenticated)) for res in ("core", "search")}
+            return {res: replace(self._bucket(caller, res, authenticated)) for res in RESOURCES}
 
     def _bucket(self, caller: str, resource: str, authenticated: bool) -> Bucket:
         now = self._clock()

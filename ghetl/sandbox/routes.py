@@ -32,7 +32,7 @@ DOCS = {
 }
 REPO_SCOPES = "repo"
 OTHER_RESOURCES = {
-    "graphql": 5000, "integration_manifest": 5000, "source_import": 100, "code_scanning_upload": 1000,
+    "integration_manifest": 5000, "source_import": 100, "code_scanning_upload": 1000,
     "code_scanning_autofix": 10, "actions_runner_registration": 10000, "scim": 15000,
     "dependency_snapshots": 100, "dependency_sbom": 100, "audit_log": 1750, "audit_log_streaming": 15,
     "code_search": 10,
@@ -67,6 +67,7 @@ class Reply:
     per_page: int | None = None
     scopes: str = ""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    media_type: str = "github.v3; format=json"
 
     def payload(self) -> bytes:
         if self.body is None:

@@ -1,4 +1,4 @@
-"""The Sandbox: a local, faithful GitHub REST API with generated data and fault injection.
+"""The Sandbox: a local, faithful GitHub REST and GraphQL API with generated data and fault injection.
 
 No machine here reaches github.com, so the demo, notebooks, tests and benchmarks talk to this
 instead.  It is driven from Python (``Sandbox(...).start()``) or over HTTP (``/_sandbox/...``,
@@ -14,10 +14,11 @@ from typing import Any, Iterable
 
 from .cli import DEFAULT_PORT
 from .faults import Faults
-from .limits import RateLimits, SecondaryLimit
+from .limits import RESOURCES, RateLimits, SecondaryLimit
 from .records import RequestRecord
 from .server import SandboxHTTPServer
 from .shapes import site_for
+from .pulls import PullStore, ground_truth
 from .state import Store
 
 log = logging.getLogger("ghetl.sandbox")
@@ -36,21 +37,25 @@ class Sandbox:
     Until ``start`` binds a port, rendered URLs use http://127.0.0.1:8766 (the CLI default).
     As on GitHub, unauthenticated callers only see public repositories and GET /users/{user}/repos
     lists public repositories only; a user's private ones come from GET /user/repos with a token.
+    POST /graphql (``graphql.py``) serves the repositories and their generated pull requests
+    (``pulls.py``) and needs a token; ``graphql_limit`` is its bucket in points per hour.
     """
 
     def __init__(self, orgs: dict[str, int] | None = None, users: dict[str, int] | None = None,
                  seed: int = 7, tokens: Iterable[str] | None = None, core_limit: int = 5000,
                  search_limit: int = 30, reset_seconds: int = 3600,
-                 secondary_limit: tuple[int, float] | None = None, path_prefix: str = "") -> None:
+                 secondary_limit: tuple[int, float] | None = None, path_prefix: str = "",
+                 graphql_limit: int = 5000) -> None:
         self.prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
         self.tokens = None if tokens is None else frozenset(tokens)
-        self.limits = RateLimits(core_limit, search_limit, reset_seconds)
+        self.limits = RateLimits(core_limit, search_limit, reset_seconds, graphql_limit=graphql_limit)
         self.secondary = None if secondary_limit is None else SecondaryLimit(*secondary_limit)
         self.faults = Faults()
         self.host = "127.0.0.1"
         self.port = DEFAULT_PORT
         self.store = Store(DEFAULT_ORGS if orgs is None else dict(orgs), dict(users or {}), seed,
                            site_for(self._url(), self.prefix))
+        self.pull_store = PullStore(self.store)
         self.token_expiration = (datetime.now(timezone.utc) + timedelta(days=30)).strftime(
             "%Y-%m-%d %H:%M:%S UTC")
         self._requests: list[RequestRecord] = []
@@ -113,6 +118,66 @@ class Sandbox:
         """The theme(s) a generated repository's name and description were built from."""
         return list(self.store.resolve(id_or_full_name).themes)
 
+    # ----- pull requests (served over GraphQL) --------------------------------------------
+
+    def pull_requests(self, id_or_full_name: int | str) -> list[dict[str, Any]]:
+        """Ground truth: every pull request of the repository in number order, with its commits,
+        reviews and comments (issue and review comments), keyed like the Phase 4 table columns."""
+        repo = self.store.resolve(id_or_full_name)
+        pulls = self.pull_store.of(repo)
+        with self.store.lock:
+            web = f"{self.store.site.web}/{repo.full_name}/pull"
+            return [ground_truth(p, f"{web}/{p.number}") for p in pulls]
+
+    def pull_request(self, id_or_full_name: int | str, number: int) -> dict[str, Any]:
+        """Ground truth of one pull request (the shape of an item of ``pull_requests``)."""
+        repo = self.store.resolve(id_or_full_name)
+        pull = self.pull_store.get(repo, number)
+        with self.store.lock:
+            return ground_truth(pull, f"{self.store.site.web}/{repo.full_name}/pull/{number}")
+
+    def pull_request_counts(self, id_or_full_name: int | str) -> dict[str, int]:
+        """Totals for one repository: pull_requests, commits, reviews, comments, review_comments."""
+        pulls = self.pull_store.of(self.store.resolve(id_or_full_name))
+        with self.store.lock:
+            return {"pull_requests": len(pulls), "commits": sum(len(p.commits) for p in pulls),
+                    "reviews": sum(len(p.reviews) for p in pulls), "comments": sum(len(p.comments) for p in pulls),
+                    "review_comments": sum(len(p.review_comments) for p in pulls)}
+
+    def touch_pull_request(self, id_or_full_name: int | str, number: int, **changes: Any) -> dict[str, Any]:
+        """Set updatedAt to now and apply changes (title, body, is_draft, state=OPEN|CLOSED|MERGED)."""
+        self.pull_store.touch(self.store.resolve(id_or_full_name), number, **changes)
+        return self.pull_request(id_or_full_name, number)
+
+    def add_pull_request(self, id_or_full_name: int | str, title: str, author: str | None = None, body: str = "",
+                         commits: int = 1) -> dict[str, Any]:
+        """A new OPEN pull request with the next number; ``author`` is a login of the owner's people."""
+        pull = self.pull_store.add(self.store.resolve(id_or_full_name), title, author, body, commits)
+        return self.pull_request(id_or_full_name, pull.number)
+
+    def comment_pull_request(self, id_or_full_name: int | str, number: int, body: str,
+                             author: str | None = None) -> dict[str, Any]:
+        """Add an issue comment (PullRequest.comments)."""
+        self.pull_store.comment(self.store.resolve(id_or_full_name), number, body, author)
+        return self.pull_request(id_or_full_name, number)
+
+    def review_pull_request(self, id_or_full_name: int | str, number: int, state: str = "APPROVED", body: str = "",
+                            author: str | None = None) -> dict[str, Any]:
+        """Add a review; state PENDING leaves submittedAt null."""
+        self.pull_store.review(self.store.resolve(id_or_full_name), number, state, body, author)
+        return self.pull_request(id_or_full_name, number)
+
+    def force_push_pull_request(self, id_or_full_name: int | str, number: int, commits: int = 1) -> dict[str, Any]:
+        """Replace the pull request's commits with ``commits`` new ones."""
+        self.pull_store.force_push(self.store.resolve(id_or_full_name), number, commits)
+        return self.pull_request(id_or_full_name, number)
+
+    def delete_pull_request_comment(self, id_or_full_name: int | str, number: int,
+                                    external_id: str) -> dict[str, Any]:
+        """Delete an issue or review comment by its node id, as when someone deletes it on GitHub."""
+        self.pull_store.delete_comment(self.store.resolve(id_or_full_name), number, external_id)
+        return self.pull_request(id_or_full_name, number)
+
     # ----- mutations ---------------------------------------------------------------------
 
     def create(self, owner: str, name: str, **fields: Any) -> dict[str, Any]:
@@ -150,8 +215,11 @@ class Sandbox:
 
         status (status=502, body=..., headers={...}, e.g. a Location for a redirect), html (status=200
         or 5xx, HTML body labelled JSON), reset, delay (seconds=...), secondary (status=403|429,
-        retry_after=N or none), incomplete (search), mutate (action=callable taking the sandbox, run
-        before the matching request).  status and html faults also accept seconds=... to answer late.
+        retry_after=N or none; on GraphQL also status=200), incomplete (search), mutate (action=callable
+        taking the sandbox, run before the matching request).  status and html faults also accept
+        seconds=... to answer late.  On POST /graphql a 502/504 status fault without a body answers
+        GitHub's GraphQL timeout body; GraphQL only: timedout (200 {"errors":[{"message":"timedout"}]})
+        and ratelimited (200 RATE_LIMITED, remaining 0).
         """
         self.faults.add(fault, path, times, **options)
         log.info("injected fault %s for %d request(s) matching %s", fault, times, path)
@@ -162,8 +230,8 @@ class Sandbox:
     def set_rate_limit(self, resource: str = "core", limit: int | None = None, remaining: int | None = None,
                        reset_in: float | None = None) -> None:
         """Force every caller's ``resource`` bucket (and those created later) into this state."""
-        if resource not in ("core", "search"):
-            raise ValueError("resource must be core or search")
+        if resource not in RESOURCES:
+            raise ValueError("resource must be core, search or graphql")
         self.limits.set(resource, limit, remaining, reset_in)
 
     # ----- request log -------------------------------------------------------------------

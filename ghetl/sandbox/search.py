@@ -129,7 +129,7 @@ def _filter(name: str, value: str) -> Callable[[Repo], bool] | None:
             return lambda r: r.archived
         return None
     if name in ("created", "pushed"):
-        within = _date_range(value)
+        within = date_range(value)
         return lambda r: within(getattr(r, f"{name}_at"))
     if name in ("stars", "forks", "size"):
         attribute = {"stars": "stargazers_count", "forks": "forks_count", "size": "size"}[name]
@@ -147,7 +147,7 @@ def _parse_moment(text: str, upper: bool) -> datetime:
     return day + timedelta(days=1) if upper else day
 
 
-def _date_range(value: str) -> Callable[[datetime | None], bool]:
+def date_range(value: str) -> Callable[[datetime | None], bool]:
     try:
         return _range(value, _parse_moment)
     except ValueError:

@@ -2,9 +2,11 @@
 
 Per request, in GitHub's order of concerns: injected faults (infrastructure fails before GitHub
 sees anything), authentication, secondary then primary rate limit, the endpoint itself, then
-conditional requests (an authenticated 304 gives its rate-limit unit back).  Headers follow the
-2025/2026 recordings (get-repository.pygithub-*.json).  Responses are written in one send with
-TCP_NODELAY so that 100 pages of 100 repositories stream in about a second over loopback.
+conditional requests (an authenticated 304 gives its rate-limit unit back).  POST /graphql takes
+the same path through faults, authentication and the secondary limit, then ``graphql.answer``
+charges its cost and runs it (graphql-core is imported by the first such request).  Headers
+follow the 2025/2026 recordings (get-repository.pygithub-*.json).  Responses are written in one
+send with TCP_NODELAY so that 100 pages of 100 repositories stream in about a second over loopback.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import struct
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import control, errors
-from .faults import Fault
+from .faults import GRAPHQL_KINDS, Fault
 from .limits import Bucket
 from .records import RequestRecord
 from .routes import Call, Reply, route_for
@@ -56,6 +59,16 @@ VARY_AUTHENTICATED = "Accept, Authorization, Cookie, X-GitHub-OTP,Accept-Encodin
 VARY_ANONYMOUS = "Accept,Accept-Encoding, Accept, X-Requested-With"
 VARY_PLAIN = "Accept-Encoding, Accept, X-Requested-With"
 TOKEN_SCOPES = "read:org, repo"
+GRAPHQL_MEDIA_TYPE = "github.v4; format=json"
+REST_FAULTS = ("status", "html", "reset", "delay", "secondary", "mutate")
+GRAPHQL_FAULTS = REST_FAULTS + GRAPHQL_KINDS
+
+
+def graphql_paths(prefix: str) -> tuple[str, ...]:
+    """``/graphql``; under a GHES prefix such as ``/api/v3`` also GHES's own ``/api/graphql``."""
+    if not prefix:
+        return ("/graphql",)
+    return (prefix + "/graphql", prefix.rsplit("/", 1)[0] + "/graphql")
 
 
 class SandboxHTTPServer(ThreadingHTTPServer):
@@ -182,7 +195,10 @@ class Handler(BaseHTTPRequestHandler):
         rid = request_id()
         record = {"method": call.method, "path": call.path, "query": call.params, "request_id": rid,
                   "authenticated": call.authenticated, "time": time.time()}
-        if self._injected_fault(sb, call, rid, record):
+        if call.method == "POST" and path in graphql_paths(sb.prefix):
+            self._graphql(sb, call, token, body, rid, record)
+            return
+        if self._injected_fault(sb, call, rid, record, REST_FAULTS, self._fault):
             return
         if token is not None and (token == "" or (sb.tokens is not None and token not in sb.tokens)):
             bucket = sb.limits.peek(caller_key(None, call.client_ip), "core", False)
@@ -203,9 +219,64 @@ class Handler(BaseHTTPRequestHandler):
         reply = route.handler(sb, call, *groups) if route else Reply(404, errors.not_found())
         self._respond(sb, call, reply, bucket, rid, {**record, "charged": True})
 
-    def _injected_fault(self, sb: Sandbox, call: Call, rid: str, record: dict) -> bool:
-        """Run a pending fault; True when it already answered (or dropped) the request."""
-        fault = sb.faults.take(call.raw, ("status", "html", "reset", "delay", "secondary", "mutate"))
+    def _graphql(self, sb: Sandbox, call: Call, token: str | None, body: bytes, rid: str, record: dict) -> None:
+        """POST /graphql: faults, then a token (GraphQL has no anonymous access), then the secondary limit."""
+        from . import graphql  # graphql-core is loaded by the first GraphQL request, never for REST
+
+        record = {**record, "resource": "graphql"}
+        if self._injected_fault(sb, call, rid, record, GRAPHQL_FAULTS, self._graphql_fault):
+            return
+        if not token or (sb.tokens is not None and token not in sb.tokens):
+            bucket = sb.limits.peek(caller_key(None, call.client_ip), "core", False)
+            payload = graphql.bad_credentials() if token is not None else graphql.unauthenticated()
+            self._respond(sb, call, Reply(401, payload), bucket, rid, {**record, "authenticated": False})
+            return
+        if sb.secondary is not None:
+            retry_after = sb.secondary.check(call.caller)
+            if retry_after is not None:
+                bucket = sb.limits.peek(call.caller, "graphql", True)
+                self._respond(sb, call, self._secondary_reply(403, retry_after, rid), bucket, rid, record)
+                return
+        try:
+            answer = graphql.answer(sb, call.caller, body, rid)
+        except Exception:
+            log.exception("the GraphQL request failed inside the sandbox")
+            bucket = sb.limits.peek(call.caller, "graphql", True)
+            reply = Reply(502, graphql.timed_out(rid), scopes=graphql.SCOPES, media_type=GRAPHQL_MEDIA_TYPE)
+            self._respond(sb, call, reply, bucket, rid, record)
+            return
+        reply = Reply(answer.status, answer.body, scopes=graphql.SCOPES, media_type=GRAPHQL_MEDIA_TYPE)
+        self._respond(sb, call, reply, answer.bucket, rid, {**record, "charged": answer.charged})
+
+    def _graphql_fault(self, sb: Sandbox, call: Call, fault: Fault, rid: str, record: dict) -> None:
+        """GraphQL's own failure bodies and the graphql bucket; html, reset and custom bodies are REST's."""
+        from . import graphql
+
+        options = fault.options
+        status = int(options.get("status", 502 if fault.kind == "status" else 200))
+        bucket = sb.limits.peek(call.caller, "graphql", True)
+        if fault.kind == "timedout":
+            payload = {"errors": [{"message": "timedout"}]}
+        elif fault.kind == "ratelimited":
+            payload, bucket = graphql.rate_limited(sb.store.viewer.id), replace(bucket, used=bucket.limit)
+        elif fault.kind == "secondary":
+            payload = graphql.secondary_limited(rid) if status == 200 else errors.secondary_rate_limit(rid)
+        elif fault.kind == "status" and options.get("body") is None and status in (502, 504):
+            payload = graphql.timed_out(rid)
+        else:
+            self._fault(sb, call, fault, rid, record)
+            return
+        if options.get("seconds"):
+            time.sleep(float(options["seconds"]))
+        retry_after = options.get("retry_after") if fault.kind == "secondary" else None
+        headers = [] if retry_after is None else [("Retry-After", str(int(retry_after)))]
+        reply = Reply(status, payload, headers=headers, scopes=graphql.SCOPES, media_type=GRAPHQL_MEDIA_TYPE)
+        self._respond(sb, call, reply, bucket, rid, {**record, "fault": fault.kind})
+
+    def _injected_fault(self, sb: Sandbox, call: Call, rid: str, record: dict, kinds: tuple[str, ...],
+                        answer) -> bool:
+        """Run a pending fault; True when ``answer`` already answered (or dropped) the request."""
+        fault = sb.faults.take(call.raw, kinds)
         if fault is None:
             return False
         if fault.kind == "mutate":
@@ -218,7 +289,7 @@ class Handler(BaseHTTPRequestHandler):
         if fault.kind == "delay":
             time.sleep(float(fault.options.get("seconds", 1.0)))
             return False
-        self._fault(sb, call, fault, rid, record)
+        answer(sb, call, fault, rid, record)
         return True
 
     def _limit(self, sb: Sandbox, call: Call, resource: str, rid: str) -> tuple[Reply | None, Bucket]:
@@ -343,7 +414,7 @@ class Handler(BaseHTTPRequestHandler):
             headers.append(("github-authentication-token-expiration", sb.token_expiration))
         if reply.location:
             headers.append(("Location", reply.location))
-        headers.append(("X-GitHub-Media-Type", "github.v3; format=json"))
+        headers.append(("X-GitHub-Media-Type", reply.media_type))
         if reply.link:
             headers.append(("Link", reply.link))
         headers.append(("x-github-api-version-selected", API_VERSION))
