@@ -4,21 +4,24 @@
 - `auth`: credentials as `httpx.Auth`, attached only for the API's own origin;
 - `client`: the REST endpoints (listing pages, owners, repositories, search) on the transport;
 - `search`: splitting a search past GitHub's cap of 1 000 results;
+- `graphql`: queries over GraphQL on the same transport, their cost and their errors;
 - `errors`: what a caller may catch, and how failures are described.
 """
 
-from .client import MIN_PER_PAGE, PER_PAGE, GitHubClient, Page
+from .client import GitHubClient, Page
 from .errors import (
     GitHubError,
     GitHubUnavailable,
     GitHubUnreachable,
+    QueryRejected,
+    QueryTimedOut,
     RateLimited,
     TokenRejected,
 )
-from .search import SEARCH_CAP
-from .transport import Policy, Stats, retry_moment
+from .graphql import Result
+from .transport import Policy, Stats
 
 __all__ = [
-    "MIN_PER_PAGE", "PER_PAGE", "SEARCH_CAP", "GitHubClient", "GitHubError", "GitHubUnavailable", "GitHubUnreachable",
-    "Page", "Policy", "RateLimited", "Stats", "TokenRejected", "retry_moment",
+    "GitHubClient", "GitHubError", "GitHubUnavailable", "GitHubUnreachable", "Page", "Policy", "QueryRejected",
+    "QueryTimedOut", "RateLimited", "Result", "Stats", "TokenRejected",
 ]

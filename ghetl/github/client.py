@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from ..settings import SEARCH_QUERY_MAX
+from . import graphql
 from .errors import GitHubError, GitHubUnavailable, message, short
 from .search import SEARCH_CAP, created, reaches, split
 from .transport import Transport
@@ -36,7 +37,11 @@ class Page:
 
 
 class GitHubClient(Transport):
-    """The transport with GitHub's REST endpoints on top; one per run and token."""
+    """The transport with GitHub's REST endpoints and GraphQL on top; one per run and token."""
+
+    def graphql(self, document: str, variables: dict[str, Any] | None = None) -> graphql.Result:
+        """One GraphQL query (a constant document; data goes in `variables`), see `graphql.query`."""
+        return graphql.query(self, document, variables)
 
     # ----- pages -----------------------------------------------------------------------------
 

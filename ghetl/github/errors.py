@@ -27,6 +27,17 @@ class GitHubUnavailable(GitHubError):
     """GitHub kept failing (5xx, HTML pages, dropped connections, timeouts) after every retry."""
 
 
+class QueryTimedOut(GitHubUnavailable):
+    """GitHub gave up on a GraphQL query (502/504 with `"data": "null"`, or 200 `timedout`): the
+    same query would most likely time out again, so it is not retried as it is; the caller asks
+    for smaller pages."""
+
+
+class QueryRejected(GitHubError):
+    """GitHub refused a GraphQL query as written (a field it lacks, a page over 100, too many
+    nodes): a bug in ghetl's query, so it is never retried."""
+
+
 class GitHubUnreachable(GitHubError):
     """No connection could be made to the API URL after every retry (refused, unknown host, TLS
     handshake failed, connect timeout): the URL is wrong or the network is down, so a smaller

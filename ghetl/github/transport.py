@@ -36,6 +36,7 @@ from .errors import (
     GitHubUnavailable,
     GitHubUnreachable,
     PrimaryLimit,
+    QueryTimedOut,
     RateLimited,
     SecondaryLimit,
     TokenRejected,
@@ -103,6 +104,8 @@ class Stats:
     search_parts: int = 0
     search_capped: int = 0
     incomplete_results: int = 0
+    graphql_requests: int = 0
+    graphql_points: int = 0
     remaining: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -199,9 +202,17 @@ class Transport:
         Answers no caller can use (401, rate limits too long to wait for, persistent failures)
         raise; others (a plain 403 refusal, 404, 422, ...) are returned for the caller to judge.
         """
+        return self._send(path_or_url, etag=etag)
+
+    def post(self, path_or_url: str, body: dict[str, Any]) -> tuple[httpx.Response, Any]:
+        """POST a JSON body (a GraphQL query) with the same retries, limits and accounting as `get`."""
+        return self._send(path_or_url, body=body)
+
+    def _send(self, path_or_url: str, *, etag: str | None = None,
+              body: dict[str, Any] | None = None) -> tuple[httpx.Response, Any]:
         url = path_or_url if "://" in path_or_url else f"{self.api_url}{path_or_url}"
         try:
-            return self._retrying(self._attempt, url, etag)
+            return self._retrying(self._attempt, url, etag, body)
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             what = describe(last)
@@ -219,18 +230,26 @@ class Transport:
                 ) from None
             raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {short(url)} ({what}) after {attempts}") from None
 
-    def _attempt(self, url: str, etag: str | None) -> tuple[httpx.Response, Any]:
-        resource = "search" if "/search/" in httpx.URL(url).path else "core"
+    def _attempt(self, url: str, etag: str | None, body: dict[str, Any] | None) -> tuple[httpx.Response, Any]:
+        resource = _resource(httpx.URL(url).path)
         self._gate(resource)
         headers = {"If-None-Match": etag} if etag else {}
         try:
-            response = self._http.get(url, headers=headers)
+            if body is None:
+                response = self._http.get(url, headers=headers)
+            else:
+                response = self._http.post(url, headers=headers, content=orjson.dumps(body))
         except httpx.TransportError:
             self.stats.requests += 1
             raise
         for hop in [*response.history, response]:
             self._account(hop)
-        return response, self._judge(response)
+        if resource == "graphql" and response.status_code in (502, 504):
+            raise QueryTimedOut(f"GitHub gave up on a GraphQL query ({response.status_code})")
+        judged = self._judge(response)
+        if resource == "graphql":
+            self._graphql_limits(response, judged)
+        return response, judged
 
     def _judge(self, response: httpx.Response) -> Any:
         """The JSON of a usable answer, or the exception that says what to do about it."""
@@ -270,6 +289,25 @@ class Transport:
                 raise self._too_long(resource, bucket)
             raise PrimaryLimit(f"the {resource} rate limit is spent")
 
+    def _graphql_limits(self, response: httpx.Response, body: Any) -> None:
+        """GraphQL says "rate limited" in a 200's errors: turn that into the signals the retry loop
+        waits on, as for REST. A spent bucket (`RATE_LIMITED`, or `RATE_LIMIT` in newer answers)
+        waits for its reset; the secondary limit's message waits as GitHub asks."""
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if not errors or not isinstance(errors, list):
+            return
+        for error in errors:
+            if not isinstance(error, dict):
+                continue
+            text = str(error.get("message", "")).lower()
+            if any(w in text for w in _SECONDARY_WORDS):
+                retry_after = response.headers.get("retry-after", "")
+                wait = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
+                self.stats.secondary_limits += 1
+                raise SecondaryLimit("secondary rate limit (GraphQL)", wait)
+            if error.get("type") in ("RATE_LIMITED", "RATE_LIMIT"):
+                raise PrimaryLimit("the graphql rate limit is spent")
+
     def _account(self, response: httpx.Response) -> None:
         """GitHub charges a point per request, except 304s and requests it refused for rate limits."""
         self.stats.requests += 1
@@ -286,7 +324,7 @@ class Transport:
             int(headers.get("x-ratelimit-limit", 0)), int(remaining), float(headers.get("x-ratelimit-reset", 0))
         )
         free = status in (304, 401) or limit_kind(response) or response.request.url.path.endswith("/rate_limit")
-        if not free:
+        if not free and resource != "graphql":  # a query's cost is its own (`rateLimit { cost }`)
             self.stats.rate_limit_points += 1
 
     # ----- rate-limit waits ------------------------------------------------------------------
@@ -367,6 +405,13 @@ def limit_kind(response: httpx.Response) -> str | None:
     if "retry-after" in response.headers or any(w in message(response).lower() for w in _SECONDARY_WORDS):
         return "secondary"
     return "primary" if response.headers.get("x-ratelimit-remaining") == "0" else None
+
+
+def _resource(path: str) -> str:
+    """The rate-limit bucket a request spends from, as GitHub names it in `x-ratelimit-resource`."""
+    if path.endswith("/graphql"):
+        return "graphql"
+    return "search" if "/search/" in path else "core"
 
 
 def duration(seconds: float) -> str:
