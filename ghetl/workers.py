@@ -42,6 +42,7 @@ CATCH_UP_BATCH = 500
 _RAW_BATCH = sa.select(
     raw_extraction_data.c.id, raw_extraction_data.c.external_id, raw_extraction_data.c.raw_data,
     raw_extraction_data.c.status, raw_extraction_data.c.parent_external_id, raw_extraction_data.c.created_at,
+    raw_extraction_data.c.run_id,
 ).where(raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)))
 _MOVE = (
     raw_extraction_data.update()
@@ -92,6 +93,9 @@ class Pipeline:
             return self._give_up(stage, body, message, reason, attempt - 1)
         try:
             self.handle(stage, message)
+        except Trespass as exc:
+            log.error("dead-lettered a %s message: %s", stage, exc)
+            return self._give_up(stage, body, message, str(exc), attempt)
         except Exception as exc:
             if database_unavailable(exc):
                 return self._wait_for_database(exc)
@@ -141,6 +145,7 @@ class Pipeline:
             raise ValueError(f"unknown stage '{stage}'")
         step = steps.get(message["step"])
         with self.engine.connect() as conn:
+            _check_scope(conn, message)
             if "run_id" not in message or not message["run_id"]:
                 message["run_id"] = self._current_run(conn, message["job_id"])
             self._mark_running(conn, message, stage)
@@ -186,8 +191,8 @@ class Pipeline:
                 if raw is None:
                     errors[raw_id] = "raw payload not found"
                     continue
-                if raw.status == "failed":
-                    continue
+                if raw.status == "failed" or raw.run_id != message["run_id"]:
+                    continue  # failed already, or a later run took the item over: its message does the work
                 ctx = steps.RowContext(tenant_id=message["tenant_id"], integration_id=message["integration_id"],
                                        parent_external_id=raw.parent_external_id, fetched_at=raw.created_at)
                 try:
@@ -343,6 +348,39 @@ class Pipeline:
         except Exception as exc:
             log.error("could not record the failure of a %s message (%s); its items stay pending", stage, first_line(exc))
             log.debug("the failure to record it", exc_info=True)
+
+
+class Trespass(PoisonMessage):
+    """A message naming raw rows of another tenant or integration: refused whole, nothing written,
+    none of those rows marked failed (they are someone else's)."""
+
+
+_FOREIGN_ROWS = sa.select(sa.func.count()).select_from(raw_extraction_data).where(
+    raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)),
+    sa.or_(raw_extraction_data.c.tenant_id != sa.bindparam("tenant"),
+           raw_extraction_data.c.integration_id != sa.bindparam("integration"),
+           raw_extraction_data.c.entity_type != sa.bindparam("step")),
+)
+
+
+def _check_scope(conn: sa.Connection, message: dict[str, Any]) -> None:
+    """Refuse a message whose raw rows belong to another tenant, integration or step than it says.
+
+    Anyone who can publish on the broker's vhost could otherwise have one tenant's payloads
+    written into another tenant's rows. Rows of another run of the same job are not refused:
+    a late message of an earlier run whose items a later run took over is expected, and the
+    stages' updates, which match the run, leave those items to their new run.
+    """
+    ids = [i["raw_data_id"] for i in message["items"] if i.get("raw_data_id") is not None]
+    if not ids:
+        return
+    with conn.begin():
+        foreign = conn.execute(_FOREIGN_ROWS, {"ids": ids, "tenant": message["tenant_id"],
+                                               "integration": message["integration_id"],
+                                               "step": message["step"]}).scalar_one()
+    if foreign:
+        raise Trespass(f"the message names {foreign} raw rows that are not tenant {message['tenant_id']}'s "
+                       f"{message['step']} items of integration {message['integration_id']}; refused, nothing written")
 
 
 def _end_left_behind(items: list[dict[str, Any]], forwarded: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -251,3 +251,27 @@ def test_a_run_with_gaps_finishes_with_warnings_and_keeps_its_cutoff(
     assert backend.scalar("SELECT last_sync_date FROM etl_jobs") == before
     [job] = json.loads(ghetl(backend, "jobs", "--json").stdout)
     assert job["status"]["warnings"] == result["warnings"]
+
+
+def test_a_message_naming_another_tenants_raw_rows_is_dead_lettered_and_writes_nothing(
+    backend: Backend, sandbox: Any, token: str
+) -> None:
+    """Anyone able to publish on the vhost must not get tenant A's payloads into tenant B's rows."""
+    add_tenant(backend, sandbox)
+    other = add_tenant(backend, sandbox, name="other-corp", owner="octocat")
+    assert backend.sync("acme-corp").overall == "FINISHED"
+    victim_rows = backend.scalar("SELECT count(*) FROM repositories WHERE tenant_id = 2")
+    [(raw_id, run_id)] = backend.rows("SELECT id, run_id FROM raw_extraction_data WHERE tenant_id = 1 LIMIT 1")
+    with backend.engine.connect() as conn:
+        job = jobs.get_job(conn, 2, 2)
+    forged = {"tenant_id": 2, "integration_id": 2, "job_id": job["id"], "run_id": run_id, "step": "github_repositories",
+              "items": [{"raw_data_id": raw_id, "external_id": "1", "first_item": False, "last_item": False,
+                         "last_job_item": False}]}
+
+    outcome = Pipeline(backend.engine, backend.broker).deliver("transform", json.dumps(forged).encode(), 1)
+
+    assert outcome.action == "dead" and "not tenant 2's github_repositories items" in outcome.reason
+    assert backend.scalar("SELECT count(*) FROM repositories WHERE tenant_id = 2") == victim_rows == 0
+    assert backend.scalar("SELECT status FROM raw_extraction_data WHERE id = :i", i=raw_id) == "embedded"
+    assert backend.scalar("SELECT count(*) FROM dead_letters") == 1
+    assert other
