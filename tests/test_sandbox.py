@@ -553,3 +553,20 @@ def test_ten_thousand_repositories_timing(capsys):
     with capsys.disabled():
         print(f"\nsandbox: generated 10000 repositories in {generated:.2f}s; listed 100 pages in {listed:.2f}s "
               f"(cold) and {relisted:.2f}s (cached)")
+
+
+def test_latency_delays_each_reply_while_serving_others_at_once() -> None:
+    """`--latency-ms` plays GitHub's 0.3-1 s a request: eight requests at once take one delay, not eight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with Sandbox(orgs={"acme": 3}, seed=1, latency_ms=300, jitter_ms=50) as sb:
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: httpx.get(f"{sb.url}/orgs/acme", timeout=10).status_code, range(8)))
+        elapsed = time.monotonic() - started
+        info = httpx.get(f"{sb.url}/_sandbox/info", timeout=10).json()
+    assert codes == [200] * 8
+    assert 0.25 <= elapsed < 1.2, elapsed
+    assert info["max_in_flight"] == 8 and info["in_flight"] == 0 and info["latency_ms"] == 300
+    with pytest.raises(ValueError, match="jitter at most the latency"):
+        Sandbox(latency_ms=10, jitter_ms=20)

@@ -45,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GraphQL rate limit in points per hour (POST /graphql)")
     parser.add_argument("--reset-seconds", type=int, default=3600, help="length of the core rate-limit window")
     parser.add_argument("--path-prefix", default="", help='serve under a prefix like GHES, e.g. "/api/v3"')
+    parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
+                        help="delay every API reply by N ms, serving others meanwhile (GitHub: 300-1000; default 0)")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, metavar="J",
+                        help="vary that delay by up to J ms either way (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
                           core_limit=args.core_limit, search_limit=args.search_limit,
                           reset_seconds=args.reset_seconds, path_prefix=args.path_prefix,
-                          graphql_limit=args.graphql_limit)
+                          graphql_limit=args.graphql_limit, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms)
     except ValueError as exc:
         print(f"ghetl: error: cannot start the sandbox: {exc}", file=sys.stderr)
         return 2

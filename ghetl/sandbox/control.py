@@ -81,7 +81,9 @@ def _jsonable(value: Any) -> Any:
 def _info(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
     owners = [{"login": o.login, "id": o.id, "type": o.kind, "repos": len(sb.store.repos_of(o.login)),
                "created_at": iso(o.created_at)} for o in sb.store.owners()]
-    return {"url": sb.url, "graphql": f"{sb.url}/graphql", "viewer": sb.store.viewer.login, "owners": owners}
+    return {"url": sb.url, "graphql": f"{sb.url}/graphql", "viewer": sb.store.viewer.login, "owners": owners,
+            "requests": len(sb.requests), "in_flight": sb.in_flight.now, "max_in_flight": sb.in_flight.most,
+            "latency_ms": sb.latency.seconds * 1000, "jitter_ms": sb.latency.jitter * 1000}
 
 
 def _inject(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:

@@ -8,17 +8,20 @@ see ``control.py``) when it runs as its own process (``python -m ghetl.sandbox``
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from .cli import DEFAULT_PORT
 from .faults import Faults
 from .limits import RESOURCES, RateLimits, SecondaryLimit
+from .pulls import PullStore, ground_truth
 from .records import RequestRecord
 from .server import SandboxHTTPServer
 from .shapes import site_for
-from .pulls import PullStore, ground_truth
 from .state import Store
 
 log = logging.getLogger("ghetl.sandbox")
@@ -45,7 +48,10 @@ class Sandbox:
                  seed: int = 7, tokens: Iterable[str] | None = None, core_limit: int = 5000,
                  search_limit: int = 30, reset_seconds: int = 3600,
                  secondary_limit: tuple[int, float] | None = None, path_prefix: str = "",
-                 graphql_limit: int = 5000) -> None:
+                 graphql_limit: int = 5000, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> None:
+        if latency_ms < 0 or jitter_ms < 0 or jitter_ms > latency_ms:
+            raise ValueError("latency and jitter are 0 or more milliseconds, the jitter at most the latency")
+        self.latency = Latency(latency_ms / 1000, jitter_ms / 1000)
         self.prefix = "/" + path_prefix.strip("/") if path_prefix.strip("/") else ""
         self.tokens = None if tokens is None else frozenset(tokens)
         self.limits = RateLimits(core_limit, search_limit, reset_seconds, graphql_limit=graphql_limit)
@@ -58,6 +64,7 @@ class Sandbox:
         self.pull_store = PullStore(self.store)
         self.token_expiration = (datetime.now(timezone.utc) + timedelta(days=30)).strftime(
             "%Y-%m-%d %H:%M:%S UTC")
+        self.in_flight = InFlight()
         self._requests: list[RequestRecord] = []
         self._requests_lock = threading.Lock()
         self._server: SandboxHTTPServer | None = None
@@ -248,9 +255,46 @@ class Sandbox:
     def reset_stats(self) -> None:
         with self._requests_lock:
             self._requests.clear()
+        self.in_flight.reset()
 
     def describe(self) -> str:
         """One line naming what is served, e.g. 'acme (500 repos), octocat (12 repos)'."""
         return ", ".join(f"{o.login} ({len(self.store.repos_of(o.login))} repos)" for o in self.store.owners()
                          if o is not self.store.viewer or self.store.repos_of(o.login))
 
+
+@dataclass(frozen=True)
+class Latency:
+    """How long GitHub takes to answer (0.3-1 s a request in practice): each API reply waits
+    `seconds` plus or minus up to `jitter`, in its own thread, so that concurrent requests
+    overlap as they do at GitHub. Zero by default, so that tests stay fast."""
+
+    seconds: float = 0.0
+    jitter: float = 0.0
+
+    def wait(self) -> None:
+        if self.seconds:
+            time.sleep(max(0.0, self.seconds + random.uniform(-self.jitter, self.jitter)))
+
+
+class InFlight:
+    """API requests being answered now, and the most there ever were at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> InFlight:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.most = self.now

@@ -24,7 +24,7 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import control, errors
@@ -187,6 +187,11 @@ class Handler(BaseHTTPRequestHandler):
             status, payload = control.handle(sb, self.command, operation, split.query, body)
             self._write(status, [("Content-Type", JSON_TYPE)], json.dumps(payload).encode())
             return
+        with sb.in_flight:
+            sb.latency.wait()
+            self._serve_api(sb, split, path, body)
+
+    def _serve_api(self, sb: Sandbox, split: Any, path: str, body: bytes) -> None:
         token = self._token()
         pairs = parse_qsl(split.query, keep_blank_values=True)
         api_path = self._api_path(path, sb.prefix)
