@@ -147,6 +147,26 @@ class _JobLine:
     past_runs: set[str] = field(default_factory=set)
 
 
+_EVENT_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "job": {"tenant_id": int, "job_id": int, "run_id": str, "overall": str},
+    "stage": {"tenant_id": int, "job_id": int, "run_id": str, "step": str, "stage": str, "status": str},
+}
+
+
+def malformed(event: Event) -> str | None:
+    """What is wrong with a stage or job event (a missing field, a wrong type, an unknown state),
+    or None: one bad event on the bus must not reach, let alone stop, any client's stream."""
+    for name, kind in _EVENT_FIELDS[event["type"]].items():
+        value = event.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"field '{name}' must be {kind.__name__ if isinstance(kind, type) else kind}, got {type(value).__name__}"
+    if event["type"] == "job" and event["overall"] not in OVERALL_RANK:
+        return f"unknown overall state '{event['overall'][:40]}'"
+    if event["type"] == "stage" and (event["stage"] not in STAGES or event["status"] not in CIRCLE_RANK):
+        return f"unknown stage '{event['stage'][:40]}' or circle '{event['status'][:40]}'"
+    return None
+
+
 class CircleGuard:
     """Drops events that would move a circle or the overall state backwards within a run.
 
@@ -382,6 +402,10 @@ class StatusServer:
         if not isinstance(event, dict) or event.get("type") not in ("stage", "job") or "run_id" not in event:
             log.debug("ignored a status event that is not a stage or job event: %.200r", event)
             return
+        problem = malformed(event)
+        if problem:
+            log.warning("dropped a malformed status event (%s): %.200r", problem, event)
+            return
         if event.get("error"):
             event = {**event, "error": redact(str(event["error"]))}
         for subscription in self._clients:
@@ -443,6 +467,9 @@ class StatusServer:
         except sa.exc.SQLAlchemyError as exc:
             log.error("status snapshot for tenant %s failed: %s", tenant["name"], str(exc).splitlines()[0])
             await ws.close(1011, "the status database is unavailable; reconnect later")
+        except Exception as exc:  # a client left open and silent would be worse than one told to reconnect
+            log.error("status stream of a client of tenant %s failed: %s: %s", tenant["name"], type(exc).__name__, exc)
+            await ws.close(1011, "the status stream failed; reconnect")
 
     async def _check(self) -> None:
         """Every `check_interval`: end the runs nobody works on any more, and cut off clients whose

@@ -440,3 +440,28 @@ def test_stream_keys_never_reach_the_logs(embedded, sandbox, token, caplog):
         assert _close_of(stream_url(server.url, tenant, key=key + "x"))[0] == 4403
     assert "GET /?tenant=" in caplog.text and "Authorization: Bearer ***" in caplog.text
     assert key not in caplog.text
+
+
+def test_a_malformed_event_on_the_bus_is_dropped_and_every_stream_goes_on(backend, sandbox, tenant, server, caplog):
+    """An event without job_id (or with a wrong type) used to raise in the guard and silently end
+    that client's sender while its connection stayed open."""
+    client = Client(server.url, tenant, stream_key(backend, tenant))
+    client.until(lambda ms: len(ms) >= 1)
+    good = job_event(1, 1, "r-after", "RUNNING")
+    backend.broker.publish_status([
+        {"type": "stage", "tenant_id": 1, "run_id": "r-bad", "step": "github_repositories", "stage": "transform",
+         "status": "running"},
+        {**job_event(1, 1, "r-bad", "RUNNING"), "job_id": ["1"]},
+        {**stage_event(1, 1, "r-bad", STEP, "transform", "running"), "stage": "teleport"},
+        good,
+    ])
+
+    messages = client.until(lambda ms: any(m.get("run_id") == "r-after" for m in ms))
+
+    assert not any(m.get("run_id") == "r-bad" for m in messages)
+    dropped = [r.getMessage() for r in caplog.records if "dropped a malformed status event" in r.getMessage()]
+    assert [d.split(")")[0] for d in dropped] == [
+        "dropped a malformed status event (field 'job_id' must be int, got NoneType",
+        "dropped a malformed status event (field 'job_id' must be int, got list",
+        "dropped a malformed status event (unknown stage 'teleport' or circle 'running'",
+    ]
