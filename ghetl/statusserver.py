@@ -69,6 +69,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -89,6 +90,7 @@ log = logging.getLogger(__name__)
 REVOKED = "key revoked: a new key was issued (ghetl tenant key NAME); reconnect with it"
 
 DEFAULT_PORT = 8765
+HANDSHAKE_THREADS = 4
 QUEUE_SIZE = 1000
 CHECK_INTERVAL = 10.0
 CIRCLE_RANK = {"idle": 0, "running": 1, "finished": 2, "failed": 2}
@@ -291,6 +293,9 @@ class StatusServer:
         self._thread: threading.Thread | None = None
         self._listening = threading.Event()
         self._failure: BaseException | None = None
+        # Handshakes check the key in the database on threads of their own (made per serve): a
+        # flood of them queues there, while the stale-run and revocation checks keep the default pool.
+        self._handshakes: ThreadPoolExecutor | None = None
 
     @property
     def url(self) -> str:
@@ -343,6 +348,7 @@ class StatusServer:
 
     async def _serve(self, handle_signals: bool = False) -> None:
         self._loop = asyncio.get_running_loop()
+        self._handshakes = ThreadPoolExecutor(max_workers=HANDSHAKE_THREADS, thread_name_prefix="ghetl-handshake")
         self._stopping = asyncio.Event()
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -371,6 +377,8 @@ class StatusServer:
             checker.cancel()
             server.close()
             await server.wait_closed()
+            self._handshakes.shutdown(wait=False, cancel_futures=True)
+            self._handshakes = None
             log.info("status stream stopped")
 
     def _from_broker(self, event: Event) -> None:
@@ -413,7 +421,8 @@ class StatusServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         try:
-            tenant, job_id, key = await asyncio.to_thread(self._authorise, ws.request)
+            loop = asyncio.get_running_loop()
+            tenant, job_id, key = await loop.run_in_executor(self._handshakes, self._authorise, ws.request)
         except Refused as refused:
             log.info("refused a status client: %s", refused.reason)
             await ws.close(refused.code, refused.reason)
