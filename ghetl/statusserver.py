@@ -68,6 +68,8 @@ import json
 import logging
 import signal
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +83,7 @@ from websockets.http11 import Request
 
 from . import jobs, tenants
 from .broker import Broker
+from .config import env_float
 from .db import tenants as tenants_table
 from .db import utcnow
 from .logs import redact
@@ -167,6 +170,51 @@ def malformed(event: Event) -> str | None:
     if event["type"] == "stage" and (event["stage"] not in STAGES or event["status"] not in CIRCLE_RANK):
         return f"unknown stage '{event['stage'][:40]}' or circle '{event['status'][:40]}'"
     return None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one status server accepts, so that no client or tenant can take it from the others.
+
+    Past a limit the client is refused with a close code and a reason: 1013 (try again later)
+    for connections, 4429 for rates. Each has an environment variable.
+    """
+
+    connections: int = 2000          # GHETL_STATUS_MAX_CONNECTIONS
+    per_tenant: int = 200            # GHETL_STATUS_MAX_PER_TENANT
+    handshakes_per_second: int = 50  # GHETL_STATUS_HANDSHAKES_PER_SECOND, per client address
+    snapshots_per_minute: int = 30   # GHETL_STATUS_SNAPSHOTS_PER_MINUTE, per connection
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        def number(name: str, default: int) -> int:
+            return int(env_float(name, default, minimum=1))
+
+        return cls(number("GHETL_STATUS_MAX_CONNECTIONS", cls.connections),
+                   number("GHETL_STATUS_MAX_PER_TENANT", cls.per_tenant),
+                   number("GHETL_STATUS_HANDSHAKES_PER_SECOND", cls.handshakes_per_second),
+                   number("GHETL_STATUS_SNAPSHOTS_PER_MINUTE", cls.snapshots_per_minute))
+
+
+class Window:
+    """At most `limit` events per key in any `seconds` (a sliding window of their times)."""
+
+    def __init__(self, limit: int, seconds: float) -> None:
+        self.limit, self.seconds = limit, seconds
+        self._times: dict[Any, deque[float]] = {}
+
+    def allow(self, key: Any) -> bool:
+        now = time.monotonic()
+        times = self._times.setdefault(key, deque())
+        while times and now - times[0] >= self.seconds:
+            times.popleft()
+        if len(self._times) > 10_000:  # forget idle keys, so that many addresses cannot grow it for ever
+            self._times = {k: t for k, t in self._times.items() if t and now - t[-1] < self.seconds}
+            times = self._times.setdefault(key, times)
+        if len(times) >= self.limit:
+            return False
+        times.append(now)
+        return True
 
 
 class CircleGuard:
@@ -277,8 +325,11 @@ class StatusServer:
         ping_timeout: float | None = 20.0,
         poll_interval: float | None = None,
         check_interval: float = CHECK_INTERVAL,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine
+        self.limits = limits or Limits.from_env()
+        self._handshake_rate = Window(self.limits.handshakes_per_second, 1.0)
         self.broker = broker
         self.host = host
         self.port = port
@@ -421,8 +472,10 @@ class StatusServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         try:
+            self._admit_address(ws)
             loop = asyncio.get_running_loop()
             tenant, job_id, key = await loop.run_in_executor(self._handshakes, self._authorise, ws.request)
+            self._admit_tenant(tenant)
         except Refused as refused:
             log.info("refused a status client: %s", refused.reason)
             await ws.close(refused.code, refused.reason)
@@ -431,16 +484,39 @@ class StatusServer:
         self._clients[subscription] = ws
         sender = asyncio.create_task(self._send(ws, subscription, tenant))
         log.debug("status client connected for tenant %s (%d connected)", tenant["name"], len(self._clients))
+        snapshots = Window(self.limits.snapshots_per_minute, 60.0)
         try:
             async for message in ws:
-                if _asks_snapshot(message):
-                    subscription.resync("requested")
+                if not _asks_snapshot(message):
+                    continue
+                if not snapshots.allow(None):
+                    log.info("closed a status client of tenant %s: more than %d snapshot requests a minute",
+                             tenant["name"], self.limits.snapshots_per_minute)
+                    await ws.close(4429, f"more than {self.limits.snapshots_per_minute} snapshot requests a minute")
+                    break
+                subscription.resync("requested")
         except ConnectionClosed:
             pass
         finally:
             self._clients.pop(subscription, None)
             sender.cancel()
             log.debug("status client of tenant %s left", tenant["name"])
+
+    def _admit_address(self, ws: ServerConnection) -> None:
+        """Refuse an address that opens connections faster than the limit allows."""
+        address = ws.remote_address[0] if ws.remote_address else "?"
+        if not self._handshake_rate.allow(address):
+            raise Refused(4429, f"more than {self.limits.handshakes_per_second} connections a second from this "
+                                "address; wait a moment")
+
+    def _admit_tenant(self, tenant: dict[str, Any]) -> None:
+        """Refuse a connection beyond the server's or the tenant's share, before it is subscribed."""
+        if len(self._clients) >= self.limits.connections:
+            raise Refused(1013, f"the status server holds its {self.limits.connections} connections; try again later")
+        theirs = sum(s.tenant_id == tenant["id"] for s in self._clients)
+        if theirs >= self.limits.per_tenant:
+            raise Refused(1013, f"tenant '{tenant['name'][:40]}' has {theirs} status connections, the most allowed; "
+                                "close one first")
 
     def _authorise(self, request: Request) -> tuple[dict[str, Any], int | None, str]:
         name, job_id, key = _parse_request(request)

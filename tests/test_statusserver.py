@@ -25,6 +25,7 @@ from ghetl import jobs
 from ghetl.status import job_event, stage_event
 from ghetl.statusserver import (
     CircleGuard,
+    Limits,
     StatusServer,
     Subscription,
     _job_states,
@@ -465,3 +466,44 @@ def test_a_malformed_event_on_the_bus_is_dropped_and_every_stream_goes_on(backen
         "dropped a malformed status event (field 'job_id' must be int, got list",
         "dropped a malformed status event (unknown stage 'teleport' or circle 'running'",
     ]
+
+
+def test_each_limit_refuses_with_its_close_code_while_a_good_client_keeps_streaming(embedded, sandbox, token):
+    a = add_tenant(embedded, sandbox, name="tenant-a")
+    b = add_tenant(embedded, sandbox, name="tenant-b", owner="octocat")
+    key_a, key_b = stream_key(embedded, a), stream_key(embedded, b)
+    limits = Limits(connections=3, per_tenant=2, handshakes_per_second=50, snapshots_per_minute=2)
+    with StatusServer(embedded.engine, embedded.broker, port=0, limits=limits) as server:
+        good = Client(server.url, a, key_a)
+        good.until(lambda ms: len(ms) >= 1)
+        second = Client(server.url, a, key_a)
+        second.until(lambda ms: len(ms) >= 1)
+        code, reason = _close_of(stream_url(server.url, a), {"Authorization": f"Bearer {key_a}"})
+        assert code == 1013 and "tenant 'tenant-a' has 2 status connections" in reason
+        third = Client(server.url, b, key_b)
+        third.until(lambda ms: len(ms) >= 1)
+        code, reason = _close_of(stream_url(server.url, b), {"Authorization": f"Bearer {key_b}"})
+        assert code == 1013 and "holds its 3 connections" in reason
+
+        for _ in range(2):
+            third.barrier()
+        third.ws.send(json.dumps({"type": "snapshot"}))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                third.ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 4429 and "snapshot requests a minute" in closed.value.rcvd.reason
+
+        embedded.broker.publish_status([job_event(1, 1, "r-limits", "RUNNING")])
+        assert good.until(lambda ms: any(m.get("run_id") == "r-limits" for m in ms))
+
+    flood = Limits(handshakes_per_second=3)
+    with StatusServer(embedded.engine, embedded.broker, port=0, limits=flood) as server:
+        codes = []
+        for _ in range(5):
+            with connect(stream_url(server.url, a), additional_headers={"Authorization": f"Bearer {key_a}"}) as ws:
+                try:
+                    ws.recv(timeout=10)
+                    codes.append("streamed")
+                except ConnectionClosed as exc:
+                    codes.append(exc.rcvd.code)
+        assert codes == ["streamed"] * 3 + [4429, 4429]
