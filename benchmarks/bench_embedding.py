@@ -31,14 +31,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
-from bench_embedded import sandbox_process  # noqa: E402
+from bench_embedded import sandbox_process
 
-from ghetl import db, embeddings, migrate, tenants  # noqa: E402
-from ghetl.broker import MemoryBroker  # noqa: E402
-from ghetl.search import search  # noqa: E402
-from ghetl.sync import SyncResult, sync  # noqa: E402
-from ghetl.workers import Pipeline  # noqa: E402
-from tests.support import scratch_database, wait_until  # noqa: E402
+from ghetl import db, embeddings, migrate, tenants
+from ghetl.broker import MemoryBroker
+from ghetl.search import search
+from ghetl.sync import SyncResult, sync
+from ghetl.workers import Pipeline
+from tests.support import scratch_database, wait_until
 
 PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 

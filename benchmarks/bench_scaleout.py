@@ -264,7 +264,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                 servers_before = server_cpu()
                 own_before = resource.getrusage(resource.RUSAGE_SELF)
                 started = time.perf_counter()
-                started_at = dt.datetime.now(dt.timezone.utc)
+                started_at = dt.datetime.now(dt.UTC)
                 sync = profile("sync", subprocess.Popen(
                     [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -63,7 +63,7 @@ def stage_event(
         "processed": processed,
         "total": total,
         "failed": failed,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
     }
 
 
@@ -75,7 +75,7 @@ def job_event(tenant_id: int, job_id: int, run_id: str, overall: str, *, error: 
         "run_id": run_id,
         "overall": overall,
         "error": error,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
     }
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import config, jobs, steps, settings as settings_mod
+from . import config, jobs, steps
+from . import settings as settings_mod
 from .db import etl_jobs, integrations, tenants
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,8 @@ from ghetl.sync import sync
 from ghetl.workers import Pipeline
 
 from .conftest import TOKEN, Backend, add_tenant
-from .test_cli import cli, one_line_error  # noqa: F401  (fixture)
 from .support import wait_until
+from .test_cli import cli, one_line_error
 from .test_faults import RefusesOne
 
 

@@ -19,7 +19,6 @@ from ghetl import embeddings, steps
 from ghetl.db import etl_jobs
 from tests.conftest import add_tenant
 
-
 GET_EMBEDDER = embeddings.get_embedder  # the real one, whatever a test patches in its place
 
 

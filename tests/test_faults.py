@@ -22,7 +22,7 @@ from ghetl.workers import Pipeline
 
 from .conftest import PG_ADMIN_URL, TOKEN, Backend, add_tenant
 from .support import wait_until
-from .test_scaleout import Workers, rabbitmqctl, stored_once, sync_remote, workers  # noqa: F401  (the fixture)
+from .test_scaleout import Workers, rabbitmqctl, stored_once, sync_remote, workers
 
 
 def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:

@@ -24,8 +24,15 @@ import sqlalchemy as sa
 
 from ghetl import db, logs, tenants
 from ghetl.db import raw_extraction_data, repositories
-from ghetl.github import (GitHubClient, GitHubError, GitHubUnavailable, GitHubUnreachable, Policy, RateLimited,
-                          TokenRejected)
+from ghetl.github import (
+    GitHubClient,
+    GitHubError,
+    GitHubUnavailable,
+    GitHubUnreachable,
+    Policy,
+    RateLimited,
+    TokenRejected,
+)
 
 from .conftest import TOKEN, add_tenant
 

@@ -244,7 +244,7 @@ def test_a_stale_run_no_longer_blocks_the_job(backend, sandbox, tenant):
     with backend.engine.begin() as conn:
         job = jobs.list_jobs(conn)[0]
         jobs.start(conn, job, full=False)
-        conn.execute(etl_jobs.update().values(heartbeat_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)))
+        conn.execute(etl_jobs.update().values(heartbeat_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
 
     result = backend.sync(tenant)
 
@@ -344,9 +344,8 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
                           ({"repository_filter": "org:other api"}, "repository_filter"), ("{not json", "JSON"),
                           ({"repository_filter": "api\u0000"}, "repository_filter"),
                           ({"name_patterns": ["api-*\n"]}, "name_patterns")):
-        with pytest.raises(ValueError, match=key):
-            with backend.engine.begin() as conn:
-                tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
+        with pytest.raises(ValueError, match=key), backend.engine.begin() as conn:
+            tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
     assert backend.scalar("select count(*) from integrations") == 0
     assert backend.scalar("select count(*) from etl_jobs") == 0
 
@@ -354,12 +353,10 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
 def test_a_token_given_as_the_token_variable_or_in_the_url_is_refused_before_anything_is_written(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
-    with pytest.raises(ValueError, match="--token-env takes the NAME") as named:
-        with backend.engine.begin() as conn:
-            tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
-    with pytest.raises(ValueError, match="not in the URL") as in_url:
-        with backend.engine.begin() as conn:
-            tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
+    with pytest.raises(ValueError, match="--token-env takes the NAME") as named, backend.engine.begin() as conn:
+        tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
+    with pytest.raises(ValueError, match="not in the URL") as in_url, backend.engine.begin() as conn:
+        tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
     assert "a" * 36 not in str(named.value) and "s3cr3tvalue" not in str(in_url.value)
     assert backend.scalar("select count(*) from integrations") == 0
     assert backend.scalar("select count(*) from etl_jobs") == 0
@@ -410,9 +407,8 @@ def test_the_overall_check_constraint_refuses_unknown_states(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
         tenants.add_integration(conn, "t1", "acme", api_url="http://x")
-    with pytest.raises(sa.exc.IntegrityError):
-        with backend.engine.begin() as conn:
-            conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
+    with pytest.raises(sa.exc.IntegrityError), backend.engine.begin() as conn:
+        conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
 
 
 @pytest.mark.parametrize("which", ["one", "the-last"])

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -323,7 +323,7 @@ def test_delete_gives_404_by_name_and_by_id(fresh):
 
 def test_touch_is_the_only_recent_change(fresh):
     sb = fresh()
-    day_ago = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    day_ago = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert all(r["updated_at"] < day_ago and r["created_at"] <= r["updated_at"] for r in sb.repos("acme"))
     name = sb.repos("acme")[7]["full_name"]
     touched = sb.touch(name, description="Invoice reconciliation for the new ledger")
@@ -497,7 +497,7 @@ def test_generation_is_deterministic_and_realistic():
     assert one.repos("acme") == two.repos("acme")
     assert [r["name"] for r in one.repos("acme")] != [r["name"] for r in other.repos("acme")]
     repos = one.repos("acme") + one.repos("octocat")
-    share = lambda test: sum(1 for r in repos if test(r)) / len(repos)  # noqa: E731
+    share = lambda test: sum(1 for r in repos if test(r)) / len(repos)
     assert 0.04 < share(lambda r: r["description"] is None) < 0.18
     assert 0.03 < share(lambda r: r["language"] is None) < 0.16
     assert 0.04 < share(lambda r: r["archived"]) < 0.18

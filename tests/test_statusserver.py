@@ -87,9 +87,8 @@ def test_a_job_filter_and_a_query_key_work_too(backend, sandbox, tenant, server)
 
 
 def _close_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    with connect(url, additional_headers=headers or {}) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=10)
+    with connect(url, additional_headers=headers or {}) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
@@ -376,7 +375,7 @@ def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:
 def test_the_guard_drops_what_would_move_a_circle_backwards():
     guard = CircleGuard()
     guard.reset(_snapshot_of("r1", "RUNNING", extraction="finished", transform="running"))
-    stage = lambda run, name, status: stage_event(1, 1, run, STEP, name, status)  # noqa: E731
+    stage = lambda run, name, status: stage_event(1, 1, run, STEP, name, status)
     assert not guard.accept(stage("r1", "extraction", "running")), "a late running after finished"
     assert guard.accept(stage("r1", "transform", "running")), "progress of a running stage"
     assert guard.accept(stage("r1", "transform", "finished"))

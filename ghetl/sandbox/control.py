@@ -14,8 +14,9 @@ Control requests are free, never faulted and not recorded in ``requests``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from .shapes import iso

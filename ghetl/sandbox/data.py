@@ -13,9 +13,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-
-UTC = timezone.utc
+from datetime import UTC, datetime, timedelta
 
 # Generated timestamps end here (or one day before the sandbox starts, if the clock is earlier),
 # so that only mutations made through the sandbox carry recent timestamps and the data does not

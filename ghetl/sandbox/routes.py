@@ -8,13 +8,14 @@ Rate limiting, authentication, faults, conditional requests and headers are the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import errors, search, shapes
-from .paging import last_page, link_header, paging
 from .data import Repo
+from .paging import last_page, link_header, paging
 from .state import SORTS, dumps
 
 if TYPE_CHECKING:

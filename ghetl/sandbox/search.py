@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
 
 from .data import Repo
 
@@ -101,16 +101,16 @@ def _qualifier(query: Query, qualifier: str, value: str) -> None:
     elif name == "fork":
         query.fork = lowered
     elif name in ("user", "org"):
-        test = lambda r: r.owner.lower() != lowered  # noqa: E731
+        test = lambda r: r.owner.lower() != lowered
     elif name == "repo":
-        test = lambda r: r.full_name.lower() != lowered  # noqa: E731
+        test = lambda r: r.full_name.lower() != lowered
     elif name == "language":
-        test = lambda r: (r.language or "").lower() != lowered  # noqa: E731
+        test = lambda r: (r.language or "").lower() != lowered
     else:
         test = _filter(name, lowered)
         if test is not None and negated:
             inner = test
-            test = lambda r: not inner(r)  # noqa: E731
+            test = lambda r: not inner(r)
     if test is not None:
         query.filters.append(test)
 
@@ -142,8 +142,8 @@ def _parse_moment(text: str, upper: bool) -> datetime:
     """A date covers its whole day: as a lower bound it starts at 00:00, as an upper bound it ends at 24:00."""
     if "T" in text:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    day = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    day = datetime.fromisoformat(text).replace(tzinfo=UTC)
     return day + timedelta(days=1) if upper else day
 
 

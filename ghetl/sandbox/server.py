@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -140,7 +140,7 @@ def not_modified_since(header: str, last_modified: datetime) -> bool:
     except (TypeError, ValueError):
         return False
     if since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
+        since = since.replace(tzinfo=UTC)
     return last_modified <= since
 
 
@@ -308,7 +308,7 @@ class Handler(BaseHTTPRequestHandler):
         if charged:
             return None, bucket
         who = str(sb.store.viewer.id) if call.authenticated else call.client_ip
-        moment = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        moment = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
         log.info("rate limit exhausted for the %s bucket", resource)
         return Reply(403, errors.primary_rate_limit(who, rid, moment, call.authenticated, 403)), bucket
 

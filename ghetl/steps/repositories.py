@@ -42,7 +42,7 @@ def parse_time(value: str | None) -> dt.datetime | None:
     """GitHub's `2024-05-01T12:00:00Z` as an aware UTC datetime."""
     if not value:
         return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def wanted(repo: dict[str, Any], settings: dict[str, Any]) -> bool:
