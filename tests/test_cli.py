@@ -13,32 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN
+from .conftest import TOKEN, one_line_error
 
 COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "list"], ["tenant", "key"], ["tenant", "disable"], ["tenant", "enable"],
             ["integration", "add"], ["integration", "list"], ["integration", "disable"], ["integration", "enable"],
             ["integration", "set"], ["sync"], ["jobs"], ["prune"], ["dead-letters"], ["dead-letters", "list"],
             ["dead-letters", "replay"], ["dead-letters", "drop"], ["search"], ["worker"], ["sandbox"], ["status-server"]]
-
-
-@pytest.fixture
-def cli(tmp_path):
-    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
-           "GITHUB_TOKEN": TOKEN}
-
-    def run(*args, **extra_env):
-        return subprocess.run([sys.executable, "-m", "ghetl", *args], env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=120)
-
-    return run
-
-
-def one_line_error(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
-    assert result.returncode != 0, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ghetl")

@@ -22,9 +22,8 @@ from ghetl.broker import MemoryBroker
 from ghetl.sync import sync
 from ghetl.workers import Pipeline
 
-from .conftest import TOKEN, Backend, add_tenant
+from .conftest import TOKEN, Backend, add_tenant, one_line_error
 from .support import wait_until
-from .test_cli import cli, one_line_error
 from .test_faults import RefusesOne
 
 

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 from ghetl.embeddings import HashingEmbedder
 from ghetl.workers import Pipeline
 
-from .conftest import PG_ADMIN_URL, TOKEN, Backend, add_tenant
+from .conftest import PG_ADMIN_URL, TOKEN, Backend, Workers, add_tenant
 from .support import wait_until
-from .test_scaleout import Workers, rabbitmqctl, stored_once, sync_remote, workers
+from .test_scaleout import rabbitmqctl, stored_once, sync_remote
 
 
 def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:

@@ -13,7 +13,6 @@ from ghetl import db, tenants
 from ghetl.prune import due, prune
 
 from .conftest import Backend, add_tenant
-from .test_cli import cli
 
 NOTHING = {"raw_extraction_data": 0, "etl_run_counts": 0, "http_cache": 0, "etl_job_runs": 0}
 

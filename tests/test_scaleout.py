@@ -13,14 +13,12 @@ import logging
 import os
 import pty
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +27,8 @@ import sqlalchemy as sa
 
 from ghetl.rabbitmq import PublishRejected, RabbitBroker
 
-from .conftest import TOKEN, Backend, _unavailable, add_tenant
+from .conftest import TOKEN, Backend, Workers, _unavailable, add_tenant
 from .support import delete_queues, wait_until
-
-FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -40,62 +36,6 @@ def rabbitmqctl(*args: str) -> None:
     if shutil.which("rabbitmqctl") is None:
         _unavailable("rabbitmqctl", FileNotFoundError("not on PATH; these tests need the RabbitMQ node on this machine"))
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
-class Workers:
-    """`ghetl worker` processes of one test, with their logs; all stopped at the end."""
-
-    def __init__(self, backend: Backend, logs: Path, **env: str) -> None:
-        self.backend = backend
-        self.logs = logs
-        self.env = {**os.environ, **backend.env, "GITHUB_TOKEN": TOKEN, **env}
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, stage: str, count: int = 1, *, concurrency: int = 1, wait: bool = True) -> list[subprocess.Popen[bytes]]:
-        stages = ("transform", "embedding") if stage == "all" else (stage,)
-        before = {s: self.backend.broker.consumer_count(s) for s in stages}  # type: ignore[attr-defined]
-        started = []
-        for _ in range(count):
-            log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ghetl", "worker", stage, "--concurrency", str(concurrency)],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-            log.close()
-            self.procs.append(proc)
-            started.append(proc)
-        if wait:
-            expected = {s: before[s] + count * concurrency for s in stages}
-            assert wait_until(
-                lambda: all(self.backend.broker.consumer_count(s) >= n for s, n in expected.items()),  # type: ignore[attr-defined]
-                timeout=60, interval=0.1,
-            ), f"workers did not attach to their queues: {self.log_text()}"
-        return started
-
-    def stop(self, timeout: float = 30) -> list[int]:
-        """SIGTERM every live worker; return their exit codes."""
-        live = [p for p in self.procs if p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        return [proc.wait(timeout) for proc in live]
-
-    def kill(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
-
-
-@pytest.fixture
-def workers(scaleout: Backend, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(scaleout, tmp_path, **FAST_RETRIES)
-    try:
-        yield pool
-    finally:
-        pool.kill()
 
 
 def sync_remote(backend: Backend, tenant: str, **kwargs: Any) -> Any:

@@ -31,7 +31,7 @@ from ghetl.statusserver import (
     changes,
 )
 
-from .conftest import TOKEN, Backend, _scaleout, add_tenant
+from .conftest import TOKEN, Backend, Workers, _scaleout, add_tenant
 from .status_helpers import (
     STAGES,
     STEP,
@@ -217,7 +217,6 @@ def scaleout() -> Iterator[Backend]:
 
 def test_events_from_worker_processes_reach_a_separate_status_server(scaleout, sandbox, token, tmp_path):
     """RabbitMQ end to end: `ghetl worker` processes -> fanout exchange -> `ghetl status-server` process."""
-    from .test_scaleout import Workers
 
     name = add_tenant(scaleout, sandbox)
     key = stream_key(scaleout, name)
