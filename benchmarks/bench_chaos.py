@@ -51,7 +51,7 @@ class Workers:
     def __init__(self, env: dict[str, str], count: int) -> None:
         self.env, self.count = env, count
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (the workers' log, open as long as the pool)
 
     def ensure(self) -> int:
         """Start as many as are missing; return how many were started."""

@@ -183,7 +183,7 @@ def fill(engine: sa.Engine, size: int, dimension: int, model: str) -> str:
             conn.execute(db.embeddings.insert(), [
                 {**scope, "table_name": "repositories", "external_id": str(i), "model": model,
                  "dimension": dimension, "vector": embeddings.to_bytes(v), "content_hash": "x"}
-                for i, v in zip(ids, vectors)
+                for i, v in zip(ids, vectors, strict=True)
             ])
     return "search-bench"
 

@@ -64,7 +64,7 @@ class PeakRss(threading.Thread):
         while True:
             try:
                 with open(f"/proc/{self.pid}/status") as status:
-                    line = next((l for l in status if l.startswith("VmHWM:")), None)
+                    line = next((text for text in status if text.startswith("VmHWM:")), None)
             except OSError:
                 return
             if line is None:  # a zombie: it has exited
@@ -246,7 +246,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
 
                 unsubscribe = broker.subscribe_status(record)
                 for _ in range(args.workers):
-                    log = tempfile.TemporaryFile()
+                    log = tempfile.TemporaryFile()  # noqa: SIM115  (read after the run, closed with `logs`)
                     logs.append(log)
                     workers.append(profile(f"worker{len(workers)}", subprocess.Popen(
                         [sys.executable, "-m", "ghetl", "worker", "all", "--concurrency", str(args.concurrency)],
@@ -289,7 +289,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                     profiler.wait(30)
                 for proc in workers:
                     proc.send_signal(signal.SIGTERM)
-                worker_usage = [(proc.pid, wait4(proc, 60, peak)) for proc, peak in zip(workers, worker_peaks)]
+                worker_usage = [(proc.pid, wait4(proc, 60, peak)) for proc, peak in zip(workers, worker_peaks, strict=True)]
                 published = sum(_published(log) for log in logs)
                 with lock:
                     run_events = [e for e in events if e.get("run_id") == result["run_id"]]

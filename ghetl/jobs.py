@@ -524,4 +524,4 @@ def _fail_locked(conn: Connection, job: dict[str, Any], message: str) -> list[Ev
         .where(etl_job_runs.c.run_id == run_id)
         .values(overall="FAILED", finished_at=now, error_message=message)
     )
-    return events + [job_event(job["tenant_id"], job["id"], run_id, "FAILED", error=message)]
+    return [*events, job_event(job["tenant_id"], job["id"], run_id, "FAILED", error=message)]

@@ -61,6 +61,7 @@ terminal is followed too, at the poll's pace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
 import hmac
@@ -295,10 +296,8 @@ class StatusServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Close every connection (code 1001), stop listening, and wait for the thread to end."""
         if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._stopping.set)
-            except RuntimeError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -358,10 +357,8 @@ class StatusServer:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._dispatch, event)
-        except RuntimeError:
-            pass
 
     def _resubscribed(self) -> None:
         """Called on the broker's thread each time its subscription is bound: after a loss, what
@@ -369,10 +366,8 @@ class StatusServer:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._resync_all, "reconnect")
-        except RuntimeError:
-            pass
 
     def _resync_all(self, reason: str) -> None:
         for subscription in self._clients:

@@ -279,7 +279,7 @@ class _Consumers:
         self._threads = [
             threading.Thread(target=self._consume, args=(broker, stage, deliver, n, stop),
                              name=f"ghetl-{stage}-consumers", daemon=True)
-            for stage, n in zip(broker_mod.STAGE_QUEUES, per_stage)
+            for stage, n in zip(broker_mod.STAGE_QUEUES, per_stage, strict=True)
         ]
         for thread in self._threads:
             thread.start()
@@ -387,7 +387,7 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batc
     return [
         {"raw_data_id": raw_id, "external_id": row["external_id"], "parent_external_id": row["parent_external_id"],
          "first_item": False, "last_item": False, "last_job_item": False}
-        for raw_id, row in zip(ids, rows)
+        for raw_id, row in zip(ids, rows, strict=True)
     ]
 
 

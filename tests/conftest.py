@@ -222,12 +222,11 @@ class Workers:
         before = {s: self.backend.broker.consumer_count(s) for s in stages}  # type: ignore[attr-defined]
         started = []
         for _ in range(count):
-            log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ghetl", "worker", stage, "--concurrency", str(concurrency)],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-            log.close()
+            with open(self.logs / f"worker-{len(self.procs)}.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ghetl", "worker", stage, "--concurrency", str(concurrency)],
+                    env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+                )
             self.procs.append(proc)
             started.append(proc)
         if wait:

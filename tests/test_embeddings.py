@@ -260,7 +260,7 @@ def test_hashing_vectors_are_those_of_the_model_definition() -> None:
     assert np.allclose(got, expected, atol=1e-6)
     assert embedder._features(texts[2]) == ["topic", "ci", "cd", "test", "test", "topic ci", "ci cd", "cd test",
                                             "test test"]
-    for text in texts + ["a_b__c ___ d_", "ÉTÉ_Naïve 12_x__"]:
+    for text in [*texts, "a_b__c ___ d_", "ÉTÉ_Naïve 12_x__"]:
         assert embedder._hashes(text) == [zlib.crc32(f.encode()) for f in embedder._features(text)]
 
 

@@ -112,7 +112,7 @@ def test_sync_notebook_syncs_an_existing_tenant_in_full(kernel_env, embedded, ma
                       database_url=embedded.database_url, sandbox_repos=3)
 
     runs = frames.runs("globex-corp", engine=embedded.engine)
-    assert list(runs["run_id"])[0] == first.run_id
+    assert runs["run_id"].iloc[0] == first.run_id
     assert list(runs["full"]) == [True, True] and list(runs["items"]) == [40, 40]  # incremental would be 1
     assert set(frames.repositories("globex-corp", engine=embedded.engine)["full_name"]) == {
         r["full_name"] for r in sandbox.repos("globex")}

@@ -519,7 +519,7 @@ def test_themes_of_ground_truth():
     themes = [sb.themes_of(r["full_name"]) for r in repos]
     assert all(t and set(t) <= set(THEMES) for t in themes)
     assert len({t[0] for t in themes}) >= 12
-    payments = [r for r, t in zip(repos, themes) if t == ["payments"] and r["description"]]
+    payments = [r for r, t in zip(repos, themes, strict=True) if t == ["payments"] and r["description"]]
     vocabulary = {w for p in THEMES["payments"].phrases + THEMES["payments"].actions for w in p.lower().split()}
     assert all(set(r["description"].lower().replace(":", "").split()) & vocabulary for r in payments)
     assert sb.themes_of(repos[0]["id"]) == themes[0]

@@ -7,6 +7,7 @@ difference is listed here with the reason.
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 from datetime import datetime
@@ -46,7 +47,7 @@ def octokit(name: str) -> list[dict]:
     records = json.loads((RECORDINGS / "octokit-fixtures" / name).read_text())
     for record in records:
         raw = record["rawHeaders"]
-        record["headers"] = list(zip(raw[::2], raw[1::2]))
+        record["headers"] = list(zip(raw[::2], raw[1::2], strict=True))
     return records
 
 
@@ -61,10 +62,8 @@ def pygithub(name: str) -> list[dict]:
         chunk = lines[i:i + 10]
         i += 10
         body = chunk[9]
-        try:
+        with contextlib.suppress(ValueError):
             body = json.loads(body)
-        except ValueError:
-            pass
         records.append({"method": chunk[1], "path": chunk[4], "status": int(chunk[7]),
                         "headers": ast.literal_eval(chunk[8]), "response": body})
     return records

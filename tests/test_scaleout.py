@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import itertools
 import logging
 import os
 import pty
@@ -152,7 +153,7 @@ def test_parallel_workers_finish_each_stage_only_when_every_item_passed(
         if status["overall"] == "FINISHED":
             assert circles["embedding"] == "finished"
     last_sync = [s.last_sync_date for s in snapshots]
-    changes = sum(1 for a, b in zip(last_sync, last_sync[1:]) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(last_sync) if a != b)
     assert changes == 1 and last_sync[-1] is not None
     assert scaleout.scalar("SELECT count(*) FROM etl_job_runs WHERE overall = 'FINISHED'") == 1
     assert workers.stop() == [0] * 6

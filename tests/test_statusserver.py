@@ -130,7 +130,7 @@ def test_two_tenants_syncing_at_once_each_see_only_their_own(backend, sandbox, t
     for thread in threads:
         thread.join(120)
 
-    for name, total in zip(names, (500, 12)):
+    for name, total in zip(names, (500, 12), strict=True):
         result, client = results[name], clients[name]
         assert result.overall == "FINISHED"
         client.until_run_ends(result.run_id)
@@ -174,7 +174,7 @@ def _flood(backend: Backend, reader: Client, tenant: int, job: int, count: int, 
                   for n in range(start, min(start + batch, count))]
         backend.broker.publish_status(events)
         last = events[-1]["processed"]
-        reader.until(lambda ms: any(m.get("processed") == last for m in ms))
+        reader.until(lambda ms, last=last: any(m.get("processed") == last for m in ms))
 
 
 def test_a_stalled_client_loses_its_backlog_for_a_snapshot(embedded, sandbox, token):

@@ -147,7 +147,9 @@ def test_a_child_item_keeps_its_parent_key_through_every_stage(
 
 
 def test_a_step_whose_parent_is_missing_is_refused() -> None:
-    with pytest.raises(ValueError, match="depends on 'toy_repos', which is not an earlier step of the job"):
-        with steps.registered(CHILD):
-            pass
+    with (
+        pytest.raises(ValueError, match="depends on 'toy_repos', which is not an earlier step of the job"),
+        steps.registered(CHILD),
+    ):
+        pass
     assert "github_repositories" in steps.registry()

@@ -11,6 +11,7 @@ send with TCP_NODELAY so that 100 pages of 100 repositories stream in about a se
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -97,10 +98,8 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             still_open = list(self._open)
         for connection in still_open:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
         """A client that hangs up (e.g. after its own timeout during a delay fault) is normal here."""
