@@ -95,7 +95,9 @@ def decode(body: bytes) -> dict[str, Any]:
         if raw_id is not None and not isinstance(raw_id, int):
             raise PoisonMessage(f"raw_data_id must be an integer or null, got {raw_id!r}")
         if raw_id is None and item.get("external_id") is None and not item["last_item"]:
-            raise PoisonMessage("an item needs raw_data_id or external_id, or must be a step's completion item (last_item)")
+            raise PoisonMessage(
+                "an item needs raw_data_id or external_id, or must be a step's completion item (last_item)"
+            )
     return message
 
 

@@ -316,7 +316,8 @@ def engine(url: str | None = None) -> Engine:
             _engines[url] = _create_engine(url)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as exc:
             raise ValueError(
-                f"cannot use the database URL '{logs.safe_url(url)}' ({logs.first_line(exc)}); set GHETL_DATABASE_URL to "
+                f"cannot use the database URL '{logs.safe_url(url)}' ({logs.first_line(exc)}); "
+                "set GHETL_DATABASE_URL to "
                 "postgresql+psycopg2://USER@HOST:5432/DATABASE or sqlite:///PATH"
             ) from exc
     return _engines[url]
@@ -418,7 +419,9 @@ def _upsert_statement(
         conditions.append(table.c[changed_when].is_distinct_from(stmt.excluded[changed_when]))
     if newest is not None:
         conditions.append(_not_older(table, stmt.excluded, *newest))
-    return stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=sa.and_(*conditions) if conditions else None)
+    return stmt.on_conflict_do_update(
+        index_elements=keys, set_=updated, where=sa.and_(*conditions) if conditions else None
+    )
 
 
 def _not_older(table: sa.Table, excluded: Any, version: str, fetched: str) -> Any:

@@ -113,7 +113,8 @@ def jobs(tenant: str | int | None = None, *, engine: sa.Engine | None = None) ->
                   "job_name": job["job_name"], "overall": job["status"]["overall"]}
         for step, circles in job["status"]["steps"].items():
             record.update({f"{step}.{stage}": circles[stage] for stage in STAGES})
-        record.update({k: job[k] for k in ("last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message")})
+        record.update({k: job[k] for k in
+                       ("last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message")})
         records.append(record)
     if not records:
         return pd.DataFrame(columns=["job_id", "tenant", "integration_id", "job_name", "overall"])
@@ -134,7 +135,8 @@ def runs(tenant: str | int, *, engine: sa.Engine | None = None) -> pd.DataFrame:
         ).mappings().all()
     records = [
         {
-            **{k: run[k] for k in ("run_id", "job_id", "started_at", "finished_at", "overall", "full", "error_message")},
+            **{k: run[k] for k in
+               ("run_id", "job_id", "started_at", "finished_at", "overall", "full", "error_message")},
             "seconds": (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None,
             "items": sum(run["totals"].values()),
             **{k: run["stats"].get(k, 0) for k in ("requests", "not_modified", "rate_limit_points", "deactivated")},
@@ -191,7 +193,9 @@ def _two_runs(conn: sa.Connection, tenant_id: int, before: str | None, after: st
     ids = [r["run_id"] for r in rows]
     for run_id in (before, after):
         if run_id is not None and run_id not in ids:
-            raise LookupError(f"tenant {tenant_id} has no run '{run_id}'; see ghetl.frames.runs(tenant) for its run ids")
+            raise LookupError(
+                f"tenant {tenant_id} has no run '{run_id}'; see ghetl.frames.runs(tenant) for its run ids"
+            )
     second = ids.index(after) if after is not None else len(ids) - 1
     first = ids.index(before) if before is not None else second - 1
     if first < 0:

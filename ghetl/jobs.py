@@ -162,7 +162,9 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
         .values(status=status, run_id=run_id, last_run_started_at=now, heartbeat_at=now, error_message=None)
     ).rowcount
     if claimed != 1:
-        raise AlreadyRunning(f"job {job['id']} ({job['job_name']}) is already running; wait for it or check: ghetl jobs")
+        raise AlreadyRunning(
+            f"job {job['id']} ({job['job_name']}) is already running; wait for it or check: ghetl jobs"
+        )
     if current["run_id"]:
         conn.execute(
             etl_job_runs.update()
@@ -180,7 +182,8 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
     conn.execute(
         etl_job_runs.insert().values(
             run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, anonymous=anonymous,
-            cutoff=cutoff, started_at=now, overall="RUNNING", stats={"settings": settings} if settings else {}, totals={},
+            cutoff=cutoff, started_at=now, overall="RUNNING", stats={"settings": settings} if settings else {},
+            totals={},
             host=owner.host, pid=owner.pid, process_started=owner.started,
         )
     )
@@ -211,7 +214,9 @@ def _lock_job(conn: Connection, job_id: int) -> dict[str, Any]:
     return dict(conn.execute(query).mappings().one())
 
 
-def _move(job: dict[str, Any], run_id: str, step: str, stage: str, new: str, events: list[Event], **counts: Any) -> None:
+def _move(
+    job: dict[str, Any], run_id: str, step: str, stage: str, new: str, events: list[Event], **counts: Any
+) -> None:
     """Change one circle in the locked job's status (in memory) and record the event."""
     job["status"]["steps"][step][stage] = new
     events.append(stage_event(job["tenant_id"], job["id"], run_id, step, stage, new, **counts))
@@ -278,7 +283,9 @@ def extraction_done(
 
 def heartbeat(conn: Connection, run: Run) -> None:
     conn.execute(
-        etl_jobs.update().where(etl_jobs.c.id == run.job_id, etl_jobs.c.run_id == run.run_id).values(heartbeat_at=utcnow())
+        etl_jobs.update()
+        .where(etl_jobs.c.id == run.job_id, etl_jobs.c.run_id == run.run_id)
+        .values(heartbeat_at=utcnow())
     )
 
 

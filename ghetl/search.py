@@ -90,7 +90,8 @@ def _active_keys(tenant_id: int) -> sa.Select:
 
 def _vectors_of(tenant_id: int, embedder: embeddings.Embedder) -> sa.Select:
     """The tenant's repository vectors of this embedder's model."""
-    return sa.select(embeddings_table.c.integration_id, embeddings_table.c.external_id, embeddings_table.c.vector).where(
+    columns = embeddings_table.c
+    return sa.select(columns.integration_id, columns.external_id, columns.vector).where(
         embeddings_table.c.tenant_id == tenant_id,
         embeddings_table.c.table_name == repositories.name,
         embeddings_table.c.model == embedder.model,

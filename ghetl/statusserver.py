@@ -414,9 +414,11 @@ class StatusServer:
             except tenants.NotFound:
                 tenant = None
             if tenant is None or not tenants.check_key(conn, tenant["id"], key):
-                raise Refused(4403, f"wrong key for tenant '{name[:40]}' or no such tenant; issue a key: ghetl tenant key NAME")
+                raise Refused(4403, f"wrong key for tenant '{name[:40]}' or no such tenant; "
+                                    "issue a key: ghetl tenant key NAME")
             if job_id is not None and not any(j["id"] == job_id for j in jobs.list_jobs(conn, tenant["id"])):
-                raise Refused(4404, f"tenant '{tenant['name'][:40]}' has no job {job_id}; see: ghetl jobs --tenant NAME")
+                raise Refused(4404, f"tenant '{tenant['name'][:40]}' has no job {job_id}; "
+                                    "see: ghetl jobs --tenant NAME")
         return tenant, job_id, key
 
     async def _send(self, ws: ServerConnection, subscription: Subscription, tenant: dict[str, Any]) -> None:
@@ -505,7 +507,8 @@ def _job_states(engine: sa.Engine, before: dict[int, dict[str, Any]]) -> dict[in
             old["status"]["overall"] == "RUNNING" or old["run_id"] != job["run_id"]))
 
     with engine.connect() as conn:
-        return {j["id"]: {**j, "progress": jobs.job_progress(conn, j) if counted(j) else {}} for j in jobs.list_jobs(conn)}
+        return {j["id"]: {**j, "progress": jobs.job_progress(conn, j) if counted(j) else {}}
+                for j in jobs.list_jobs(conn)}
 
 
 def changes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> Iterator[Event]:

@@ -122,7 +122,8 @@ def sync(
     unsubscribe: Callable[[], None] | None = None
     ended = False
     try:
-        log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
+        log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"],
+                 run.run_id)
         unsubscribe = _listen(broker, run.run_id, progress, on_event)
         broker.publish_status(events)
         if run_workers:
@@ -249,7 +250,8 @@ def _client(tenant: str, integration: dict[str, Any], token: str | None, policy:
     except httpx.InvalidURL as exc:
         raise ValueError(
             f"integration {integration['id']} has an invalid API URL '{safe_url(integration['api_url'])}' ({exc}); "
-            f"add one with a valid URL: ghetl integration add --tenant {tenant} --owner {integration['owner']} --api-url URL"
+            f"add one with a valid URL: ghetl integration add --tenant {tenant} --owner {integration['owner']} "
+            "--api-url URL"
         ) from None
 
 

@@ -122,7 +122,9 @@ def set_tenant_active(conn: Connection, name: str | int, active: bool) -> dict[s
     return tenant
 
 
-def set_integration_active(conn: Connection, tenant: str | int, integration_id: int | None, active: bool) -> dict[str, Any]:
+def set_integration_active(
+    conn: Connection, tenant: str | int, integration_id: int | None, active: bool
+) -> dict[str, Any]:
     """Enable or disable one integration of a tenant; return it as it was before."""
     integration = get_integration(conn, get_tenant(conn, tenant)["id"], integration_id, include_disabled=True)
     conn.execute(integrations.update().where(integrations.c.id == integration["id"]).values(active=active))
@@ -194,7 +196,9 @@ def _stored(parsed: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
 
 
-def update_settings(conn: Connection, integration_id: int, settings: str | dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def update_settings(
+    conn: Connection, integration_id: int, settings: str | dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
     """Replace an integration's settings, validated as `add_integration` validates them; return
     what changed, {key: (old, new)}.
 

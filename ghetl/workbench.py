@@ -212,7 +212,8 @@ class TokenCheck:
         return int(self.rate.loc[resource, "remaining"])
 
     def describe(self) -> str:
-        scopes = ", ".join(self.scopes) if self.scopes else "none reported (a fine-grained or app token: check its repository access on GitHub)"
+        scopes = (", ".join(self.scopes) if self.scopes
+                  else "none reported (a fine-grained or app token: check its repository access on GitHub)")
         return "\n".join([
             f"token from ${self.token_env} accepted by {self.api_url}",
             f"scopes:  {scopes}",

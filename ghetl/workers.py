@@ -346,7 +346,8 @@ class Pipeline:
                     self.broker.publish("embedding", [{**message, "items": end}])
                 self._advance(conn, message["run_id"])
         except Exception as exc:
-            log.error("could not record the failure of a %s message (%s); its items stay pending", stage, first_line(exc))
+            log.error("could not record the failure of a %s message (%s); its items stay pending",
+                      stage, first_line(exc))
             log.debug("the failure to record it", exc_info=True)
 
 
@@ -431,7 +432,9 @@ def _rows_to_embed(step: steps.Step) -> sa.Select:
     )
 
 
-def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: dict[int, dict[str, Any]]) -> dict[int, str]:
+def _upsert_each_alone_on_failure(
+    conn: sa.Connection, step: steps.Step, rows: dict[int, dict[str, Any]]
+) -> dict[int, str]:
     """Upsert the batch in one statement; if the database refuses it, find the bad rows one by one.
 
     Errors of the database itself (connection lost, timeout) are raised: the whole message is
@@ -463,7 +466,8 @@ def _move(conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status
     """Move the run's items from one status to the next, counting only those that really moved."""
     if not ids:
         return
-    moved = conn.execute(_MOVE, {"ids": ids, "run": run_id, "from_status": from_status, "to_status": to_status}).rowcount
+    params = {"ids": ids, "run": run_id, "from_status": from_status, "to_status": to_status}
+    moved = conn.execute(_MOVE, params).rowcount
     jobs.count_items(conn, run_id, step, {from_status: -moved, to_status: moved})
 
 

@@ -163,7 +163,8 @@ class GitHubClient(Transport):
                     continue
                 self.stats.search_capped += 1
                 log.warning(
-                    "search for %r still has %d results within one second of creation dates; only the first %d can be read",
+                    "search for %r still has %d results within one second of creation dates; "
+                    "only the first %d can be read",
                     query + created(span), first.total_count, SEARCH_CAP,
                 )
             page: Page | None = first

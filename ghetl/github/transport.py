@@ -147,8 +147,8 @@ class Transport:
             "X-GitHub-Api-Version": API_VERSION,
             "User-Agent": f"ghetl/{__version__}",
         }
-        self._http = httpx.Client(headers=headers, timeout=self.policy.timeout, transport=transport, follow_redirects=True,
-                                  auth=self.auth)
+        self._http = httpx.Client(headers=headers, timeout=self.policy.timeout, transport=transport,
+                                  follow_redirects=True, auth=self.auth)
         self._buckets: dict[str, Bucket] = {}
         self.stats = Stats()
         # Built once per client rather than once per call: a Retrying and the state of its call
@@ -228,7 +228,9 @@ class Transport:
                     f"could not connect to GitHub at {self.api_url} ({what}) after {attempts}; "
                     "check the integration's API URL and the network"
                 ) from None
-            raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {short(url)} ({what}) after {attempts}") from None
+            raise GitHubUnavailable(
+                f"GitHub at {self.api_url} kept failing for {short(url)} ({what}) after {attempts}"
+            ) from None
 
     def _attempt(self, url: str, etag: str | None, body: dict[str, Any] | None) -> tuple[httpx.Response, Any]:
         resource = _resource(httpx.URL(url).path)
@@ -381,7 +383,9 @@ class Transport:
     def _jittered(self, state: tenacity.RetryCallState) -> float:
         """Exponential backoff plus random jitter, so that clients that failed together do not retry together."""
         policy = self.policy
-        wait = tenacity.wait_exponential_jitter(multiplier=policy.backoff, max=policy.backoff_max, jitter=policy.backoff)
+        wait = tenacity.wait_exponential_jitter(
+            multiplier=policy.backoff, max=policy.backoff_max, jitter=policy.backoff
+        )
         return wait(state)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:

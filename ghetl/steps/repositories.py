@@ -68,7 +68,9 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
     yield from _refetch_unlisted(ctx, seen)
 
 
-def _keep(ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _keep(
+    ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The items not met before in this run and updated since the cut-off, split into those the
     settings keep and those they no longer want.
 
