@@ -198,7 +198,8 @@ def main() -> None:
                 text = err.decode(errors="replace")
                 carried += sum(int(n) for n in re.findall(r"(\d+) \S.* items that earlier runs left unfinished", text))
                 last = text.strip().splitlines()[-1:] or [""]
-                print(f"  run {run:>2} {'full' if full else 'incr'} {failure if not missed else '-':<17} exit {proc.returncode:>3} "
+                print(f"  run {run:>2} {'full' if full else 'incr'} {failure if not missed else '-':<17} "
+                      f"exit {proc.returncode:>3} "
                       f"in {time.perf_counter() - started:5.1f} s  {last[0][:110]}", flush=True)
                 restarted += workers.ensure()
 

@@ -158,7 +158,8 @@ def throughput(repos: int) -> None:
     print(f"  embedding stage, alone         {result.overall}, {len(texts)} texts in {alone:.2f} s "
           f"({encode_alone:.2f} s of it in encode) -> {alone_rate:.0f} texts/s = {alone_rate / bare_rate:.1%} of bare")
     print(f"  embedding stage, in live sync  {live.overall}, {live_busy:.2f} s busy of {live_wall:.2f} s wall "
-          f"(extraction and transform share the cores) -> {live_rate:.0f} texts/s = {live_rate / bare_rate:.1%} of bare")
+          f"(extraction and transform share the cores) -> {live_rate:.0f} texts/s = "
+          f"{live_rate / bare_rate:.1%} of bare")
     print(f"  re-sync (full, unchanged)      {again.overall}, {unchanged} texts encoded")
 
 

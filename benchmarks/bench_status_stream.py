@@ -111,7 +111,8 @@ def main() -> None:
             for case in cases:
                 n += 1
                 results[case].append(run(case, tmp, n, api_url))
-    print(f"status stream cost, embedded default, full sync of {args.repos} repositories, {args.rounds} rounds (median)")
+    print(f"status stream cost, embedded default, full sync of {args.repos} repositories, "
+          f"{args.rounds} rounds (median)")
     for case, rows in results.items():
         assert all(r["overall_ok"] for r in rows), f"a sync did not finish: {case}"
         keys = [k for k in rows[0] if k != "overall_ok"]

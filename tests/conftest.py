@@ -217,7 +217,9 @@ class Workers:
         self.env = {**os.environ, **backend.env, "GITHUB_TOKEN": TOKEN, **env}
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, stage: str, count: int = 1, *, concurrency: int = 1, wait: bool = True) -> list[subprocess.Popen[bytes]]:
+    def start(
+        self, stage: str, count: int = 1, *, concurrency: int = 1, wait: bool = True
+    ) -> list[subprocess.Popen[bytes]]:
         stages = ("transform", "embedding") if stage == "all" else (stage,)
         before = {s: self.backend.broker.consumer_count(s) for s in stages}  # type: ignore[attr-defined]
         started = []

@@ -111,7 +111,8 @@ def test_jupyterlab_runs_the_notebook_and_the_circles_turn_green(jupyterlab):
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             page.wait_for_function(ALL_GREEN, timeout=45_000)
             circles = page.eval_on_selector_all(
-                ".ghetl-circle", "els => els.map(e => [e.dataset.stage, e.dataset.status, getComputedStyle(e).backgroundColor])")
+                ".ghetl-circle",
+                "els => els.map(e => [e.dataset.stage, e.dataset.status, getComputedStyle(e).backgroundColor])")
             badge = page.get_attribute(".ghetl-overall", "data-overall")
             page.locator(".ghetl-circle").first.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "live_status.png"), full_page=True)

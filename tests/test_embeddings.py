@@ -166,7 +166,9 @@ def test_failed_embedding_is_retried_then_failed_without_vector(
     assert all(np.abs(embeddings.from_bytes([v], 384)).sum() > 0 for (v,) in zero)
 
 
-def test_switching_model_reembeds_and_never_mixes(backend: Any, make_sandbox: Any, token: str, use_embedder: Any) -> None:
+def test_switching_model_reembeds_and_never_mixes(
+    backend: Any, make_sandbox: Any, token: str, use_embedder: Any
+) -> None:
     from ghetl.search import search
 
     sandbox = make_sandbox(orgs={"acme": 40}, seed=13)

@@ -94,7 +94,8 @@ def test_setup_tenant_is_all_or_nothing(embedded, sandbox):
 
 def test_ensure_tenant_keeps_an_existing_tenant_as_configured(embedded, sandbox):
     add_tenant(embedded, sandbox, name="acme-corp", owner="acme")
-    found = workbench.ensure_tenant("acme-corp", "other-org", api_url="https://ghe.example/api/v3", engine=embedded.engine)
+    found = workbench.ensure_tenant("acme-corp", "other-org", api_url="https://ghe.example/api/v3",
+                                    engine=embedded.engine)
 
     assert (found.created, found.owner, found.api_url, found.stream_key) == (False, "acme", sandbox.url, None)
     assert embedded.scalar("select count(*) from integrations") == 1

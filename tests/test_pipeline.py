@@ -72,7 +72,8 @@ def test_rows_carry_payload_fields_as_github_sent_them(backend, sandbox, tenant)
     backend.sync(tenant)
     repo = next(r for r in sandbox.repos("acme") if r.get("description") and r.get("topics") and r.get("license"))
     with backend.engine.connect() as conn:
-        row = conn.execute(sa.select(repositories).where(repositories.c.external_id == str(repo["id"]))).mappings().one()
+        query = sa.select(repositories).where(repositories.c.external_id == str(repo["id"]))
+        row = conn.execute(query).mappings().one()
     assert row["full_name"] == repo["full_name"]
     assert row["description"] == repo["description"]
     assert row["topics"] == repo["topics"]
@@ -249,7 +250,8 @@ def test_a_stale_run_no_longer_blocks_the_job(backend, sandbox, tenant):
     result = backend.sync(tenant)
 
     assert result.overall == "FINISHED"
-    assert backend.scalar("select count(*) from etl_job_runs where overall = 'FAILED' and error_message like 'superseded%'") == 1
+    assert backend.scalar(
+        "select count(*) from etl_job_runs where overall = 'FAILED' and error_message like 'superseded%'") == 1
 
 
 def test_a_run_nobody_works_on_ends_failed_once_and_an_advancing_one_does_not(backend, sandbox, tenant, monkeypatch):
@@ -433,7 +435,8 @@ def test_a_bad_item_fails_alone_and_the_next_run_retries_it(backend, sandbox, te
     assert first.overall == "FINISHED"
     assert first.counts["github_repositories"] == {"extracted": 500, "transformed": 499, "embedded": 499, "failed": 1}
     assert stored_ids(backend) == {str(r["id"]) for r in sandbox.repos("acme")} - {str(bad["id"])}
-    failed = backend.rows("select external_id, failed_stage, error_message from raw_extraction_data where status = 'failed'")
+    failed = backend.rows(
+        "select external_id, failed_stage, error_message from raw_extraction_data where status = 'failed'")
     assert [(f[0], f[1]) for f in failed] == [(str(bad["id"]), "transform")]
     assert "payload rejected for the test" in failed[0][2]
 
@@ -484,8 +487,8 @@ def test_consumers_that_die_end_the_sync_failed_instead_of_a_wait(embedded, sand
     assert job["status"]["overall"] == "FAILED" and "a consumer bug" in job["error_message"]
 
 
-UNKNOWN_RUN_MESSAGE = encode({"tenant_id": 1, "integration_id": 1, "job_id": 1, "run_id": "r1", "step": "github_repositories",
-                              "items": [{"raw_data_id": 1, "external_id": "1"}]})
+UNKNOWN_RUN_MESSAGE = encode({"tenant_id": 1, "integration_id": 1, "job_id": 1, "run_id": "r1",
+                              "step": "github_repositories", "items": [{"raw_data_id": 1, "external_id": "1"}]})
 
 
 def test_an_unreachable_database_puts_the_message_back_without_using_an_attempt(backend, tmp_path, caplog):

@@ -35,7 +35,8 @@ from .support import delete_queues, wait_until
 def rabbitmqctl(*args: str) -> None:
     """Operate the local RabbitMQ node (policies, stop/start), as the tests that need it must."""
     if shutil.which("rabbitmqctl") is None:
-        _unavailable("rabbitmqctl", FileNotFoundError("not on PATH; these tests need the RabbitMQ node on this machine"))
+        _unavailable("rabbitmqctl",
+                     FileNotFoundError("not on PATH; these tests need the RabbitMQ node on this machine"))
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
 
 
@@ -57,7 +58,8 @@ def test_a_publish_the_broker_refuses_raises(scaleout: Backend) -> None:
     broker = scaleout.broker
     queue = broker.queue("transform")  # type: ignore[attr-defined]
     policy = f"{queue}-full"
-    rabbitmqctl("set_policy", "--apply-to", "queues", policy, f"^{queue}$", '{"max-length": 2, "overflow": "reject-publish"}')
+    rabbitmqctl("set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+                '{"max-length": 2, "overflow": "reject-publish"}')
     try:
         broker.publish("transform", [{"n": 1}, {"n": 2}])
         with pytest.raises(PublishRejected, match="refused"):
@@ -235,7 +237,7 @@ def test_sync_repeats_the_no_workers_warning_while_nobody_consumes(
 
 def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
     env = {**os.environ, **scaleout.env, "GHETL_BROKER_URL": "memory://"}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert "GHETL_BROKER_URL=amqp://" in done.stderr and "Traceback" not in done.stderr
 
@@ -243,16 +245,23 @@ def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
 def test_worker_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
            "GHETL_BROKER_URL": "amqp://guest:s3cretpass@127.0.0.1:1/%2F"}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/")
     assert "s3cretpass" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_worker_on_a_database_without_schema_exits_with_one_line(scaleout: Backend, database_without_schema: str) -> None:
+def run_worker_all(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_worker_on_a_database_without_schema_exits_with_one_line(
+    scaleout: Backend, database_without_schema: str
+) -> None:
     """Started anyway, it would take every message and fail it."""
     env = {**os.environ, **scaleout.env, "GHETL_DATABASE_URL": database_without_schema}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: no ghetl schema at ") and done.stderr.endswith("run: ghetl init\n")
     assert len(done.stderr.splitlines()) == 1
@@ -260,7 +269,7 @@ def test_worker_on_a_database_without_schema_exits_with_one_line(scaleout: Backe
 
 def test_worker_on_an_unreachable_database_exits_with_one_line(scaleout: Backend) -> None:
     env = {**os.environ, **scaleout.env, "GHETL_DATABASE_URL": "postgresql+psycopg2://postgres:s3cretpass@127.0.0.1:1/x"}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: database unavailable") and "GHETL_DATABASE_URL" in done.stderr
     assert "s3cretpass" not in done.stderr and len(done.stderr.splitlines()) == 1

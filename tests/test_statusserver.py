@@ -119,7 +119,8 @@ def test_a_client_without_the_right_key_is_refused_with_the_reason(embedded, san
 
 
 def test_two_tenants_syncing_at_once_each_see_only_their_own(backend, sandbox, token, server):
-    names = [add_tenant(backend, sandbox, name="tenant-a"), add_tenant(backend, sandbox, name="tenant-b", owner="octocat")]
+    names = [add_tenant(backend, sandbox, name="tenant-a"),
+             add_tenant(backend, sandbox, name="tenant-b", owner="octocat")]
     clients = {name: Client(server.url, name, stream_key(backend, name)) for name in names}
     for client in clients.values():
         client.until(lambda ms: len(ms) >= 1)
@@ -180,7 +181,8 @@ def _flood(backend: Backend, reader: Client, tenant: int, job: int, count: int, 
 def test_a_stalled_client_loses_its_backlog_for_a_snapshot(embedded, sandbox, token):
     tenant = add_tenant(embedded, sandbox)
     with healthy_and_stalled(embedded, tenant, queue_size=16, flood=2000) as (healthy, stalled_sub, stalled):
-        assert [m["processed"] for m in healthy.messages[1:]] == list(range(2000)), "the healthy client got all, in order"
+        processed = [m["processed"] for m in healthy.messages[1:]]
+        assert processed == list(range(2000)), "the healthy client got all, in order"
         assert stalled_sub.dropped > 0 and stalled_sub.resyncs >= 1
         assert stalled_sub.queue.qsize() <= 16, "the stalled client's backlog stays bounded"
         assert stalled_sub.delivered < 2000
@@ -368,7 +370,8 @@ def test_after_the_subscription_comes_back_every_client_gets_a_snapshot(scaleout
 
 def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:
     steps = {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "idle"), **circles}}
-    return {"jobs": [{"job_id": 1, "run_id": run_id, "overall": overall, "status": {"overall": overall, "steps": steps}}]}
+    status = {"overall": overall, "steps": steps}
+    return {"jobs": [{"job_id": 1, "run_id": run_id, "overall": overall, "status": status}]}
 
 
 def test_the_guard_drops_what_would_move_a_circle_backwards():
@@ -388,7 +391,8 @@ def test_the_guard_drops_what_would_move_a_circle_backwards():
 
 def _polled(run_id: str, overall: str, progress: dict | None = None, **circles: str) -> dict:
     job = _snapshot_of(run_id, overall, **circles)["jobs"][0]
-    return {1: {"tenant_id": 5, "run_id": run_id, "status": job["status"], "error_message": None, "progress": progress or {}}}
+    return {1: {"tenant_id": 5, "run_id": run_id, "status": job["status"], "error_message": None,
+                "progress": progress or {}}}
 
 
 def test_polled_finished_events_carry_the_final_counts(embedded, sandbox, token):

@@ -75,7 +75,8 @@ def detail_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
 PARENT = steps.Step(
     name="toy_repos", display_name="Toy Repositories", order=1, table=toy_repos, extract=extract_repos,
     to_row=repo_row, upsert=lambda conn, rows: db.upsert(conn, toy_repos, rows, KEYS),
-    embed_text=lambda row: f"{row['full_name']} {row.get('description') or ''}", embed_columns=("full_name", "description"),
+    embed_text=lambda row: f"{row['full_name']} {row.get('description') or ''}",
+    embed_columns=("full_name", "description"),
 )
 CHILD = steps.Step(
     name="toy_details", display_name="Toy Details", order=2, table=toy_details, extract=extract_details,
