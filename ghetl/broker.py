@@ -53,7 +53,7 @@ def max_attempts() -> int:
 
 def retry_delay(attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: doubling from GHETL_RETRY_DELAY (default 1 s), capped at a minute."""
-    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0, minimum=0) * 2 ** (attempt - 1))
+    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0, minimum=0) * 2.0 ** (attempt - 1))
 
 
 def check_settings() -> None:

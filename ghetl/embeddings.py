@@ -158,7 +158,10 @@ class SentenceEmbedder:
         finally:
             if bars:
                 transformers_logging.enable_progress_bar()
-        self.dimension = int(self.encoder.get_embedding_dimension())
+        dimension = self.encoder.get_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"the model {self.model} does not say the dimension of its vectors")
+        self.dimension = int(dimension)
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -8,7 +8,7 @@ GHETL_DATABASE_URL unless one is given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -75,7 +75,7 @@ def _payload_query(tenant_id: int, entity: str) -> sa.Select:
     )
 
 
-def _latest_payloads(conn: sa.Connection, tenant_id: int, entity: str, as_of: Any = None) -> list[Any]:
+def _latest_payloads(conn: sa.Connection, tenant_id: int, entity: str, as_of: Any = None) -> Sequence[Any]:
     """The newest payload per item, optionally only among runs that started by `as_of`."""
     r = raw_extraction_data.c
     newest = sa.select(sa.func.max(r.id)).where(r.tenant_id == tenant_id, r.entity_type == entity)
@@ -85,7 +85,7 @@ def _latest_payloads(conn: sa.Connection, tenant_id: int, entity: str, as_of: An
     return conn.execute(_payload_query(tenant_id, entity).where(r.id.in_(newest))).all()
 
 
-def _flatten(rows: list[Any]) -> pd.DataFrame:
+def _flatten(rows: Sequence[Any]) -> pd.DataFrame:
     meta = pd.DataFrame([tuple(r[:5]) for r in rows], columns=RAW_META)
     if not rows:
         return meta
@@ -172,7 +172,7 @@ def changes_between_runs(
         old = _rows_by_id(step, _latest_payloads(conn, tenant_id, entity, first["started_at"]))
         new = _rows_by_id(step, _latest_payloads(conn, tenant_id, entity, second["started_at"]))
         removed = _removed(conn, tenant_id, step.table, first, second) if "active" in step.table.c else []
-    records = []
+    records: list[tuple[Any, ...]] = []
     for external_id, row in new.items():
         if external_id not in old:
             records.append((external_id, row["full_name"], "added", None, None, None))
@@ -204,11 +204,11 @@ def _two_runs(conn: sa.Connection, tenant_id: int, before: str | None, after: st
 
 
 def _rows_by_id(step: steps.Step, payloads: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    identity = {"tenant_id": None, "integration_id": None}
+    identity: steps.RowContext = {"tenant_id": None, "integration_id": None}
     return {p.external_id: step.to_row(p.raw_data, identity) for p in payloads}
 
 
-def _removed(conn: sa.Connection, tenant_id: int, table: sa.Table, first: dict, second: dict) -> list[Any]:
+def _removed(conn: sa.Connection, tenant_id: int, table: sa.Table, first: dict, second: dict) -> Sequence[Any]:
     """Rows marked inactive after the earlier run ended and before the later one did."""
     end = second["finished_at"] or db.utcnow()
     return conn.execute(

@@ -61,11 +61,12 @@ def initial_status() -> dict[str, Any]:
 
 
 def create_github_job(conn: Connection, tenant_id: int, integration_id: int) -> int:
-    return conn.execute(
+    job_id: int = conn.execute(
         etl_jobs.insert()
         .values(tenant_id=tenant_id, integration_id=integration_id, job_name=steps.JOB_NAME, status=initial_status())
         .returning(etl_jobs.c.id)
     ).scalar_one()
+    return job_id
 
 
 def get_job(conn: Connection, tenant_id: int, integration_id: int) -> dict[str, Any]:
@@ -406,6 +407,7 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
     if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
         return []
     run = get_run(conn, run_id)
+    assert run is not None, run_id  # the job's current run: its row is written with the job's run_id
     job["status"] = copy.deepcopy(job["status"])
     moves, events = _stage_changes(job, run["totals"], item_counts(conn, run_id))
     for step, stage, counts in moves:

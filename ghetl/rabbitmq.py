@@ -49,7 +49,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -109,7 +109,7 @@ class Backoff:
 
     def next(self) -> float:
         self.failures += 1
-        return min(10.0, 0.2 * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        return min(10.0, 0.2 * 2.0 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
 
 
 class Outgoing(NamedTuple):
@@ -425,9 +425,9 @@ class RabbitBroker:
         with self._channel() as channel:
             while True:
                 method, properties, body = channel.basic_get(self.dead_queue, auto_ack=False)
-                if method is None:
+                if method is None or properties is None or body is None:
                     break
-                headers = properties.headers or {}
+                headers: Mapping[str, Any] = properties.headers or {}
                 letters.append(DeadLetter(str(headers.get(STAGE, "")), body, str(headers.get(REASON, "")),
                                           int(headers.get(ATTEMPTS, 0)), headers.get(LETTER)))
         return letters
@@ -440,9 +440,11 @@ class RabbitBroker:
         with self._channel() as channel:
             while True:
                 method, properties, _body = channel.basic_get(self.dead_queue, auto_ack=False)
-                if method is None:
+                if method is None or properties is None:
                     break
-                if (properties.headers or {}).get(LETTER) in letters:
+                headers: Mapping[str, Any] = properties.headers or {}
+                if headers.get(LETTER) in letters:
+                    assert method.delivery_tag is not None  # pika sets it on every message it hands over
                     channel.basic_ack(method.delivery_tag)
 
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
@@ -473,7 +475,7 @@ class RabbitBroker:
             for method, properties, body in channel.consume(self.queue(stage), inactivity_timeout=0.25):
                 if stop.is_set():
                     break
-                if method is not None:
+                if method is not None and body is not None:
                     self._handle(channel, stage, deliver, method, properties, body, stop)
             channel.cancel()
         finally:
@@ -484,9 +486,10 @@ class RabbitBroker:
                 stop: threading.Event) -> None:
         attempt = _attempt(properties)
         if method.redelivered:
-            attempt = self._count_lost_attempt(channel, stage, method, body, attempt)
-            if attempt is None:
+            counted = self._count_lost_attempt(channel, stage, method, body, attempt)
+            if counted is None:
                 return
+            attempt = counted
         try:
             outcome = _keeping_connection_alive(channel.connection, deliver, stage, body, attempt)
         except Exception as exc:  # a bug in a handler must not kill the consumer nor loop forever
@@ -600,7 +603,7 @@ class RabbitBroker:
                     for method, _properties, body in channel.consume(name, auto_ack=True, inactivity_timeout=0.1):
                         if stop.is_set():
                             break
-                        if method is not None:
+                        if method is not None and body is not None:
                             _call(callback, body)
             except CONNECTION_ERRORS as exc:
                 delay = backoff.next()
@@ -640,7 +643,8 @@ def _keeping_connection_alive(connection: pika.BlockingConnection, deliver: Deli
         connection.process_data_events(time_limit=0)
     if "error" in result:
         raise result["error"]
-    return result["outcome"]
+    outcome: Outcome = result["outcome"]
+    return outcome
 
 
 def _pause(connection: pika.BlockingConnection, seconds: float, stop: threading.Event) -> None:

@@ -77,7 +77,8 @@ def _best(scores: np.ndarray, keys: list[tuple[int, str]], limit: int) -> list[i
     """Indexes of the `limit` highest scores; ties go by key, so the same search gives the same answer."""
     k = min(limit, len(scores))
     kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    return sorted(np.flatnonzero(scores >= kth), key=lambda i: (-scores[i], keys[i]))[:limit]
+    candidates = [int(i) for i in np.flatnonzero(scores >= kth)]
+    return sorted(candidates, key=lambda i: (-scores[i], keys[i]))[:limit]
 
 
 # Plain queries matched up here rather than one SQL join: on freshly filled PostgreSQL tables

@@ -384,7 +384,9 @@ class StatusServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         try:
-            tenant, job_id, key = await asyncio.to_thread(self._authorise, ws.request)
+            request = ws.request
+            assert request is not None  # websockets calls the handler after the opening handshake
+            tenant, job_id, key = await asyncio.to_thread(self._authorise, request)
         except Refused as refused:
             log.info("refused a status client: %s", refused.reason)
             await ws.close(refused.code, refused.reason)

@@ -25,7 +25,9 @@ from .db import etl_jobs, integrations, tenants
 log = logging.getLogger(__name__)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME_LENGTH = tenants.c.name.type.length
+_NAME_TYPE = tenants.c.name.type
+assert isinstance(_NAME_TYPE, sa.String) and _NAME_TYPE.length is not None  # the schema's VARCHAR(n)
+_NAME_LENGTH: int = _NAME_TYPE.length
 _TOKEN_LIKE = re.compile(r"^(gh[pousr]_|github_pat_)|^[0-9A-Fa-f]{40}$")
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 
@@ -87,8 +89,10 @@ def rotate_key(conn: Connection, name: str) -> str:
 
 
 def check_key(conn: Connection, tenant_id: int, key: str) -> bool:
-    stored = conn.execute(sa.select(tenants.c.stream_key_hash).where(tenants.c.id == tenant_id)).scalar()
-    return bool(stored) and hmac.compare_digest(stored, hash_key(key))
+    stored: str | None = conn.execute(sa.select(tenants.c.stream_key_hash).where(tenants.c.id == tenant_id)).scalar()
+    if not stored:
+        return False
+    return hmac.compare_digest(stored, hash_key(key))
 
 
 def get_tenant(conn: Connection, name_or_id: str | int, *, active: bool = False) -> dict[str, Any]:

@@ -279,7 +279,9 @@ class StatusBoard:
                 )
             if self.refused:
                 raise ConnectionRefusedError(f"the status stream refused the board: {self.refused}")
-            return self.model.state(target().job_id)
+            view = target()
+            assert view is not None  # done() saw it
+            return self.model.state(view.job_id)
 
     def close(self) -> None:
         """Stop following the stream; the board keeps showing what it last knew."""

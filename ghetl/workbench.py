@@ -337,7 +337,7 @@ class _LiveBoard:
 
         url = os.environ.get("GHETL_STATUS_URL")
         server = None if url else StatusServer(db.engine(), broker, port=0).start()
-        board = StatusBoard(tenant, url=url or server.url, key=key)
+        board = StatusBoard(tenant, url=url if server is None else server.url, key=key)
         display(board)
         return cls(board, server)
 

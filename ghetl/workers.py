@@ -159,7 +159,7 @@ class Pipeline:
 
     def _current_run(self, conn: sa.Connection, job_id: int) -> str:
         with conn.begin():
-            run_id = conn.execute(sa.select(etl_jobs.c.run_id).where(etl_jobs.c.id == job_id)).scalar()
+            run_id: str | None = conn.execute(sa.select(etl_jobs.c.run_id).where(etl_jobs.c.id == job_id)).scalar()
         if not run_id:
             raise PoisonMessage(f"job {job_id} has no run to attach this message to")
         return run_id
@@ -416,7 +416,7 @@ def database_unavailable(exc: BaseException) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _rows_to_embed(step: steps.Step) -> sa.Select:
+def _rows_to_embed(step: steps.Step) -> sa.Select[Any]:
     """A batch of the step's rows by id, with the content hash of the vector stored for them."""
     table = step.table
     vector = embeddings_table.alias("stored")

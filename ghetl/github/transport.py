@@ -171,7 +171,7 @@ class Transport:
             sleep=self._sleep,
             before_sleep=lambda state: log.warning("GitHub's search results for %s are incomplete; asking again",
                                                    short(state.args[0])),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=_last_result,
         )
 
     def __enter__(self) -> Self:
@@ -377,7 +377,7 @@ class Transport:
         if isinstance(failure, SecondaryLimit):
             if failure.wait is not None:
                 return failure.wait
-            return self.policy.secondary_wait * 2 ** (state.attempt_number - 1)
+            return self.policy.secondary_wait * 2.0 ** (state.attempt_number - 1)
         return self._jittered(state)
 
     def _jittered(self, state: tenacity.RetryCallState) -> float:
@@ -416,6 +416,12 @@ def _resource(path: str) -> str:
     if path.endswith("/graphql"):
         return "graphql"
     return "search" if "/search/" in path else "core"
+
+
+def _last_result(state: tenacity.RetryCallState) -> Any:
+    """What the last attempt returned: tenacity calls this once the attempts ran out, so there was one."""
+    assert state.outcome is not None
+    return state.outcome.result()
 
 
 def duration(seconds: float) -> str:

@@ -280,7 +280,8 @@ def search_repositories(sb: Sandbox, call: Call) -> Reply:
         for repo in store.all_repos():
             if not store.can_see(repo, call.authenticated):
                 continue
-            score = search.matches(query, repo, store.owner(repo.owner).kind == "Organization")
+            owner = store.owner(repo.owner)
+            score = search.matches(query, repo, owner is not None and owner.kind == "Organization")
             if score is not None:
                 found.append((repo, score))
         ranked = search.order(found, call.params.get("sort"), call.params.get("order"))

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .data import Repo
 
@@ -26,7 +27,7 @@ MAX_RESULTS = 1000
 TOKEN = re.compile(r'(-?[A-Za-z_]+):("[^"]*"|\S+)|"([^"]*)"|(\S+)')
 QUALIFIERS = {"user", "org", "repo", "in", "language", "topic", "license", "fork", "archived", "is",
               "created", "pushed", "stars", "forks", "size"}
-SORT_KEYS: dict[str, Callable[[Repo], object]] = {
+SORT_KEYS: dict[str, Callable[[Repo], Any]] = {
     "stars": lambda r: r.stargazers_count,
     "forks": lambda r: r.forks_count,
     "help-wanted-issues": lambda r: r.open_issues_count,

@@ -83,12 +83,13 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         self._open_lock = threading.Lock()
         super().__init__(address, Handler)
 
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+    # A TCP server's requests are sockets; typeshed's parameter type also allows a UDP server's (data, socket).
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         with self._open_lock:
             self._open.add(request)
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request: socket.socket) -> None:
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]  # as process_request
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
@@ -285,8 +286,10 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if fault.kind == "mutate":
             log.info("running an injected mutation before %s %s", call.method, call.path)
+            action = fault.action  # never None for a mutate fault: Faults.inject refuses that
             try:
-                fault.action(sb)
+                if action is not None:
+                    action(sb)
             except Exception:
                 log.exception("the injected mutation failed; serving the request anyway")
             return False
