@@ -39,7 +39,7 @@ def _require_browser() -> None:
     if not CHROMIUM.exists():
         missing.append(f"{CHROMIUM} (apt-get install chromium chromium-driver)")
     try:
-        import playwright
+        import playwright  # noqa: F401
     except ImportError:
         missing.append("playwright (pip install -e '.[test]')")
     if missing:

@@ -497,7 +497,7 @@ def test_generation_is_deterministic_and_realistic():
     assert one.repos("acme") == two.repos("acme")
     assert [r["name"] for r in one.repos("acme")] != [r["name"] for r in other.repos("acme")]
     repos = one.repos("acme") + one.repos("octocat")
-    share = lambda test: sum(1 for r in repos if test(r)) / len(repos)
+    share = lambda test: sum(1 for r in repos if test(r)) / len(repos)  # noqa: E731
     assert 0.04 < share(lambda r: r["description"] is None) < 0.18
     assert 0.03 < share(lambda r: r["language"] is None) < 0.16
     assert 0.04 < share(lambda r: r["archived"]) < 0.18

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest

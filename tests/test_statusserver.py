@@ -377,7 +377,7 @@ def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:
 def test_the_guard_drops_what_would_move_a_circle_backwards():
     guard = CircleGuard()
     guard.reset(_snapshot_of("r1", "RUNNING", extraction="finished", transform="running"))
-    stage = lambda run, name, status: stage_event(1, 1, run, STEP, name, status)
+    stage = lambda run, name, status: stage_event(1, 1, run, STEP, name, status)  # noqa: E731
     assert not guard.accept(stage("r1", "extraction", "running")), "a late running after finished"
     assert guard.accept(stage("r1", "transform", "running")), "progress of a running stage"
     assert guard.accept(stage("r1", "transform", "finished"))

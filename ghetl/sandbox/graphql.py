@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
@@ -134,7 +134,7 @@ def _ast_path(document: DocumentNode, target: Any) -> list[str]:
             return trail
         selection_set = getattr(node, "selection_set", None)
         for child in (selection_set.selections or ()) if selection_set else ():
-            found = walk(child, trail + [child.name.value] if isinstance(child, FieldNode) else trail)
+            found = walk(child, [*trail, child.name.value] if isinstance(child, FieldNode) else trail)
             if found is not None:
                 return found
         for argument in getattr(node, "arguments", None) or ():

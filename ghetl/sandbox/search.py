@@ -102,16 +102,16 @@ def _qualifier(query: Query, qualifier: str, value: str) -> None:
     elif name == "fork":
         query.fork = lowered
     elif name in ("user", "org"):
-        test = lambda r: r.owner.lower() != lowered
+        test = lambda r: r.owner.lower() != lowered  # noqa: E731
     elif name == "repo":
-        test = lambda r: r.full_name.lower() != lowered
+        test = lambda r: r.full_name.lower() != lowered  # noqa: E731
     elif name == "language":
-        test = lambda r: (r.language or "").lower() != lowered
+        test = lambda r: (r.language or "").lower() != lowered  # noqa: E731
     else:
         test = _filter(name, lowered)
         if test is not None and negated:
             inner = test
-            test = lambda r: not inner(r)
+            test = lambda r: not inner(r)  # noqa: E731
     if test is not None:
         query.filters.append(test)
 
