@@ -21,11 +21,12 @@ from typing import Any, Protocol
 import orjson
 
 from . import config
+from .records import QUEUE_STAGES
 from .status import Event, StatusBus
 
 log = logging.getLogger(__name__)
 
-STAGE_QUEUES = ("transform", "embedding")
+STAGE_QUEUES = QUEUE_STAGES  # ("transform", "embedding")
 FLAGS = ("first_item", "last_item", "last_job_item")
 ENVELOPE = ("tenant_id", "integration_id", "job_id", "step")
 ENVELOPE_TYPES = {"tenant_id": int, "integration_id": int, "job_id": int, "step": str, "run_id": str}
@@ -217,7 +218,7 @@ class MemoryBroker:
 
     def __post_init__(self) -> None:
         self._queues: dict[str, queue.Queue[tuple[bytes, int]]] = {s: queue.Queue() for s in STAGE_QUEUES}
-        self._consumers = dict.fromkeys(STAGE_QUEUES, 0)
+        self._consumers: dict[str, int] = dict.fromkeys(STAGE_QUEUES, 0)
         self._lock = threading.Lock()
 
     def declare(self) -> None:

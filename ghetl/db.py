@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from . import config, logs
+from . import config, logs, records
 
 RAW_FILLFACTOR = 50
-OVERALL_STATES = ("READY", "RUNNING", "FINISHED", "FAILED")
+OVERALL_STATES = records.OVERALL_STATES  # ("READY", "RUNNING", "FINISHED", "FAILED")
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 """Queryable JSON (JSONB on PostgreSQL) for settings and status; raw payloads use plain `json`,

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from . import steps
 from .db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
 from .logs import redact
+from .records import QUEUE_STAGES, QueueStage, Stage, StageStatus
 from .status import STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def _lock_job(conn: Connection, job_id: int) -> dict[str, Any]:
 
 
 def _move(
-    job: dict[str, Any], run_id: str, step: str, stage: str, new: str, events: list[Event], **counts: Any
+    job: dict[str, Any], run_id: str, step: str, stage: Stage, new: StageStatus, events: list[Event], **counts: Any
 ) -> None:
     """Change one circle in the locked job's status (in memory) and record the event."""
     job["status"]["steps"][step][stage] = new
@@ -227,7 +228,7 @@ def _save_status(conn: Connection, job: dict[str, Any], **values: Any) -> None:
     conn.execute(etl_jobs.update().where(etl_jobs.c.id == job["id"]).values(status=job["status"], **values))
 
 
-def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: str) -> list[Event]:
+def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: Stage) -> list[Event]:
     """Turn a stage's circle to running if it is still idle in this run."""
     job = _lock_job(conn, job_id)
     if job["run_id"] != run_id or job["status"]["steps"][step][stage] != "idle":
@@ -345,23 +346,25 @@ def _count_statement(dialect: str) -> Any:
                                       set_={"n": etl_run_counts.c.n + stmt.excluded.n})
 
 
-def job_progress(conn: Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
+def job_progress(conn: Connection, job: dict[str, Any]) -> dict[str, dict[Stage, dict[str, int | None]]]:
     """Processed/total/failed per step and stage for the job's current run, counted from the database."""
     if not job["run_id"]:
         return {}
     run = get_run(conn, job["run_id"])
     totals = run["totals"] if run else {}
     counts_by_step = item_counts(conn, job["run_id"])
-    progress = {}
+    progress: dict[str, dict[Stage, dict[str, int | None]]] = {}
     for step in job["status"]["steps"]:
         counts = counts_by_step.get(step, zero_counts())
         total = totals.get(step)
         stages = stage_progress(counts)
         extracted = sum(counts[s] for s in ("pending", "transformed", "embedded", "failed"))
-        progress[step] = {
-            "extraction": {"processed": extracted, "total": total, "failed": 0},
-            **{s: {"processed": p["processed"], "total": total, "failed": p["failed"]} for s, p in stages.items()},
+        by_stage: dict[Stage, dict[str, int | None]] = {
+            "extraction": {"processed": extracted, "total": total, "failed": 0}
         }
+        for s, p in stages.items():
+            by_stage[s] = {"processed": p["processed"], "total": total, "failed": p["failed"]}
+        progress[step] = by_stage
     return progress
 
 
@@ -370,7 +373,7 @@ def zero_counts() -> dict[str, int]:
             "catch_up": 0}
 
 
-def stage_progress(counts: dict[str, int]) -> dict[str, dict[str, int]]:
+def stage_progress(counts: dict[str, int]) -> dict[QueueStage, dict[str, int]]:
     """How many items each stage has processed and how many are still waiting for it."""
     return {
         "transform": {
@@ -432,19 +435,20 @@ def _job_of_run(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str
 
 def _stage_changes(
     job: dict[str, Any], totals: dict[str, int], counts_by_step: dict[str, dict[str, int]]
-) -> tuple[list[tuple[str, str, dict[str, Any]]], list[Event]]:
+) -> tuple[list[tuple[str, Stage, dict[str, Any]]], list[Event]]:
     """The stages of the job's current run that are done now (step, stage, final counts), and
     progress events of the others; `totals` are the run's extracted items per step.
 
     A stage is done when the one before it has finished and none of its items is pending; a
     stage finishing here lets the next one be judged in the same pass.
     """
-    moves, events = [], []
+    moves: list[tuple[str, Stage, dict[str, Any]]] = []
+    events: list[Event] = []
     for step, circles in job["status"]["steps"].items():
         total = totals.get(step)
         progress = stage_progress(counts_by_step.get(step, zero_counts()))
         upstream_done = circles["extraction"] in ("finished", "failed") and total is not None
-        for stage in ("transform", "embedding"):
+        for stage in QUEUE_STAGES:
             p = progress[stage]
             counts = {"processed": p["processed"], "total": total, "failed": p["failed"]}
             done = upstream_done and p["pending"] == 0 and circles[stage] in ("idle", "running")

@@ -26,6 +26,7 @@ from .github import GitHubClient, GitHubError, Policy
 from .logs import safe_url
 from .prune import due as retention_due
 from .prune import prune
+from .records import Overall
 from .status import Event, stage_event
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class SyncResult:
     tenant: str
     job_id: int
     run_id: str
-    overall: str
+    overall: Overall
     full: bool
     counts: dict[str, dict[str, int]]
     requests: int

@@ -28,6 +28,7 @@ from .broker import Broker, Outcome, PoisonMessage
 from .db import embeddings as embeddings_table
 from .db import etl_jobs, raw_extraction_data, upsert, utcnow
 from .logs import first_line
+from .records import ItemStatus, QueueStage, is_queue_stage
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Pipeline:
         """One message's work on one pooled connection, in a transaction per step of it: taking
         a connection from the pool costs a round trip (the liveness check), and a message
         took four."""
-        if stage not in broker_mod.STAGE_QUEUES:
+        if not is_queue_stage(stage):
             raise ValueError(f"unknown stage '{stage}'")
         step = steps.get(message["step"])
         with self.engine.connect() as conn:
@@ -164,7 +165,7 @@ class Pipeline:
             raise PoisonMessage(f"job {job_id} has no run to attach this message to")
         return run_id
 
-    def _mark_running(self, conn: sa.Connection, message: dict[str, Any], stage: str) -> None:
+    def _mark_running(self, conn: sa.Connection, message: dict[str, Any], stage: QueueStage) -> None:
         key = (message["run_id"], message["step"], stage)
         with self._lock:
             if key in self._started:
@@ -462,7 +463,9 @@ def _upsert_each_alone_on_failure(
     return errors
 
 
-def _move(conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status: str, from_status: str) -> None:
+def _move(
+    conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status: ItemStatus, from_status: ItemStatus
+) -> None:
     """Move the run's items from one status to the next, counting only those that really moved."""
     if not ids:
         return
