@@ -1,11 +1,12 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - install ghetl in .venv, start the bundled GitHub sandbox, sync a tenant into SQLite
-#   make test   - install ghetl with its test and semantic extras, start PostgreSQL and RabbitMQ, run pytest
+#   make test   - install ghetl with its test and semantic extras, start PostgreSQL and RabbitMQ, run ruff, mypy
+#                 and pytest (`make lint`: ruff and mypy alone)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test services clean
+.PHONY: demo test lint services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,12 @@ demo: $(VENV)/.base
 services:
 	scripts/services.sh
 
-test: $(VENV)/.test services
+test: $(VENV)/.test lint services
 	$(BIN)/pytest
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check ghetl tests benchmarks
+	$(BIN)/mypy ghetl
 
 clean:
 	rm -rf $(VENV) data/*.db data/*.db-* artifacts

@@ -51,7 +51,7 @@ class Workers:
     def __init__(self, env: dict[str, str], count: int) -> None:
         self.env, self.count = env, count
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115  (the workers' log, open as long as the pool)
 
     def ensure(self) -> int:
         """Start as many as are missing; return how many were started."""
@@ -198,7 +198,8 @@ def main() -> None:
                 text = err.decode(errors="replace")
                 carried += sum(int(n) for n in re.findall(r"(\d+) \S.* items that earlier runs left unfinished", text))
                 last = text.strip().splitlines()[-1:] or [""]
-                print(f"  run {run:>2} {'full' if full else 'incr'} {failure if not missed else '-':<17} exit {proc.returncode:>3} "
+                print(f"  run {run:>2} {'full' if full else 'incr'} {failure if not missed else '-':<17} "
+                      f"exit {proc.returncode:>3} "
                       f"in {time.perf_counter() - started:5.1f} s  {last[0][:110]}", flush=True)
                 restarted += workers.ensure()
 

@@ -73,7 +73,8 @@ def main() -> None:
 
     counts = result.counts["github_repositories"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"embedded default (SQLite + memory://), {args.repos} repositories, {args.workers} consumer thread(s) per stage")
+    print(f"embedded default (SQLite + memory://), {args.repos} repositories, "
+          f"{args.workers} consumer thread(s) per stage")
     print(f"  overall            {result.overall}")
     print(f"  wall seconds       {wall:.2f}")
     print(f"  repositories/s     {counts['embedded'] / wall:.0f}")

@@ -31,14 +31,14 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
-from bench_embedded import sandbox_process  # noqa: E402
+from bench_embedded import sandbox_process
 
-from ghetl import db, embeddings, migrate, tenants  # noqa: E402
-from ghetl.broker import MemoryBroker  # noqa: E402
-from ghetl.search import search  # noqa: E402
-from ghetl.sync import SyncResult, sync  # noqa: E402
-from ghetl.workers import Pipeline  # noqa: E402
-from tests.support import scratch_database, wait_until  # noqa: E402
+from ghetl import db, embeddings, migrate, tenants
+from ghetl.broker import MemoryBroker
+from ghetl.search import search
+from ghetl.sync import SyncResult, sync
+from ghetl.workers import Pipeline
+from tests.support import scratch_database, wait_until
 
 PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
@@ -158,7 +158,8 @@ def throughput(repos: int) -> None:
     print(f"  embedding stage, alone         {result.overall}, {len(texts)} texts in {alone:.2f} s "
           f"({encode_alone:.2f} s of it in encode) -> {alone_rate:.0f} texts/s = {alone_rate / bare_rate:.1%} of bare")
     print(f"  embedding stage, in live sync  {live.overall}, {live_busy:.2f} s busy of {live_wall:.2f} s wall "
-          f"(extraction and transform share the cores) -> {live_rate:.0f} texts/s = {live_rate / bare_rate:.1%} of bare")
+          f"(extraction and transform share the cores) -> {live_rate:.0f} texts/s = "
+          f"{live_rate / bare_rate:.1%} of bare")
     print(f"  re-sync (full, unchanged)      {again.overall}, {unchanged} texts encoded")
 
 
@@ -183,7 +184,7 @@ def fill(engine: sa.Engine, size: int, dimension: int, model: str) -> str:
             conn.execute(db.embeddings.insert(), [
                 {**scope, "table_name": "repositories", "external_id": str(i), "model": model,
                  "dimension": dimension, "vector": embeddings.to_bytes(v), "content_hash": "x"}
-                for i, v in zip(ids, vectors)
+                for i, v in zip(ids, vectors, strict=True)
             ])
     return "search-bench"
 

@@ -64,7 +64,7 @@ class PeakRss(threading.Thread):
         while True:
             try:
                 with open(f"/proc/{self.pid}/status") as status:
-                    line = next((l for l in status if l.startswith("VmHWM:")), None)
+                    line = next((text for text in status if text.startswith("VmHWM:")), None)
             except OSError:
                 return
             if line is None:  # a zombie: it has exited
@@ -246,7 +246,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
 
                 unsubscribe = broker.subscribe_status(record)
                 for _ in range(args.workers):
-                    log = tempfile.TemporaryFile()
+                    log = tempfile.TemporaryFile()  # noqa: SIM115  (read after the run, closed with `logs`)
                     logs.append(log)
                     workers.append(profile(f"worker{len(workers)}", subprocess.Popen(
                         [sys.executable, "-m", "ghetl", "worker", "all", "--concurrency", str(args.concurrency)],
@@ -264,7 +264,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                 servers_before = server_cpu()
                 own_before = resource.getrusage(resource.RUSAGE_SELF)
                 started = time.perf_counter()
-                started_at = dt.datetime.now(dt.timezone.utc)
+                started_at = dt.datetime.now(dt.UTC)
                 sync = profile("sync", subprocess.Popen(
                     [sys.executable, "-m", "ghetl", "sync", "--tenant", "bench", "--full", "--json"],
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -289,7 +289,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                     profiler.wait(30)
                 for proc in workers:
                     proc.send_signal(signal.SIGTERM)
-                worker_usage = [(proc.pid, wait4(proc, 60, peak)) for proc, peak in zip(workers, worker_peaks)]
+                worker_usage = [(proc.pid, wait4(proc, 60, peak))
+                                for proc, peak in zip(workers, worker_peaks, strict=True)]
                 published = sum(_published(log) for log in logs)
                 with lock:
                     run_events = [e for e in events if e.get("run_id") == result["run_id"]]
@@ -307,8 +308,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
     transform_messages = -(-counts["extracted"] // 100)
     lines.append(f"scale-out (PostgreSQL + RabbitMQ), {args.repos} repositories, {args.workers} worker process(es) "
                  f"x {args.concurrency} consumer(s) per stage")
-    lines.append(f"  machine speed      {speed_before:.2f} s before, {speed_after:.2f} s after (a 10M-step Python loop; "
-          "lower is faster)")
+    lines.append(f"  machine speed      {speed_before:.2f} s before, {speed_after:.2f} s after "
+                 "(a 10M-step Python loop; lower is faster)")
     lines.append(f"  overall            {result['overall']}")
     lines.append(f"  wall seconds       {wall:.2f} (ghetl sync process, start to exit)")
     lines.append(f"  sync seconds       {result['seconds']:.2f} (inside sync(): claim, extract, wait for FINISHED)")
@@ -324,7 +325,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
     for pid, usage in worker_usage:
         lines.append(f"  worker {pid:<11} {usage}")
     own = resource.getrusage(resource.RUSAGE_SELF)
-    lines.append(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, {own.ru_utime + own.ru_stime:.1f} s CPU, "
+    lines.append(f"  this process       {own.ru_maxrss / 1024:.0f} MB peak RSS, "
+                 f"{own.ru_utime + own.ru_stime:.1f} s CPU, "
                  f"{sandbox_cpu:.1f} s of it during the sync (the sandbox serving the pages, "
                  f"{'cold' if args.cold_sandbox else 'warmed before the run'})")
     for server, seconds in servers.items():

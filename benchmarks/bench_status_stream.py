@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_embedded import sandbox_process  # noqa: E402
+from bench_embedded import sandbox_process
+from websockets.sync.client import connect
 
-from websockets.sync.client import connect  # noqa: E402
-
-from ghetl import db, migrate, tenants  # noqa: E402
-from ghetl.broker import MemoryBroker  # noqa: E402
-from ghetl.status import stage_event  # noqa: E402
-from ghetl.statusserver import StatusServer  # noqa: E402
-from ghetl.sync import sync  # noqa: E402
+from ghetl import db, migrate, tenants
+from ghetl.broker import MemoryBroker
+from ghetl.status import stage_event
+from ghetl.statusserver import StatusServer
+from ghetl.sync import sync
 
 
 def fresh(tmp: str, n: int, api_url: str) -> tuple[object, str]:
@@ -112,7 +111,8 @@ def main() -> None:
             for case in cases:
                 n += 1
                 results[case].append(run(case, tmp, n, api_url))
-    print(f"status stream cost, embedded default, full sync of {args.repos} repositories, {args.rounds} rounds (median)")
+    print(f"status stream cost, embedded default, full sync of {args.repos} repositories, "
+          f"{args.rounds} rounds (median)")
     for case, rows in results.items():
         assert all(r["overall_ok"] for r in rows), f"a sync did not finish: {case}"
         keys = [k for k in rows[0] if k != "overall_ok"]

@@ -34,7 +34,22 @@ _EXPORTS = {
 }
 _RENAMED = {"connect_broker": "connect"}
 
-__all__ = sorted(_EXPORTS)
+# The names of _EXPORTS, spelled out so that linters and type checkers see the TYPE_CHECKING imports as the API.
+__all__ = [
+    "AlreadyRunning",
+    "Disabled",
+    "NotFound",
+    "SettingsError",
+    "SyncResult",
+    "add_integration",
+    "add_tenant",
+    "connect_broker",
+    "engine",
+    "init",
+    "prune",
+    "search",
+    "sync",
+]
 
 if TYPE_CHECKING:
     from .broker import connect as connect_broker

@@ -21,11 +21,12 @@ from typing import Any, Protocol
 import orjson
 
 from . import config
+from .records import QUEUE_STAGES
 from .status import Event, StatusBus
 
 log = logging.getLogger(__name__)
 
-STAGE_QUEUES = ("transform", "embedding")
+STAGE_QUEUES = QUEUE_STAGES  # ("transform", "embedding")
 FLAGS = ("first_item", "last_item", "last_job_item")
 ENVELOPE = ("tenant_id", "integration_id", "job_id", "step")
 ENVELOPE_TYPES = {"tenant_id": int, "integration_id": int, "job_id": int, "step": str, "run_id": str}
@@ -53,7 +54,7 @@ def max_attempts() -> int:
 
 def retry_delay(attempt: int) -> float:
     """Seconds before attempt `attempt + 1`: doubling from GHETL_RETRY_DELAY (default 1 s), capped at a minute."""
-    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0, minimum=0) * 2 ** (attempt - 1))
+    return min(60.0, config.env_float("GHETL_RETRY_DELAY", 1.0, minimum=0) * 2.0 ** (attempt - 1))
 
 
 def check_settings() -> None:
@@ -95,7 +96,9 @@ def decode(body: bytes) -> dict[str, Any]:
         if raw_id is not None and not isinstance(raw_id, int):
             raise PoisonMessage(f"raw_data_id must be an integer or null, got {raw_id!r}")
         if raw_id is None and item.get("external_id") is None and not item["last_item"]:
-            raise PoisonMessage("an item needs raw_data_id or external_id, or must be a step's completion item (last_item)")
+            raise PoisonMessage(
+                "an item needs raw_data_id or external_id, or must be a step's completion item (last_item)"
+            )
     return message
 
 
@@ -215,7 +218,7 @@ class MemoryBroker:
 
     def __post_init__(self) -> None:
         self._queues: dict[str, queue.Queue[tuple[bytes, int]]] = {s: queue.Queue() for s in STAGE_QUEUES}
-        self._consumers = dict.fromkeys(STAGE_QUEUES, 0)
+        self._consumers: dict[str, int] = dict.fromkeys(STAGE_QUEUES, 0)
         self._lock = threading.Lock()
 
     def declare(self) -> None:

@@ -114,7 +114,8 @@ def cmd_integration_list(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         last = row["last_sync_date"].isoformat(timespec="seconds") if row["last_sync_date"] else "never"
-        print(f"{row['id']}\ttenant {row['tenant']}\towner {row['owner']}\t{row['api_url']}\ttoken ${row['token_env']}\t"
+        print(f"{row['id']}\ttenant {row['tenant']}\towner {row['owner']}\t{row['api_url']}\t"
+              f"token ${row['token_env']}\t"
               f"settings {json.dumps(row['settings'], sort_keys=True)}\t{'active' if row['active'] else 'disabled'}\t"
               f"last sync {last}")
     return 0
@@ -210,7 +211,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             for step, info in job["status"]["steps"].items()
         )
         last = job["last_sync_date"].isoformat(timespec="seconds") if job["last_sync_date"] else "never"
-        line = f"{job['id']}\ttenant {job['tenant']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\tlast sync {last}"
+        line = (f"{job['id']}\ttenant {job['tenant']}\t{job['job_name']}\t{job['status']['overall']}\t{circles}\t"
+                f"last sync {last}")
         if job["orphaned"]:
             line += f"\torphaned: {job['orphaned']}; the next ghetl sync takes it over"
         if job["error_message"]:
@@ -432,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str, parent: Any = sub) -> argparse.ArgumentParser:
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help_: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=func)
         return p
@@ -441,20 +445,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     tenant = sub.add_parser("tenant", help="manage tenants", description="manage tenants")
     tenant_sub = tenant.add_subparsers(dest="tenant_command", required=True, metavar="ACTION")
-    add("add", cmd_tenant_add, "create a tenant; prints its id (and its status-stream key on stderr)", tenant_sub).add_argument("name")
+    add("add", cmd_tenant_add, "create a tenant; prints its id (and its status-stream key on stderr)",
+        tenant_sub).add_argument("name")
     add("list", cmd_tenant_list, "list tenants", tenant_sub)
-    add("key", cmd_tenant_key, "issue a new status-stream key for a tenant (the old one stops working)", tenant_sub).add_argument("name")
+    add("key", cmd_tenant_key, "issue a new status-stream key for a tenant (the old one stops working)",
+        tenant_sub).add_argument("name")
     add("disable", cmd_tenant_switch, "disable a tenant: ghetl sync refuses it until it is enabled again; nothing "
         "stored is removed", tenant_sub).add_argument("name")
     add("enable", cmd_tenant_switch, "enable a disabled tenant again", tenant_sub).add_argument("name")
 
-    integration = sub.add_parser("integration", help="manage GitHub integrations", description="manage GitHub integrations")
+    integration = sub.add_parser("integration", help="manage GitHub integrations",
+                                 description="manage GitHub integrations")
     integration_sub = integration.add_subparsers(dest="integration_command", required=True, metavar="ACTION")
-    p = add("add", cmd_integration_add, "add a GitHub integration (and its job) to a tenant; prints its id", integration_sub)
+    p = add("add", cmd_integration_add, "add a GitHub integration (and its job) to a tenant; prints its id",
+            integration_sub)
     p.add_argument("--tenant", required=True, help="tenant name or id")
     p.add_argument("--owner", required=True, help="GitHub organisation or user whose repositories to sync")
-    p.add_argument("--api-url", help="API root, e.g. https://ghe.example.com/api/v3 (default: $GITHUB_API_URL or https://api.github.com)")
-    p.add_argument("--token-env", default="GITHUB_TOKEN", help="environment variable that holds the token (default GITHUB_TOKEN)")
+    p.add_argument("--api-url", help="API root, e.g. https://ghe.example.com/api/v3 "
+                                     "(default: $GITHUB_API_URL or https://api.github.com)")
+    p.add_argument("--token-env", default="GITHUB_TOKEN",
+                   help="environment variable that holds the token (default GITHUB_TOKEN)")
     p.add_argument("--settings", help='JSON, e.g. \'{"repository_filter": "api in:name", "include_forks": false}\'')
     p = add("list", cmd_integration_list, "list integrations: id, tenant, owner, API URL, the NAME of the token's "
             "variable, settings, active or disabled, last sync of its job", integration_sub)
@@ -479,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="every repository, not only those changed since the last sync")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--workers", type=positive_int, default=1, help="consumer threads per stage on memory:// (default 1)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="consumer threads per stage on memory:// (default 1)")
     p.add_argument("--timeout", type=positive_seconds, help="give up waiting after this many seconds")
 
     p = add("jobs", cmd_jobs, "show jobs with their status circles")
@@ -526,10 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")
     p.add_argument("stage", choices=("transform", "embedding", "all"))
-    p.add_argument("--concurrency", type=positive_int, default=1, help="consumers per stage in this process (default 1)")
+    p.add_argument("--concurrency", type=positive_int, default=1,
+                   help="consumers per stage in this process (default 1)")
 
     p = add("status-server", cmd_status_server, "serve the WebSocket status stream until stopped (Ctrl-C)")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1; 0.0.0.0 for every one)")
     p.add_argument("--port", type=port, default=8765, help="port to listen on (default 8765; 0 = any free port)")
     p.add_argument("--poll", type=positive_seconds, metavar="SECONDS",
                    help="also read job changes from the database this often (default: 1 on memory://, off on RabbitMQ)")

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from . import config, logs
+from . import config, logs, records
 
 RAW_FILLFACTOR = 50
-OVERALL_STATES = ("READY", "RUNNING", "FINISHED", "FAILED")
+OVERALL_STATES = records.OVERALL_STATES  # ("READY", "RUNNING", "FINISHED", "FAILED")
 
 JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 """Queryable JSON (JSONB on PostgreSQL) for settings and status; raw payloads use plain `json`,
@@ -30,10 +30,10 @@ payloads are archived far more often than they are queried."""
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
-class UTCDateTime(sa.types.TypeDecorator):
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
     """A timestamp that is stored in UTC and read back timezone-aware on every dialect.
 
     SQLite has no time zone type, so without this a value would come back naive and compare
@@ -48,21 +48,21 @@ class UTCDateTime(sa.types.TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: ghetl stores timezone-aware UTC only")
-        value = value.astimezone(dt.timezone.utc)
+        value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)
-        return value.astimezone(dt.timezone.utc)
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
 
 
 metadata = sa.MetaData()
 
 
-def _timestamps() -> list[sa.Column]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [
         sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
         sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
@@ -316,7 +316,8 @@ def engine(url: str | None = None) -> Engine:
             _engines[url] = _create_engine(url)
         except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError, ValueError) as exc:
             raise ValueError(
-                f"cannot use the database URL '{logs.safe_url(url)}' ({logs.first_line(exc)}); set GHETL_DATABASE_URL to "
+                f"cannot use the database URL '{logs.safe_url(url)}' ({logs.first_line(exc)}); "
+                "set GHETL_DATABASE_URL to "
                 "postgresql+psycopg2://USER@HOST:5432/DATABASE or sqlite:///PATH"
             ) from exc
     return _engines[url]
@@ -408,6 +409,7 @@ def _upsert_statement(
     table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...], changed_when: str | None,
     newest: tuple[str, str] | None, postgres: bool,
 ) -> Any:
+    stmt: postgresql.Insert | sqlite.Insert
     if postgres:
         stmt = postgresql.insert(table).from_select(columns, _batch_select(table, columns))
     else:
@@ -418,7 +420,9 @@ def _upsert_statement(
         conditions.append(table.c[changed_when].is_distinct_from(stmt.excluded[changed_when]))
     if newest is not None:
         conditions.append(_not_older(table, stmt.excluded, *newest))
-    return stmt.on_conflict_do_update(index_elements=keys, set_=updated, where=sa.and_(*conditions) if conditions else None)
+    return stmt.on_conflict_do_update(
+        index_elements=keys, set_=updated, where=sa.and_(*conditions) if conditions else None
+    )
 
 
 def _not_older(table: sa.Table, excluded: Any, version: str, fetched: str) -> Any:
@@ -429,7 +433,7 @@ def _not_older(table: sa.Table, excluded: Any, version: str, fetched: str) -> An
                   sa.and_(new_v == old_v, sa.or_(old_f.is_(None), new_f.is_(None), new_f >= old_f)))
 
 
-def _beside(column: sa.Column) -> tuple[Any, Any] | None:
+def _beside(column: sa.Column[Any]) -> tuple[Any, Any] | None:
     """How a column travels beside the JSON batch, if it does: (array type, cast of each element).
 
     A raw payload (plain `json`) inside the batch would be parsed twice, as part of the batch
@@ -451,13 +455,13 @@ def _beside_columns(table: sa.Table, columns: tuple[str, ...]) -> tuple[str, ...
 
 
 @functools.lru_cache(maxsize=64)
-def _is_plain_json(column: sa.Column) -> bool:
+def _is_plain_json(column: sa.Column[Any]) -> bool:
     """`json` on PostgreSQL (raw payloads), not one of the JSONB columns; asked for every batch."""
     impl = column.type.dialect_impl(_POSTGRESQL)
     return isinstance(impl, postgresql.JSON) and not isinstance(impl, postgresql.JSONB)
 
 
-_POSTGRESQL = postgresql.dialect()
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]  # SQLAlchemy leaves the dialect's __init__ unannotated
 
 
 def _batch_select(table: sa.Table, columns: tuple[str, ...], *, ordered: bool = False) -> Any:
@@ -470,12 +474,14 @@ def _batch_select(table: sa.Table, columns: tuple[str, ...], *, ordered: bool = 
     records = sa.func.json_populate_recordset(
         sa.literal_column(f"NULL::{table.name}"), sa.cast(sa.bindparam("rows"), postgresql.JSON)
     ).table_valued(*(c for c in columns if c not in beside), with_ordinality="ordinality")
-    values = {c: records.c[c] for c in columns if c not in beside}
     source: Any = records
+    values: dict[str, Any] = {c: records.c[c] for c in columns if c not in beside}
     for n, name in enumerate(beside):
-        array_type, element_cast = _beside(table.c[name])
-        array = sa.func.unnest(sa.cast(sa.bindparam(f"beside_{n}"), array_type))
-        array = array.table_valued("value", with_ordinality="n").render_derived(name=f"beside_{n}")
+        travels = _beside(table.c[name])
+        assert travels is not None, name  # _beside_columns chose it for that
+        array_type, element_cast = travels
+        unnested = sa.func.unnest(sa.cast(sa.bindparam(f"beside_{n}"), array_type))
+        array = unnested.table_valued("value", with_ordinality="n").render_derived(name=f"beside_{n}")
         source = source.join(array, array.c.n == records.c.ordinality)
         values[name] = array.c.value if element_cast is None else sa.cast(array.c.value, element_cast)
     select = sa.select(*(values[c] for c in columns)).select_from(source)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import itertools
 import os
 import re
 import threading
@@ -70,14 +71,14 @@ class HashingEmbedder:
     def _features(self, text: str) -> list[str]:
         """What the model is: word stems, then each pair of neighbouring stems."""
         words = [_stem(t) for t in _TOKEN.findall(text.lower()) for t in t.split("_") if t]
-        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
     def _hashes(self, text: str) -> list[int]:
         """The CRC-32 of each of `_features(text)`, in order, twice as fast: a word's stem and
         CRC are cached (a tenant's repositories share their words), and a pair's CRC continues
         its first word's, as crc32(a + b" " + b) == crc32(b, crc32(b" ", crc32(a)))."""
         words = [_stem_and_crc(t) for t in _WORD.findall(text.lower())]
-        pairs = [zlib.crc32(b, zlib.crc32(b" ", crc_a)) for (_, crc_a), (b, _) in zip(words, words[1:])]
+        pairs = [zlib.crc32(b, zlib.crc32(b" ", crc_a)) for (_, crc_a), (b, _) in itertools.pairwise(words)]
         return [crc for _, crc in words] + pairs
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -157,7 +158,10 @@ class SentenceEmbedder:
         finally:
             if bars:
                 transformers_logging.enable_progress_bar()
-        self.dimension = int(self.encoder.get_embedding_dimension())
+        dimension = self.encoder.get_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"the model {self.model} does not say the dimension of its vectors")
+        self.dimension = int(dimension)
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> np.ndarray:

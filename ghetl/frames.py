@@ -8,7 +8,7 @@ GHETL_DATABASE_URL unless one is given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
@@ -75,7 +75,7 @@ def _payload_query(tenant_id: int, entity: str) -> sa.Select:
     )
 
 
-def _latest_payloads(conn: sa.Connection, tenant_id: int, entity: str, as_of: Any = None) -> list[Any]:
+def _latest_payloads(conn: sa.Connection, tenant_id: int, entity: str, as_of: Any = None) -> Sequence[Any]:
     """The newest payload per item, optionally only among runs that started by `as_of`."""
     r = raw_extraction_data.c
     newest = sa.select(sa.func.max(r.id)).where(r.tenant_id == tenant_id, r.entity_type == entity)
@@ -85,7 +85,7 @@ def _latest_payloads(conn: sa.Connection, tenant_id: int, entity: str, as_of: An
     return conn.execute(_payload_query(tenant_id, entity).where(r.id.in_(newest))).all()
 
 
-def _flatten(rows: list[Any]) -> pd.DataFrame:
+def _flatten(rows: Sequence[Any]) -> pd.DataFrame:
     meta = pd.DataFrame([tuple(r[:5]) for r in rows], columns=RAW_META)
     if not rows:
         return meta
@@ -113,7 +113,8 @@ def jobs(tenant: str | int | None = None, *, engine: sa.Engine | None = None) ->
                   "job_name": job["job_name"], "overall": job["status"]["overall"]}
         for step, circles in job["status"]["steps"].items():
             record.update({f"{step}.{stage}": circles[stage] for stage in STAGES})
-        record.update({k: job[k] for k in ("last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message")})
+        record.update({k: job[k] for k in
+                       ("last_sync_date", "last_run_started_at", "last_run_finished_at", "error_message")})
         records.append(record)
     if not records:
         return pd.DataFrame(columns=["job_id", "tenant", "integration_id", "job_name", "overall"])
@@ -134,7 +135,8 @@ def runs(tenant: str | int, *, engine: sa.Engine | None = None) -> pd.DataFrame:
         ).mappings().all()
     records = [
         {
-            **{k: run[k] for k in ("run_id", "job_id", "started_at", "finished_at", "overall", "full", "error_message")},
+            **{k: run[k] for k in
+               ("run_id", "job_id", "started_at", "finished_at", "overall", "full", "error_message")},
             "seconds": (run["finished_at"] - run["started_at"]).total_seconds() if run["finished_at"] else None,
             "items": sum(run["totals"].values()),
             **{k: run["stats"].get(k, 0) for k in ("requests", "not_modified", "rate_limit_points", "deactivated")},
@@ -170,7 +172,7 @@ def changes_between_runs(
         old = _rows_by_id(step, _latest_payloads(conn, tenant_id, entity, first["started_at"]))
         new = _rows_by_id(step, _latest_payloads(conn, tenant_id, entity, second["started_at"]))
         removed = _removed(conn, tenant_id, step.table, first, second) if "active" in step.table.c else []
-    records = []
+    records: list[tuple[Any, ...]] = []
     for external_id, row in new.items():
         if external_id not in old:
             records.append((external_id, row["full_name"], "added", None, None, None))
@@ -191,7 +193,9 @@ def _two_runs(conn: sa.Connection, tenant_id: int, before: str | None, after: st
     ids = [r["run_id"] for r in rows]
     for run_id in (before, after):
         if run_id is not None and run_id not in ids:
-            raise LookupError(f"tenant {tenant_id} has no run '{run_id}'; see ghetl.frames.runs(tenant) for its run ids")
+            raise LookupError(
+                f"tenant {tenant_id} has no run '{run_id}'; see ghetl.frames.runs(tenant) for its run ids"
+            )
     second = ids.index(after) if after is not None else len(ids) - 1
     first = ids.index(before) if before is not None else second - 1
     if first < 0:
@@ -200,11 +204,11 @@ def _two_runs(conn: sa.Connection, tenant_id: int, before: str | None, after: st
 
 
 def _rows_by_id(step: steps.Step, payloads: Iterable[Any]) -> dict[str, dict[str, Any]]:
-    identity = {"tenant_id": None, "integration_id": None}
+    identity: steps.RowContext = {"tenant_id": None, "integration_id": None}
     return {p.external_id: step.to_row(p.raw_data, identity) for p in payloads}
 
 
-def _removed(conn: sa.Connection, tenant_id: int, table: sa.Table, first: dict, second: dict) -> list[Any]:
+def _removed(conn: sa.Connection, tenant_id: int, table: sa.Table, first: dict, second: dict) -> Sequence[Any]:
     """Rows marked inactive after the earlier run ended and before the later one did."""
     end = second["finished_at"] or db.utcnow()
     return conn.execute(

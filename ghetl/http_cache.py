@@ -37,7 +37,9 @@ class CachedPage:
 class PageCache:
     """The cached pages of one integration's listing, and the stored payloads they stand for."""
 
-    def __init__(self, engine: sa.Engine, tenant_id: int, integration_id: int, entity_type: str, fingerprint: str) -> None:
+    def __init__(
+        self, engine: sa.Engine, tenant_id: int, integration_id: int, entity_type: str, fingerprint: str
+    ) -> None:
         self.engine = engine
         self.tenant_id = tenant_id
         self.integration_id = integration_id

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection
 from . import steps
 from .db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
 from .logs import redact
+from .records import QUEUE_STAGES, QueueStage, Stage, StageStatus
 from .status import STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,12 @@ def initial_status() -> dict[str, Any]:
 
 
 def create_github_job(conn: Connection, tenant_id: int, integration_id: int) -> int:
-    return conn.execute(
+    job_id: int = conn.execute(
         etl_jobs.insert()
         .values(tenant_id=tenant_id, integration_id=integration_id, job_name=steps.JOB_NAME, status=initial_status())
         .returning(etl_jobs.c.id)
     ).scalar_one()
+    return job_id
 
 
 def get_job(conn: Connection, tenant_id: int, integration_id: int) -> dict[str, Any]:
@@ -162,7 +164,9 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
         .values(status=status, run_id=run_id, last_run_started_at=now, heartbeat_at=now, error_message=None)
     ).rowcount
     if claimed != 1:
-        raise AlreadyRunning(f"job {job['id']} ({job['job_name']}) is already running; wait for it or check: ghetl jobs")
+        raise AlreadyRunning(
+            f"job {job['id']} ({job['job_name']}) is already running; wait for it or check: ghetl jobs"
+        )
     if current["run_id"]:
         conn.execute(
             etl_job_runs.update()
@@ -180,7 +184,8 @@ def start(conn: Connection, job: dict[str, Any], *, full: bool, anonymous: bool 
     conn.execute(
         etl_job_runs.insert().values(
             run_id=run_id, job_id=job["id"], tenant_id=job["tenant_id"], full=run.full, anonymous=anonymous,
-            cutoff=cutoff, started_at=now, overall="RUNNING", stats={"settings": settings} if settings else {}, totals={},
+            cutoff=cutoff, started_at=now, overall="RUNNING", stats={"settings": settings} if settings else {},
+            totals={},
             host=owner.host, pid=owner.pid, process_started=owner.started,
         )
     )
@@ -211,7 +216,9 @@ def _lock_job(conn: Connection, job_id: int) -> dict[str, Any]:
     return dict(conn.execute(query).mappings().one())
 
 
-def _move(job: dict[str, Any], run_id: str, step: str, stage: str, new: str, events: list[Event], **counts: Any) -> None:
+def _move(
+    job: dict[str, Any], run_id: str, step: str, stage: Stage, new: StageStatus, events: list[Event], **counts: Any
+) -> None:
     """Change one circle in the locked job's status (in memory) and record the event."""
     job["status"]["steps"][step][stage] = new
     events.append(stage_event(job["tenant_id"], job["id"], run_id, step, stage, new, **counts))
@@ -221,7 +228,7 @@ def _save_status(conn: Connection, job: dict[str, Any], **values: Any) -> None:
     conn.execute(etl_jobs.update().where(etl_jobs.c.id == job["id"]).values(status=job["status"], **values))
 
 
-def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: str) -> list[Event]:
+def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: Stage) -> list[Event]:
     """Turn a stage's circle to running if it is still idle in this run."""
     job = _lock_job(conn, job_id)
     if job["run_id"] != run_id or job["status"]["steps"][step][stage] != "idle":
@@ -278,7 +285,9 @@ def extraction_done(
 
 def heartbeat(conn: Connection, run: Run) -> None:
     conn.execute(
-        etl_jobs.update().where(etl_jobs.c.id == run.job_id, etl_jobs.c.run_id == run.run_id).values(heartbeat_at=utcnow())
+        etl_jobs.update()
+        .where(etl_jobs.c.id == run.job_id, etl_jobs.c.run_id == run.run_id)
+        .values(heartbeat_at=utcnow())
     )
 
 
@@ -337,23 +346,25 @@ def _count_statement(dialect: str) -> Any:
                                       set_={"n": etl_run_counts.c.n + stmt.excluded.n})
 
 
-def job_progress(conn: Connection, job: dict[str, Any]) -> dict[str, dict[str, dict[str, int | None]]]:
+def job_progress(conn: Connection, job: dict[str, Any]) -> dict[str, dict[Stage, dict[str, int | None]]]:
     """Processed/total/failed per step and stage for the job's current run, counted from the database."""
     if not job["run_id"]:
         return {}
     run = get_run(conn, job["run_id"])
     totals = run["totals"] if run else {}
     counts_by_step = item_counts(conn, job["run_id"])
-    progress = {}
+    progress: dict[str, dict[Stage, dict[str, int | None]]] = {}
     for step in job["status"]["steps"]:
         counts = counts_by_step.get(step, zero_counts())
         total = totals.get(step)
         stages = stage_progress(counts)
         extracted = sum(counts[s] for s in ("pending", "transformed", "embedded", "failed"))
-        progress[step] = {
-            "extraction": {"processed": extracted, "total": total, "failed": 0},
-            **{s: {"processed": p["processed"], "total": total, "failed": p["failed"]} for s, p in stages.items()},
+        by_stage: dict[Stage, dict[str, int | None]] = {
+            "extraction": {"processed": extracted, "total": total, "failed": 0}
         }
+        for s, p in stages.items():
+            by_stage[s] = {"processed": p["processed"], "total": total, "failed": p["failed"]}
+        progress[step] = by_stage
     return progress
 
 
@@ -362,7 +373,7 @@ def zero_counts() -> dict[str, int]:
             "catch_up": 0}
 
 
-def stage_progress(counts: dict[str, int]) -> dict[str, dict[str, int]]:
+def stage_progress(counts: dict[str, int]) -> dict[QueueStage, dict[str, int]]:
     """How many items each stage has processed and how many are still waiting for it."""
     return {
         "transform": {
@@ -399,6 +410,7 @@ def advance(conn: Connection, run_id: str) -> list[Event]:
     if job["run_id"] != run_id or job["status"]["overall"] != "RUNNING":
         return []
     run = get_run(conn, run_id)
+    assert run is not None, run_id  # the job's current run: its row is written with the job's run_id
     job["status"] = copy.deepcopy(job["status"])
     moves, events = _stage_changes(job, run["totals"], item_counts(conn, run_id))
     for step, stage, counts in moves:
@@ -423,19 +435,20 @@ def _job_of_run(conn: Connection, run_id: str) -> tuple[dict[str, Any], dict[str
 
 def _stage_changes(
     job: dict[str, Any], totals: dict[str, int], counts_by_step: dict[str, dict[str, int]]
-) -> tuple[list[tuple[str, str, dict[str, Any]]], list[Event]]:
+) -> tuple[list[tuple[str, Stage, dict[str, Any]]], list[Event]]:
     """The stages of the job's current run that are done now (step, stage, final counts), and
     progress events of the others; `totals` are the run's extracted items per step.
 
     A stage is done when the one before it has finished and none of its items is pending; a
     stage finishing here lets the next one be judged in the same pass.
     """
-    moves, events = [], []
+    moves: list[tuple[str, Stage, dict[str, Any]]] = []
+    events: list[Event] = []
     for step, circles in job["status"]["steps"].items():
         total = totals.get(step)
         progress = stage_progress(counts_by_step.get(step, zero_counts()))
         upstream_done = circles["extraction"] in ("finished", "failed") and total is not None
-        for stage in ("transform", "embedding"):
+        for stage in QUEUE_STAGES:
             p = progress[stage]
             counts = {"processed": p["processed"], "total": total, "failed": p["failed"]}
             done = upstream_done and p["pending"] == 0 and circles[stage] in ("idle", "running")
@@ -524,4 +537,4 @@ def _fail_locked(conn: Connection, job: dict[str, Any], message: str) -> list[Ev
         .where(etl_job_runs.c.run_id == run_id)
         .values(overall="FAILED", finished_at=now, error_message=message)
     )
-    return events + [job_event(job["tenant_id"], job["id"], run_id, "FAILED", error=message)]
+    return [*events, job_event(job["tenant_id"], job["id"], run_id, "FAILED", error=message)]

@@ -60,7 +60,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _CurrentStderr(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a record is emitted.
 
     A plain StreamHandler keeps the stream it was given; when `main()` runs inside a process
@@ -68,7 +68,7 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     closed stream.
     """
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -53,7 +53,9 @@ def prune(
     if keep_runs < 1:
         raise ValueError(f"keep_runs must be 1 or more (a job's latest run is its status), got {keep_runs}")
     cutoff = utcnow() - dt.timedelta(days=older_than_days)
-    survivors = sa.select(etl_job_runs.c.run_id).where(etl_job_runs.c.run_id.not_in(_prunable_runs(keep_runs, cutoff, tenant_id)))
+    survivors = sa.select(etl_job_runs.c.run_id).where(
+        etl_job_runs.c.run_id.not_in(_prunable_runs(keep_runs, cutoff, tenant_id))
+    )
     targets = [
         (raw_extraction_data, _raw_to_delete(survivors, cutoff, tenant_id)),
         (etl_run_counts, etl_run_counts.c.run_id.not_in(survivors)),
@@ -82,8 +84,12 @@ def _prunable_runs(keep_runs: int, cutoff: dt.datetime, tenant_id: int | None) -
     ended, and not their job's current run (which its status and `ghetl jobs` describe, even if
     a host's clock made a later run look older)."""
     runs = etl_job_runs
-    rank = sa.func.row_number().over(partition_by=runs.c.job_id, order_by=(runs.c.started_at.desc(), runs.c.run_id.desc()))
-    ranked = sa.select(runs.c.run_id, runs.c.tenant_id, runs.c.started_at, runs.c.overall, rank.label("rank")).subquery()
+    rank = sa.func.row_number().over(
+        partition_by=runs.c.job_id, order_by=(runs.c.started_at.desc(), runs.c.run_id.desc())
+    )
+    ranked = sa.select(
+        runs.c.run_id, runs.c.tenant_id, runs.c.started_at, runs.c.overall, rank.label("rank")
+    ).subquery()
     current = sa.select(etl_jobs.c.run_id).where(etl_jobs.c.run_id.is_not(None))
     query = sa.select(ranked.c.run_id).where(ranked.c.rank > keep_runs, ranked.c.started_at < cutoff,
                                              ranked.c.overall != "RUNNING", ranked.c.run_id.not_in(current))
@@ -110,7 +116,8 @@ def _stale_etags(conn: Connection, tenant_id: int | None) -> Any:
         query = query.where(integrations.c.tenant_id == tenant_id)
     current = [
         sa.and_(http_cache.c.integration_id == row.id,
-                sa.func.coalesce(http_cache.c.fingerprint, "") != http_cache_mod.fingerprint(settings_mod.parse(row.settings)))
+                sa.func.coalesce(http_cache.c.fingerprint, "")
+                != http_cache_mod.fingerprint(settings_mod.parse(row.settings)))
         for row in conn.execute(query)
     ]
     return sa.or_(sa.false(), *current)

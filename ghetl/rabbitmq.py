@@ -49,7 +49,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -109,7 +109,7 @@ class Backoff:
 
     def next(self) -> float:
         self.failures += 1
-        return min(10.0, 0.2 * 2 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
+        return min(10.0, 0.2 * 2.0 ** (self.failures - 1)) * random.uniform(0.5, 1.0)
 
 
 class Outgoing(NamedTuple):
@@ -163,7 +163,8 @@ class _Publisher:
                 if batch.error is not None and not batch.retryable:
                     raise PublishRejected(batch.error)
             if time.monotonic() >= deadline:
-                raise ConnectionError(f"RabbitMQ did not confirm {len(messages)} messages within {PUBLISH_PATIENCE:.0f} s: {self._reason or 'no connection'}")
+                raise ConnectionError(f"RabbitMQ did not confirm {len(messages)} messages within "
+                                      f"{PUBLISH_PATIENCE:.0f} s: {self._reason or 'no connection'}")
             time.sleep(0.1)
 
     def send(self, messages: list[Outgoing]) -> bool:
@@ -237,7 +238,8 @@ class _Publisher:
         self._ready.set()
 
     def _on_channel_closed(self, channel: Any, reason: Exception) -> None:
-        """A channel the broker closed (e.g. an exchange deleted under us) fails its batches for good and is replaced."""
+        """A channel the broker closed (e.g. an exchange deleted under us) fails its batches for good and is
+        replaced."""
         self._ready.clear()
         refused = isinstance(reason, pika.exceptions.ChannelClosedByBroker)
         for batch in set(self._unconfirmed.values()):
@@ -265,7 +267,8 @@ class _Publisher:
                 expiration=message.expiration,
                 message_id=str(self._tag),
             )
-            channel.basic_publish(message.exchange, message.routing_key, message.body, properties, mandatory=message.mandatory)
+            channel.basic_publish(message.exchange, message.routing_key, message.body, properties,
+                                  mandatory=message.mandatory)
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         batch = self._unconfirmed.get(int(properties.message_id or 0))
@@ -284,7 +287,8 @@ class _Publisher:
             if batch is None:
                 continue
             if not acked:
-                self._settle(batch, "RabbitMQ refused the message (queue full or broker out of resources)", retryable=False)
+                self._settle(batch, "RabbitMQ refused the message (queue full or broker out of resources)",
+                             retryable=False)
                 continue
             batch.remaining -= 1
             if batch.remaining == 0:
@@ -421,9 +425,9 @@ class RabbitBroker:
         with self._channel() as channel:
             while True:
                 method, properties, body = channel.basic_get(self.dead_queue, auto_ack=False)
-                if method is None:
+                if method is None or properties is None or body is None:
                     break
-                headers = properties.headers or {}
+                headers: Mapping[str, Any] = properties.headers or {}
                 letters.append(DeadLetter(str(headers.get(STAGE, "")), body, str(headers.get(REASON, "")),
                                           int(headers.get(ATTEMPTS, 0)), headers.get(LETTER)))
         return letters
@@ -436,9 +440,11 @@ class RabbitBroker:
         with self._channel() as channel:
             while True:
                 method, properties, _body = channel.basic_get(self.dead_queue, auto_ack=False)
-                if method is None:
+                if method is None or properties is None:
                     break
-                if (properties.headers or {}).get(LETTER) in letters:
+                headers: Mapping[str, Any] = properties.headers or {}
+                if headers.get(LETTER) in letters:
+                    assert method.delivery_tag is not None  # pika sets it on every message it hands over
                     channel.basic_ack(method.delivery_tag)
 
     def consume(self, stages: list[str], deliver: Deliver, *, concurrency: int, stop: threading.Event) -> None:
@@ -469,7 +475,7 @@ class RabbitBroker:
             for method, properties, body in channel.consume(self.queue(stage), inactivity_timeout=0.25):
                 if stop.is_set():
                     break
-                if method is not None:
+                if method is not None and body is not None:
                     self._handle(channel, stage, deliver, method, properties, body, stop)
             channel.cancel()
         finally:
@@ -480,9 +486,10 @@ class RabbitBroker:
                 stop: threading.Event) -> None:
         attempt = _attempt(properties)
         if method.redelivered:
-            attempt = self._count_lost_attempt(channel, stage, method, body, attempt)
-            if attempt is None:
+            counted = self._count_lost_attempt(channel, stage, method, body, attempt)
+            if counted is None:
                 return
+            attempt = counted
         try:
             outcome = _keeping_connection_alive(channel.connection, deliver, stage, body, attempt)
         except Exception as exc:  # a bug in a handler must not kill the consumer nor loop forever
@@ -498,12 +505,15 @@ class RabbitBroker:
                 _pause(channel.connection, outcome.delay, stop)
                 self._publisher.publish([Outgoing("", self.queue(stage), body, {ATTEMPT: attempt})])
         except PublishRejected as exc:
-            log.error("could not move a %s message to its %s queue (%s); it goes back to its queue", stage, outcome.action, exc)
+            log.error("could not move a %s message to its %s queue (%s); it goes back to its queue",
+                      stage, outcome.action, exc)
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
         channel.basic_ack(method.delivery_tag)
 
-    def _count_lost_attempt(self, channel: BlockingChannel, stage: str, method: Any, body: bytes, attempt: int) -> int | None:
+    def _count_lost_attempt(
+        self, channel: BlockingChannel, stage: str, method: Any, body: bytes, attempt: int
+    ) -> int | None:
         """A redelivered message was taken before and never settled: its worker died or lost
         RabbitMQ while handling it. That counts as a failed attempt, so a message that kills every
         worker that takes it ends in the dead-letter queue instead of circling forever.
@@ -532,18 +542,22 @@ class RabbitBroker:
             "x-expires": RETRY_QUEUE_EXPIRES_MS,
         })
         delay_ms = str(int(broker_mod.retry_delay(attempt) * 1000))
-        self._publisher.publish([Outgoing("", name, body, {ATTEMPT: attempt + 1}, expiration=delay_ms) for body in bodies])
+        self._publisher.publish(
+            [Outgoing("", name, body, {ATTEMPT: attempt + 1}, expiration=delay_ms) for body in bodies]
+        )
 
     def _dead_letter(self, stage: str, body: bytes, reason: str, attempt: int, letter: int | None) -> None:
         headers = {REASON: reason[:1000], STAGE: stage, ATTEMPTS: attempt, LETTER: letter}
         self._publisher.publish([Outgoing("", self.dead_queue, body, headers)])
 
     def publish_status(self, events: list[Event]) -> None:
-        """Announce events on the fanout exchange; without a connection they are dropped (the database stays the truth)."""
+        """Announce events on the fanout exchange; without a connection they are dropped (the database
+        stays the truth)."""
         if not events:
             return
         self._ensure_declared()
-        outgoing = [Outgoing(self.status_exchange, "", broker_mod.encode(e), {}, persistent=False, mandatory=False) for e in events]
+        outgoing = [Outgoing(self.status_exchange, "", broker_mod.encode(e), {}, persistent=False, mandatory=False)
+                    for e in events]
         if not self._publisher.send(outgoing):
             log.debug("no RabbitMQ connection: %d status events not announced", len(events))
 
@@ -560,10 +574,12 @@ class RabbitBroker:
         self._ensure_declared()
         stop = threading.Event()
         bound = threading.Event()
-        thread = threading.Thread(target=self._subscribe_loop, args=(callback, on_bound, stop, bound), name="ghetl-status", daemon=True)
+        thread = threading.Thread(target=self._subscribe_loop, args=(callback, on_bound, stop, bound),
+                                  name="ghetl-status", daemon=True)
         thread.start()
         if not bound.wait(10):
-            log.warning("could not subscribe to status events at %s yet; progress will show once it can", safe_url(self.url))
+            log.warning("could not subscribe to status events at %s yet; progress will show once it can",
+                        safe_url(self.url))
         self._subscriptions.append((stop, thread))
 
         def unsubscribe() -> None:
@@ -587,7 +603,7 @@ class RabbitBroker:
                     for method, _properties, body in channel.consume(name, auto_ack=True, inactivity_timeout=0.1):
                         if stop.is_set():
                             break
-                        if method is not None:
+                        if method is not None and body is not None:
                             _call(callback, body)
             except CONNECTION_ERRORS as exc:
                 delay = backoff.next()
@@ -627,7 +643,8 @@ def _keeping_connection_alive(connection: pika.BlockingConnection, deliver: Deli
         connection.process_data_events(time_limit=0)
     if "error" in result:
         raise result["error"]
-    return result["outcome"]
+    outcome: Outcome = result["outcome"]
+    return outcome
 
 
 def _pause(connection: pika.BlockingConnection, seconds: float, stop: threading.Event) -> None:

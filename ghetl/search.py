@@ -77,7 +77,8 @@ def _best(scores: np.ndarray, keys: list[tuple[int, str]], limit: int) -> list[i
     """Indexes of the `limit` highest scores; ties go by key, so the same search gives the same answer."""
     k = min(limit, len(scores))
     kth = np.partition(scores, len(scores) - k)[len(scores) - k]
-    return sorted(np.flatnonzero(scores >= kth), key=lambda i: (-scores[i], keys[i]))[:limit]
+    candidates = [int(i) for i in np.flatnonzero(scores >= kth)]
+    return sorted(candidates, key=lambda i: (-scores[i], keys[i]))[:limit]
 
 
 # Plain queries matched up here rather than one SQL join: on freshly filled PostgreSQL tables
@@ -90,7 +91,8 @@ def _active_keys(tenant_id: int) -> sa.Select:
 
 def _vectors_of(tenant_id: int, embedder: embeddings.Embedder) -> sa.Select:
     """The tenant's repository vectors of this embedder's model."""
-    return sa.select(embeddings_table.c.integration_id, embeddings_table.c.external_id, embeddings_table.c.vector).where(
+    columns = embeddings_table.c
+    return sa.select(columns.integration_id, columns.external_id, columns.vector).where(
         embeddings_table.c.tenant_id == tenant_id,
         embeddings_table.c.table_name == repositories.name,
         embeddings_table.c.model == embedder.model,

@@ -24,8 +24,10 @@ DEFAULTS: dict[str, Any] = {
 }
 
 DESCRIPTIONS = {
-    "repository_filter": "GitHub search terms that select repositories (the search API is used), e.g. \"payments in:name\"",
-    "name_patterns": "list of shell-style patterns; only repositories whose name matches one are kept, e.g. [\"api-*\"]",
+    "repository_filter": "GitHub search terms that select repositories (the search API is used), "
+                         "e.g. \"payments in:name\"",
+    "name_patterns": "list of shell-style patterns; only repositories whose name matches one are kept, "
+                     "e.g. [\"api-*\"]",
     "include_forks": "true or false: keep forked repositories",
     "include_archived": "true or false: keep archived repositories",
     "visibility": "one of " + ", ".join(VISIBILITIES),
@@ -59,7 +61,9 @@ def parse(raw: str | dict[str, Any] | None) -> dict[str, Any]:
         if not isinstance(merged[key], bool):
             raise SettingsError(f"settings key '{key}' must be {DESCRIPTIONS[key]}, got {merged[key]!r}")
     if merged["visibility"] not in VISIBILITIES:
-        raise SettingsError(f"settings key 'visibility' must be {DESCRIPTIONS['visibility']}, got {merged['visibility']!r}")
+        raise SettingsError(
+            f"settings key 'visibility' must be {DESCRIPTIONS['visibility']}, got {merged['visibility']!r}"
+        )
     return merged
 
 
@@ -67,7 +71,9 @@ def _check_filter(value: Any) -> None:
     if value is None:
         return
     if not isinstance(value, str) or not value.strip():
-        raise SettingsError(f"settings key 'repository_filter' must be {DESCRIPTIONS['repository_filter']}, got {value!r}")
+        raise SettingsError(
+            f"settings key 'repository_filter' must be {DESCRIPTIONS['repository_filter']}, got {value!r}"
+        )
     if not value.isprintable():
         raise SettingsError("settings key 'repository_filter' holds a control character (a NUL, newline, tab...); "
                             "remove it")
@@ -87,4 +93,6 @@ def _check_patterns(value: Any) -> None:
     if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
         raise SettingsError(f"settings key 'name_patterns' must be a {DESCRIPTIONS['name_patterns']}, got {value!r}")
     if not all(p.isprintable() for p in value):
-        raise SettingsError("settings key 'name_patterns' holds a control character (a NUL, newline, tab...); remove it")
+        raise SettingsError(
+            "settings key 'name_patterns' holds a control character (a NUL, newline, tab...); remove it"
+        )

@@ -14,6 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import records
+from .records import Stage, StageStatus
+
 log = logging.getLogger(__name__)
 
 _KEYS = re.compile(r"(key=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
@@ -34,7 +37,7 @@ class _HideKeys(logging.Filter):
 PROTOCOL_LOG = logging.getLogger("websockets.ghetl")
 PROTOCOL_LOG.addFilter(_HideKeys())
 
-STAGES = ("extraction", "transform", "embedding")
+STAGES = records.STAGES  # ("extraction", "transform", "embedding")
 Event = dict[str, Any]
 Subscriber = Callable[[Event], None]
 
@@ -44,8 +47,8 @@ def stage_event(
     job_id: int,
     run_id: str,
     step: str,
-    stage: str,
-    status: str,
+    stage: Stage,
+    status: StageStatus,
     *,
     processed: int | None = None,
     total: int | None = None,
@@ -63,7 +66,7 @@ def stage_event(
         "processed": processed,
         "total": total,
         "failed": failed,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
     }
 
 
@@ -75,7 +78,7 @@ def job_event(tenant_id: int, job_id: int, run_id: str, overall: str, *, error: 
         "run_id": run_id,
         "overall": overall,
         "error": error,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(),
     }
 
 

@@ -61,6 +61,7 @@ terminal is followed too, at the poll's pace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
 import hmac
@@ -164,7 +165,8 @@ def malformed(event: Event) -> str | None:
     for name, kind in _EVENT_FIELDS[event["type"]].items():
         value = event.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
-            return f"field '{name}' must be {kind.__name__ if isinstance(kind, type) else kind}, got {type(value).__name__}"
+            wanted = kind.__name__ if isinstance(kind, type) else kind
+            return f"field '{name}' must be {wanted}, got {type(value).__name__}"
     if event["type"] == "job" and event["overall"] not in OVERALL_RANK:
         return f"unknown overall state '{event['overall'][:40]}'"
     if event["type"] == "stage" and (event["stage"] not in STAGES or event["status"] not in CIRCLE_RANK):
@@ -371,10 +373,8 @@ class StatusServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Close every connection (code 1001), stop listening, and wait for the thread to end."""
         if self._loop is not None and self._stopping is not None and not self._loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._stopping.set)
-            except RuntimeError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -437,10 +437,8 @@ class StatusServer:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._dispatch, event)
-        except RuntimeError:
-            pass
 
     def _resubscribed(self) -> None:
         """Called on the broker's thread each time its subscription is bound: after a loss, what
@@ -448,10 +446,8 @@ class StatusServer:
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        try:
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._resync_all, "reconnect")
-        except RuntimeError:
-            pass
 
     def _resync_all(self, reason: str) -> None:
         for subscription in self._clients:
@@ -473,8 +469,10 @@ class StatusServer:
     async def _handle(self, ws: ServerConnection) -> None:
         try:
             self._admit_address(ws)
+            request = ws.request
+            assert request is not None  # websockets calls the handler after the opening handshake
             loop = asyncio.get_running_loop()
-            tenant, job_id, key = await loop.run_in_executor(self._handshakes, self._authorise, ws.request)
+            tenant, job_id, key = await loop.run_in_executor(self._handshakes, self._authorise, request)
             self._admit_tenant(tenant)
         except Refused as refused:
             log.info("refused a status client: %s", refused.reason)
@@ -528,9 +526,11 @@ class StatusServer:
             except tenants.NotFound:
                 tenant = None
             if tenant is None or not tenants.check_key(conn, tenant["id"], key):
-                raise Refused(4403, f"wrong key for tenant '{name[:40]}' or no such tenant; issue a key: ghetl tenant key NAME")
+                raise Refused(4403, f"wrong key for tenant '{name[:40]}' or no such tenant; "
+                                    "issue a key: ghetl tenant key NAME")
             if job_id is not None and not any(j["id"] == job_id for j in jobs.list_jobs(conn, tenant["id"])):
-                raise Refused(4404, f"tenant '{tenant['name'][:40]}' has no job {job_id}; see: ghetl jobs --tenant NAME")
+                raise Refused(4404, f"tenant '{tenant['name'][:40]}' has no job {job_id}; "
+                                    "see: ghetl jobs --tenant NAME")
         return tenant, job_id, key
 
     async def _send(self, ws: ServerConnection, subscription: Subscription, tenant: dict[str, Any]) -> None:
@@ -622,7 +622,8 @@ def _job_states(engine: sa.Engine, before: dict[int, dict[str, Any]]) -> dict[in
             old["status"]["overall"] == "RUNNING" or old["run_id"] != job["run_id"]))
 
     with engine.connect() as conn:
-        return {j["id"]: {**j, "progress": jobs.job_progress(conn, j) if counted(j) else {}} for j in jobs.list_jobs(conn)}
+        return {j["id"]: {**j, "progress": jobs.job_progress(conn, j) if counted(j) else {}}
+                for j in jobs.list_jobs(conn)}
 
 
 def changes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> Iterator[Event]:

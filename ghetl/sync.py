@@ -26,6 +26,7 @@ from .github import GitHubClient, GitHubError, Policy
 from .logs import safe_url
 from .prune import due as retention_due
 from .prune import prune
+from .records import Overall
 from .status import Event, stage_event
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class SyncResult:
     tenant: str
     job_id: int
     run_id: str
-    overall: str
+    overall: Overall
     full: bool
     counts: dict[str, dict[str, int]]
     requests: int
@@ -122,7 +123,8 @@ def sync(
     unsubscribe: Callable[[], None] | None = None
     ended = False
     try:
-        log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"], run.run_id)
+        log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"],
+                 run.run_id)
         unsubscribe = _listen(broker, run.run_id, progress, on_event)
         broker.publish_status(events)
         if run_workers:
@@ -249,7 +251,8 @@ def _client(tenant: str, integration: dict[str, Any], token: str | None, policy:
     except httpx.InvalidURL as exc:
         raise ValueError(
             f"integration {integration['id']} has an invalid API URL '{safe_url(integration['api_url'])}' ({exc}); "
-            f"add one with a valid URL: ghetl integration add --tenant {tenant} --owner {integration['owner']} --api-url URL"
+            f"add one with a valid URL: ghetl integration add --tenant {tenant} --owner {integration['owner']} "
+            "--api-url URL"
         ) from None
 
 
@@ -279,7 +282,7 @@ class _Consumers:
         self._threads = [
             threading.Thread(target=self._consume, args=(broker, stage, deliver, n, stop),
                              name=f"ghetl-{stage}-consumers", daemon=True)
-            for stage, n in zip(broker_mod.STAGE_QUEUES, per_stage)
+            for stage, n in zip(broker_mod.STAGE_QUEUES, per_stage, strict=True)
         ]
         for thread in self._threads:
             thread.start()
@@ -387,7 +390,7 @@ def _store(engine: sa.Engine, run: jobs.Run, step: steps.Step, batch: steps.Batc
     return [
         {"raw_data_id": raw_id, "external_id": row["external_id"], "parent_external_id": row["parent_external_id"],
          "first_item": False, "last_item": False, "last_job_item": False}
-        for raw_id, row in zip(ids, rows)
+        for raw_id, row in zip(ids, rows, strict=True)
     ]
 
 

@@ -18,13 +18,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import config, jobs, steps, settings as settings_mod
+from . import config, jobs, steps
+from . import settings as settings_mod
 from .db import etl_jobs, integrations, tenants
 
 log = logging.getLogger(__name__)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NAME_LENGTH = tenants.c.name.type.length
+_NAME_TYPE = tenants.c.name.type
+assert isinstance(_NAME_TYPE, sa.String) and _NAME_TYPE.length is not None  # the schema's VARCHAR(n)
+_NAME_LENGTH: int = _NAME_TYPE.length
 _TOKEN_LIKE = re.compile(r"^(gh[pousr]_|github_pat_)|^[0-9A-Fa-f]{40}$")
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 
@@ -86,8 +89,10 @@ def rotate_key(conn: Connection, name: str) -> str:
 
 
 def check_key(conn: Connection, tenant_id: int, key: str) -> bool:
-    stored = conn.execute(sa.select(tenants.c.stream_key_hash).where(tenants.c.id == tenant_id)).scalar()
-    return bool(stored) and hmac.compare_digest(stored, hash_key(key))
+    stored: str | None = conn.execute(sa.select(tenants.c.stream_key_hash).where(tenants.c.id == tenant_id)).scalar()
+    if not stored:
+        return False
+    return hmac.compare_digest(stored, hash_key(key))
 
 
 def get_tenant(conn: Connection, name_or_id: str | int, *, active: bool = False) -> dict[str, Any]:
@@ -121,7 +126,9 @@ def set_tenant_active(conn: Connection, name: str | int, active: bool) -> dict[s
     return tenant
 
 
-def set_integration_active(conn: Connection, tenant: str | int, integration_id: int | None, active: bool) -> dict[str, Any]:
+def set_integration_active(
+    conn: Connection, tenant: str | int, integration_id: int | None, active: bool
+) -> dict[str, Any]:
     """Enable or disable one integration of a tenant; return it as it was before."""
     integration = get_integration(conn, get_tenant(conn, tenant)["id"], integration_id, include_disabled=True)
     conn.execute(integrations.update().where(integrations.c.id == integration["id"]).values(active=active))
@@ -193,7 +200,9 @@ def _stored(parsed: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in parsed.items() if v != settings_mod.DEFAULTS[k]}
 
 
-def update_settings(conn: Connection, integration_id: int, settings: str | dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def update_settings(
+    conn: Connection, integration_id: int, settings: str | dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
     """Replace an integration's settings, validated as `add_integration` validates them; return
     what changed, {key: (old, new)}.
 

@@ -110,7 +110,9 @@ class BoardModel:
                 raise KeyError(f"the board has no job {job}; it shows jobs {_ids(self.jobs)}")
             return self.jobs[job]
         if len(self.jobs) != 1:
-            raise ValueError(f"the board shows jobs {_ids(self.jobs)}; say which one, e.g. job={next(iter(self.jobs), 1)}")
+            raise ValueError(
+                f"the board shows jobs {_ids(self.jobs)}; say which one, e.g. job={next(iter(self.jobs), 1)}"
+            )
         return next(iter(self.jobs.values()))
 
 
@@ -123,7 +125,8 @@ def _job_from_snapshot(item: dict[str, Any]) -> JobView:
     return JobView(
         job_id=item["job_id"], job_name=item["job_name"], run_id=item["run_id"], overall=item["overall"],
         error=item.get("error_message"),
-        steps={s: {"display_name": info.get("display_name", s), "order": info.get("order", 0)} for s, info in steps.items()},
+        steps={s: {"display_name": info.get("display_name", s), "order": info.get("order", 0)}
+               for s, info in steps.items()},
         circles={s: {stage: info[stage] for stage in STAGES} for s, info in steps.items()},
         progress=item.get("progress") or {},
     )
@@ -164,7 +167,9 @@ class _StageCell:
             self.bar.value = min(1.0, processed / total) if total else 0.0
         elif status == "idle":
             self.bar.value = 0.0
-        self.count.value = "" if processed is None else (f"{processed}/{total}" if total is not None else str(processed))
+        self.count.value = (
+            "" if processed is None else (f"{processed}/{total}" if total is not None else str(processed))
+        )
 
 
 class _JobPanel:
@@ -243,7 +248,9 @@ class StatusBoard:
         with self._changed:
             return self.model.job(job).overall
 
-    def wait(self, run_id: str | None = None, *, job: int | None = None, timeout: float = 60.0) -> dict[str, dict[str, str]]:
+    def wait(
+        self, run_id: str | None = None, *, job: int | None = None, timeout: float = 60.0
+    ) -> dict[str, dict[str, str]]:
         """Block until the job's run (this `run_id`, if given) is FINISHED or FAILED; return its circles.
 
         A `run_id` names its job, so `job` is needed only without one, on a board of several jobs.
@@ -267,10 +274,14 @@ class StatusBoard:
                 if run_id is None:
                     self.model.job(job)  # raises what to fix when the board has several jobs or not that one
                 seen = {j.job_id: j.overall for j in self.model.jobs.values()}
-                raise TimeoutError(f"the status board saw no end of the run within {timeout:.0f} s (jobs: {seen or 'none'})")
+                raise TimeoutError(
+                    f"the status board saw no end of the run within {timeout:.0f} s (jobs: {seen or 'none'})"
+                )
             if self.refused:
                 raise ConnectionRefusedError(f"the status stream refused the board: {self.refused}")
-            return self.model.state(target().job_id)
+            view = target()
+            assert view is not None  # done() saw it
+            return self.model.state(view.job_id)
 
     def close(self) -> None:
         """Stop following the stream; the board keeps showing what it last knew."""

@@ -212,7 +212,8 @@ class TokenCheck:
         return int(self.rate.loc[resource, "remaining"])
 
     def describe(self) -> str:
-        scopes = ", ".join(self.scopes) if self.scopes else "none reported (a fine-grained or app token: check its repository access on GitHub)"
+        scopes = (", ".join(self.scopes) if self.scopes
+                  else "none reported (a fine-grained or app token: check its repository access on GitHub)")
         return "\n".join([
             f"token from ${self.token_env} accepted by {self.api_url}",
             f"scopes:  {scopes}",
@@ -336,7 +337,7 @@ class _LiveBoard:
 
         url = os.environ.get("GHETL_STATUS_URL")
         server = None if url else StatusServer(db.engine(), broker, port=0).start()
-        board = StatusBoard(tenant, url=url or server.url, key=key)
+        board = StatusBoard(tenant, url=url if server is None else server.url, key=key)
         display(board)
         return cls(board, server)
 

@@ -28,6 +28,7 @@ from .broker import Broker, Outcome, PoisonMessage
 from .db import embeddings as embeddings_table
 from .db import etl_jobs, raw_extraction_data, upsert, utcnow
 from .logs import first_line
+from .records import ItemStatus, QueueStage, is_queue_stage
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Pipeline:
         """One message's work on one pooled connection, in a transaction per step of it: taking
         a connection from the pool costs a round trip (the liveness check), and a message
         took four."""
-        if stage not in broker_mod.STAGE_QUEUES:
+        if not is_queue_stage(stage):
             raise ValueError(f"unknown stage '{stage}'")
         step = steps.get(message["step"])
         with self.engine.connect() as conn:
@@ -159,12 +160,12 @@ class Pipeline:
 
     def _current_run(self, conn: sa.Connection, job_id: int) -> str:
         with conn.begin():
-            run_id = conn.execute(sa.select(etl_jobs.c.run_id).where(etl_jobs.c.id == job_id)).scalar()
+            run_id: str | None = conn.execute(sa.select(etl_jobs.c.run_id).where(etl_jobs.c.id == job_id)).scalar()
         if not run_id:
             raise PoisonMessage(f"job {job_id} has no run to attach this message to")
         return run_id
 
-    def _mark_running(self, conn: sa.Connection, message: dict[str, Any], stage: str) -> None:
+    def _mark_running(self, conn: sa.Connection, message: dict[str, Any], stage: QueueStage) -> None:
         key = (message["run_id"], message["step"], stage)
         with self._lock:
             if key in self._started:
@@ -346,7 +347,8 @@ class Pipeline:
                     self.broker.publish("embedding", [{**message, "items": end}])
                 self._advance(conn, message["run_id"])
         except Exception as exc:
-            log.error("could not record the failure of a %s message (%s); its items stay pending", stage, first_line(exc))
+            log.error("could not record the failure of a %s message (%s); its items stay pending",
+                      stage, first_line(exc))
             log.debug("the failure to record it", exc_info=True)
 
 
@@ -415,7 +417,7 @@ def database_unavailable(exc: BaseException) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _rows_to_embed(step: steps.Step) -> sa.Select:
+def _rows_to_embed(step: steps.Step) -> sa.Select[Any]:
     """A batch of the step's rows by id, with the content hash of the vector stored for them."""
     table = step.table
     vector = embeddings_table.alias("stored")
@@ -431,7 +433,9 @@ def _rows_to_embed(step: steps.Step) -> sa.Select:
     )
 
 
-def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: dict[int, dict[str, Any]]) -> dict[int, str]:
+def _upsert_each_alone_on_failure(
+    conn: sa.Connection, step: steps.Step, rows: dict[int, dict[str, Any]]
+) -> dict[int, str]:
     """Upsert the batch in one statement; if the database refuses it, find the bad rows one by one.
 
     Errors of the database itself (connection lost, timeout) are raised: the whole message is
@@ -459,11 +463,14 @@ def _upsert_each_alone_on_failure(conn: sa.Connection, step: steps.Step, rows: d
     return errors
 
 
-def _move(conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status: str, from_status: str) -> None:
+def _move(
+    conn: sa.Connection, run_id: str, step: str, ids: list[int], to_status: ItemStatus, from_status: ItemStatus
+) -> None:
     """Move the run's items from one status to the next, counting only those that really moved."""
     if not ids:
         return
-    moved = conn.execute(_MOVE, {"ids": ids, "run": run_id, "from_status": from_status, "to_status": to_status}).rowcount
+    params = {"ids": ids, "run": run_id, "from_status": from_status, "to_status": to_status}
+    moved = conn.execute(_MOVE, params).rowcount
     jobs.count_items(conn, run_id, step, {from_status: -moved, to_status: moved})
 
 

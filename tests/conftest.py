@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +26,12 @@ from ghetl import db, migrate, tenants
 from ghetl.broker import Broker, MemoryBroker
 from ghetl.sandbox import Sandbox
 
-from .support import delete_queues, scratch_database
+from .support import delete_queues, scratch_database, wait_until
 
 PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("GHETL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 TOKEN = "ghp_sandboxTestToken000000000000000000001"
+FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
 
 
 def _unavailable(what: str, exc: Exception) -> None:
@@ -180,3 +185,82 @@ def add_tenant(backend: Backend, sandbox: Sandbox, *, name: str = "acme-corp", o
 @pytest.fixture
 def tenant(backend: Backend, sandbox: Sandbox, token: str) -> str:
     return add_tenant(backend, sandbox)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """Run `ghetl` as a separate process on a SQLite file of the test's and memory://."""
+    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
+           "GITHUB_TOKEN": TOKEN}
+
+    def run(*args, **extra_env):
+        return subprocess.run([sys.executable, "-m", "ghetl", *args], env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=120)
+
+    return run
+
+
+def one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
+    assert result.returncode != 0, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+class Workers:
+    """`ghetl worker` processes of one test, with their logs; all stopped at the end."""
+
+    def __init__(self, backend: Backend, logs: Path, **env: str) -> None:
+        self.backend = backend
+        self.logs = logs
+        self.env = {**os.environ, **backend.env, "GITHUB_TOKEN": TOKEN, **env}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self, stage: str, count: int = 1, *, concurrency: int = 1, wait: bool = True
+    ) -> list[subprocess.Popen[bytes]]:
+        stages = ("transform", "embedding") if stage == "all" else (stage,)
+        before = {s: self.backend.broker.consumer_count(s) for s in stages}  # type: ignore[attr-defined]
+        started = []
+        for _ in range(count):
+            with open(self.logs / f"worker-{len(self.procs)}.log", "wb") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "ghetl", "worker", stage, "--concurrency", str(concurrency)],
+                    env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+                )
+            self.procs.append(proc)
+            started.append(proc)
+        if wait:
+            expected = {s: before[s] + count * concurrency for s in stages}
+            assert wait_until(
+                lambda: all(self.backend.broker.consumer_count(s) >= n for s, n in expected.items()),  # type: ignore[attr-defined]
+                timeout=60, interval=0.1,
+            ), f"workers did not attach to their queues: {self.log_text()}"
+        return started
+
+    def stop(self, timeout: float = 30) -> list[int]:
+        """SIGTERM every live worker; return their exit codes."""
+        live = [p for p in self.procs if p.poll() is None]
+        for proc in live:
+            proc.send_signal(signal.SIGTERM)
+        return [proc.wait(timeout) for proc in live]
+
+    def kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
+
+
+@pytest.fixture
+def workers(scaleout: Backend, tmp_path: Path) -> Iterator[Workers]:
+    """`ghetl worker` processes on the scale-out back end, retrying fast; killed after the test."""
+    pool = Workers(scaleout, tmp_path, **FAST_RETRIES)
+    try:
+        yield pool
+    finally:
+        pool.kill()

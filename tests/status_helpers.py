@@ -48,7 +48,9 @@ def stream_url(base: str, tenant: str | int, *, job: int | None = None, key: str
 class Client:
     """A status-stream client that keeps every message it reads, in order."""
 
-    def __init__(self, base: str, tenant: str | int, key: str | None, *, job: int | None = None, **options: Any) -> None:
+    def __init__(
+        self, base: str, tenant: str | int, key: str | None, *, job: int | None = None, **options: Any
+    ) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._stack = ExitStack()
         self.ws: ClientConnection = self._stack.enter_context(
@@ -64,7 +66,9 @@ class Client:
                 self.messages.append(json.loads(self.ws.recv(timeout=max(remaining, 0.01))))
             except TimeoutError:
                 kinds = [(m["type"], m.get("stage"), m.get("status") or m.get("overall")) for m in self.messages]
-                raise AssertionError(f"the stream did not deliver what was awaited in {timeout} s; got {kinds}") from None
+                raise AssertionError(
+                    f"the stream did not deliver what was awaited in {timeout} s; got {kinds}"
+                ) from None
         return self.messages
 
     def until_run_ends(self, run_id: str, timeout: float = 60) -> list[Message]:

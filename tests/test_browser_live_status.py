@@ -62,14 +62,15 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
     news.write_text('{"fetchNews": "false"}')  # no "get notified about Jupyter news?" toast over the board
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "jupyterlab.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", "--allow-root", "--ServerApp.terminals_enabled=False", f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
-         f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        cwd=work, env=env, stdout=log, stderr=log,
-    )
+    with open(tmp_path / "jupyterlab.log", "wb") as log:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+             f"--IdentityProvider.token={token}", "--allow-root", "--ServerApp.terminals_enabled=False",
+             f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
+             f"--LabApp.user_settings_dir={home / 'settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            cwd=work, env=env, stdout=log, stderr=log,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/api/status?token={token}", proc, tmp_path / "jupyterlab.log")
@@ -81,7 +82,6 @@ def jupyterlab(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
 
 
 def _wait_for(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -111,7 +111,8 @@ def test_jupyterlab_runs_the_notebook_and_the_circles_turn_green(jupyterlab):
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
             page.wait_for_function(ALL_GREEN, timeout=45_000)
             circles = page.eval_on_selector_all(
-                ".ghetl-circle", "els => els.map(e => [e.dataset.stage, e.dataset.status, getComputedStyle(e).backgroundColor])")
+                ".ghetl-circle",
+                "els => els.map(e => [e.dataset.stage, e.dataset.status, getComputedStyle(e).backgroundColor])")
             badge = page.get_attribute(".ghetl-overall", "data-overall")
             page.locator(".ghetl-circle").first.scroll_into_view_if_needed()
             page.screenshot(path=str(ARTIFACTS / "live_status.png"), full_page=True)

@@ -13,32 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN
+from .conftest import TOKEN, one_line_error
 
-COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "list"], ["tenant", "key"], ["tenant", "disable"], ["tenant", "enable"],
-            ["integration", "add"], ["integration", "list"], ["integration", "disable"], ["integration", "enable"],
-            ["integration", "set"], ["sync"], ["jobs"], ["prune"], ["dead-letters"], ["dead-letters", "list"],
-            ["dead-letters", "replay"], ["dead-letters", "drop"], ["search"], ["worker"], ["sandbox"], ["status-server"]]
-
-
-@pytest.fixture
-def cli(tmp_path):
-    env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
-           "GITHUB_TOKEN": TOKEN}
-
-    def run(*args, **extra_env):
-        return subprocess.run([sys.executable, "-m", "ghetl", *args], env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=120)
-
-    return run
-
-
-def one_line_error(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("ghetl: error:")]
-    assert result.returncode != 0, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
+COMMANDS = [[], ["init"], ["tenant", "add"], ["tenant", "list"], ["tenant", "key"], ["tenant", "disable"],
+            ["tenant", "enable"], ["integration", "add"], ["integration", "list"], ["integration", "disable"],
+            ["integration", "enable"], ["integration", "set"], ["sync"], ["jobs"], ["prune"], ["dead-letters"],
+            ["dead-letters", "list"], ["dead-letters", "replay"], ["dead-letters", "drop"], ["search"], ["worker"],
+            ["sandbox"], ["status-server"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ghetl")
@@ -101,7 +82,8 @@ def test_jobs_ends_a_run_whose_sync_process_died(cli, tmp_path):
 def test_an_integration_that_cannot_be_chosen_is_named_with_its_tenant(cli):
     cli("init")
     cli("tenant", "add", "acme-corp")
-    assert "tenant 'acme-corp' has no active integration" in (line := one_line_error(cli("sync", "--tenant", "acme-corp")))
+    line = one_line_error(cli("sync", "--tenant", "acme-corp"))
+    assert "tenant 'acme-corp' has no active integration" in line
     assert "ghetl integration add --tenant acme-corp" in line
     for owner in ("acme", "globex"):
         cli("integration", "add", "--tenant", "acme-corp", "--owner", owner, "--api-url", "http://127.0.0.1:9")
@@ -371,10 +353,13 @@ def job_states(cli) -> list[str]:
 @pytest.mark.parametrize(("argv", "error"), [
     (["sync", "--tenant", "t1", "--workers", "0"], "argument --workers: must be 1 or more, got 0"),
     (["sync", "--tenant", "t1", "--workers", "-3"], "argument --workers: must be 1 or more, got -3"),
-    (["sync", "--tenant", "t1", "--timeout", "-1"], "argument --timeout: must be a number of seconds above 0, got '-1'"),
+    (["sync", "--tenant", "t1", "--timeout", "-1"],
+     "argument --timeout: must be a number of seconds above 0, got '-1'"),
     (["sync", "--tenant", "t1", "--timeout", "0"], "argument --timeout: must be a number of seconds above 0, got '0'"),
-    (["sync", "--tenant", "t1", "--timeout", "nan"], "argument --timeout: must be a number of seconds above 0, got 'nan'"),
-    (["sync", "--tenant", "t1", "--timeout", "inf"], "argument --timeout: must be a number of seconds above 0, got 'inf'"),
+    (["sync", "--tenant", "t1", "--timeout", "nan"],
+     "argument --timeout: must be a number of seconds above 0, got 'nan'"),
+    (["sync", "--tenant", "t1", "--timeout", "inf"],
+     "argument --timeout: must be a number of seconds above 0, got 'inf'"),
     (["status-server", "--poll", "0"], "argument --poll: must be a number of seconds above 0, got '0'"),
     (["status-server", "--poll", "-1"], "argument --poll: must be a number of seconds above 0, got '-1'"),
     (["status-server", "--poll", "nan"], "argument --poll: must be a number of seconds above 0, got 'nan'"),

@@ -22,8 +22,7 @@ from ghetl.broker import MemoryBroker
 from ghetl.sync import sync
 from ghetl.workers import Pipeline
 
-from .conftest import TOKEN, Backend, add_tenant
-from .test_cli import cli, one_line_error  # noqa: F401  (fixture)
+from .conftest import TOKEN, Backend, add_tenant, one_line_error
 from .support import wait_until
 from .test_faults import RefusesOne
 
@@ -118,7 +117,8 @@ def test_an_unreadable_dead_letter_belongs_to_no_tenant_is_not_replayed_and_can_
 
     [letter] = letters(backend)
 
-    assert (letter["tenant_id"], letter["stage"], letter["attempts"], letter["readable"]) == (None, "transform", 1, False)
+    seen = (letter["tenant_id"], letter["stage"], letter["attempts"], letter["readable"])
+    assert seen == (None, "transform", 1, False)
     assert letter["reason"].startswith("message is not valid JSON")
     assert letters(backend, tenant_id) == []
     done = deadletters.replay(backend.engine, backend.broker, [letter])

@@ -19,7 +19,6 @@ from ghetl import embeddings, steps
 from ghetl.db import etl_jobs
 from tests.conftest import add_tenant
 
-
 GET_EMBEDDER = embeddings.get_embedder  # the real one, whatever a test patches in its place
 
 
@@ -167,7 +166,9 @@ def test_failed_embedding_is_retried_then_failed_without_vector(
     assert all(np.abs(embeddings.from_bytes([v], 384)).sum() > 0 for (v,) in zero)
 
 
-def test_switching_model_reembeds_and_never_mixes(backend: Any, make_sandbox: Any, token: str, use_embedder: Any) -> None:
+def test_switching_model_reembeds_and_never_mixes(
+    backend: Any, make_sandbox: Any, token: str, use_embedder: Any
+) -> None:
     from ghetl.search import search
 
     sandbox = make_sandbox(orgs={"acme": 40}, seed=13)
@@ -261,7 +262,7 @@ def test_hashing_vectors_are_those_of_the_model_definition() -> None:
     assert np.allclose(got, expected, atol=1e-6)
     assert embedder._features(texts[2]) == ["topic", "ci", "cd", "test", "test", "topic ci", "ci cd", "cd test",
                                             "test test"]
-    for text in texts + ["a_b__c ___ d_", "ÉTÉ_Naïve 12_x__"]:
+    for text in [*texts, "a_b__c ___ d_", "ÉTÉ_Naïve 12_x__"]:
         assert embedder._hashes(text) == [zlib.crc32(f.encode()) for f in embedder._features(text)]
 
 

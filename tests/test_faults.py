@@ -20,9 +20,11 @@ import sqlalchemy as sa
 from ghetl.embeddings import HashingEmbedder
 from ghetl.workers import Pipeline
 
-from .conftest import PG_ADMIN_URL, TOKEN, Backend, add_tenant
+from .conftest import PG_ADMIN_URL, TOKEN, Backend, Workers, add_tenant
 from .support import wait_until
-from .test_scaleout import Workers, rabbitmqctl, stored_once, sync_remote, workers  # noqa: F401  (the fixture)
+from .test_scaleout import rabbitmqctl, stored_once, sync_remote
+
+FAILED_ITEMS = "SELECT external_id, failed_stage, error_message FROM raw_extraction_data WHERE status = 'failed'"
 
 
 def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:
@@ -30,7 +32,8 @@ def assert_clean_finish(backend: Backend, result: Any, repos: int) -> None:
     assert result.overall == "FINISHED", result.error
     stored_once(backend, repos)
     counts = result.counts["github_repositories"]
-    assert (counts["extracted"], counts["transformed"], counts["embedded"], counts["failed"]) == (repos, repos, repos, 0)
+    seen = (counts["extracted"], counts["transformed"], counts["embedded"], counts["failed"])
+    assert seen == (repos, repos, repos, 0)
     assert backend.scalar("SELECT count(*) FROM etl_job_runs WHERE overall = 'FINISHED'") == 1
 
 
@@ -162,7 +165,7 @@ def test_an_item_that_keeps_failing_is_retried_then_dead_lettered_and_the_run_fi
         consumers.join(30)
 
     assert result.overall == "FINISHED"
-    failed = scaleout.rows("SELECT external_id, failed_stage, error_message FROM raw_extraction_data WHERE status = 'failed'")
+    failed = scaleout.rows(FAILED_ITEMS)
     assert [(f.external_id, f.failed_stage) for f in failed] == [(victim_id, "embedding")]
     assert victim_id in failed[0].error_message
     assert scaleout.scalar("SELECT count(*) FROM raw_extraction_data WHERE status = 'embedded'") == 499
@@ -231,7 +234,7 @@ def test_an_item_that_kills_its_worker_fails_alone_and_the_run_ends(
     assert crashes and set(crashes) == {3}
     counts = result.counts["github_repositories"]
     assert (counts["extracted"], counts["transformed"], counts["embedded"], counts["failed"]) == (300, 299, 299, 1)
-    failed = scaleout.rows("SELECT external_id, failed_stage, error_message FROM raw_extraction_data WHERE status = 'failed'")
+    failed = scaleout.rows(FAILED_ITEMS)
     assert [(f[0], f[1]) for f in failed] == [(killer, "transform")]
     assert "stopped before it finished" in failed[0][2]
     letters = scaleout.broker.dead_letters  # type: ignore[attr-defined]
@@ -255,7 +258,8 @@ def test_a_delivery_longer_than_the_heartbeat_keeps_its_connection(scaleout: Bac
         stop.set()
         return Outcome("ack")
 
-    consumer = threading.Thread(target=broker.consume, args=(["transform"], slow), kwargs={"concurrency": 1, "stop": stop})
+    consumer = threading.Thread(target=broker.consume, args=(["transform"], slow),
+                                kwargs={"concurrency": 1, "stop": stop})
     consumer.start()
     consumer.join(30)
     time.sleep(1.5)
@@ -310,7 +314,8 @@ def test_a_database_outage_puts_messages_back_without_using_up_their_attempts(
         syncing = threading.Thread(target=lambda: results.append(sync_remote(scaleout, tenant, full=True, timeout=120)))
         syncing.start()
         try:
-            assert wait_until(lambda: "the database is unavailable" in workers.log_text(), timeout=60), workers.log_text()
+            assert wait_until(lambda: "the database is unavailable" in workers.log_text(), timeout=60), (
+                workers.log_text())
             time.sleep(1.5)
         finally:
             allow(True)

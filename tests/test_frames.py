@@ -101,7 +101,7 @@ def test_changes_between_runs_name_every_change_and_nothing_else(two_runs):
 
     assert same.empty
     pd.testing.assert_frame_equal(explicit, changes)
-    with pytest.raises(LookupError, match="no run 'nope'.*frames.runs"):
+    with pytest.raises(LookupError, match=r"no run 'nope'.*frames\.runs"):
         frames.changes_between_runs(t.tenant, "nope", engine=t.backend.engine)
 
 
@@ -146,7 +146,7 @@ def test_frames_of_tenants_with_few_runs_and_of_an_unknown_one(backend, make_san
     assert frames.raw_payloads("one", engine=backend.engine).empty
     assert frames.repositories("one", engine=backend.engine).empty
     assert len(frames.raw_payloads("two", engine=backend.engine)) == 2
-    with pytest.raises(LookupError, match="needs two runs .* has 1"):
+    with pytest.raises(LookupError, match=r"needs two runs .* has 1"):
         frames.changes_between_runs("two", engine=backend.engine)
     with pytest.raises(LookupError, match="unknown tenant 'three'"):
         frames.repositories("three", engine=backend.engine)

@@ -68,7 +68,7 @@ def test_a_lasting_database_gets_no_sandbox_and_no_tenant_without_an_api_url(pro
     try:
         assert (session.sandbox, session.api_url, session.throwaway) == (None, "", False)
         assert "stored with the tenant's integration" in session.describe()
-        with pytest.raises(tenants.NotFound, match="tenant 'acme-crop' does not exist in sqlite:///.*no api_url"):
+        with pytest.raises(tenants.NotFound, match=r"tenant 'acme-crop' does not exist in sqlite:///.*no api_url"):
             workbench.ensure_tenant("acme-crop", "acme", api_url=session.api_url, engine=embedded.engine)
         with pytest.raises(tenants.NotFound, match="onboard the tenant first"):
             workbench.ensure_tenant("acme-crop", "acme", api_url="https://ghe.example/api/v3", engine=embedded.engine,
@@ -94,7 +94,8 @@ def test_setup_tenant_is_all_or_nothing(embedded, sandbox):
 
 def test_ensure_tenant_keeps_an_existing_tenant_as_configured(embedded, sandbox):
     add_tenant(embedded, sandbox, name="acme-corp", owner="acme")
-    found = workbench.ensure_tenant("acme-corp", "other-org", api_url="https://ghe.example/api/v3", engine=embedded.engine)
+    found = workbench.ensure_tenant("acme-corp", "other-org", api_url="https://ghe.example/api/v3",
+                                    engine=embedded.engine)
 
     assert (found.created, found.owner, found.api_url, found.stream_key) == (False, "acme", sandbox.url, None)
     assert embedded.scalar("select count(*) from integrations") == 1
@@ -157,7 +158,7 @@ def test_run_sync_raises_with_the_reason_and_without_the_token(process_state, em
     monkeypatch.delenv("GHETL_STATUS_KEY", raising=False)
     tenant = add_tenant(embedded, sandbox)
 
-    with pytest.raises(workbench.SyncFailed, match="sync of tenant 'acme-corp' ended FAILED: .*401") as failed:
+    with pytest.raises(workbench.SyncFailed, match=r"sync of tenant 'acme-corp' ended FAILED: .*401") as failed:
         workbench.run_sync(tenant)
     assert "ghp_" not in str(failed.value)
     assert frames.jobs(tenant, engine=embedded.engine).loc[0, "overall"] == "FAILED"

@@ -24,8 +24,15 @@ import sqlalchemy as sa
 
 from ghetl import db, logs, tenants
 from ghetl.db import raw_extraction_data, repositories
-from ghetl.github import (GitHubClient, GitHubError, GitHubUnavailable, GitHubUnreachable, Policy, RateLimited,
-                          TokenRejected)
+from ghetl.github import (
+    GitHubClient,
+    GitHubError,
+    GitHubUnavailable,
+    GitHubUnreachable,
+    Policy,
+    RateLimited,
+    TokenRejected,
+)
 
 from .conftest import TOKEN, add_tenant
 
@@ -173,7 +180,8 @@ def test_an_api_url_nothing_answers_on_stops_with_the_reason_and_what_to_check()
         port = probe.getsockname()[1]
     c = GitHubClient(f"http://127.0.0.1:{port}", TOKEN, policy=FAST)
 
-    with pytest.raises(GitHubUnreachable, match=r"Connection refused.* after 4 attempts; check the integration's API URL"):
+    refused = r"Connection refused.* after 4 attempts; check the integration's API URL"
+    with pytest.raises(GitHubUnreachable, match=refused):
         c.page(f"http://127.0.0.1:{port}/orgs/acme/repos?per_page=100")
 
     assert c.stats.smaller_pages == 0  # a smaller page would not connect either
@@ -683,7 +691,8 @@ def test_sync_json_reports_requests_304s_and_points(embedded, make_sandbox):
     env = {**os.environ, **embedded.env, "GHETL_BROKER_URL": "memory://", "GITHUB_TOKEN": TOKEN}
 
     def ghetl(*args):
-        done = subprocess.run([sys.executable, "-m", "ghetl", *args], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "ghetl", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
         assert done.returncode == 0, done.stderr
         assert TOKEN not in done.stdout + done.stderr
         return done.stdout

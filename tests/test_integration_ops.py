@@ -14,8 +14,7 @@ import ghetl
 from ghetl import jobs, tenants
 from ghetl.sync import sync
 
-from .conftest import TOKEN, Backend, add_tenant
-from .test_cli import cli, one_line_error  # noqa: F401  (fixture)
+from .conftest import TOKEN, Backend, add_tenant, one_line_error
 
 DISABLED_INTEGRATION = ("ghetl: error: integration 1 of tenant acme-corp is disabled; enable it with: "
                         "ghetl integration enable --tenant acme-corp --integration 1")

@@ -72,7 +72,8 @@ def test_rows_carry_payload_fields_as_github_sent_them(backend, sandbox, tenant)
     backend.sync(tenant)
     repo = next(r for r in sandbox.repos("acme") if r.get("description") and r.get("topics") and r.get("license"))
     with backend.engine.connect() as conn:
-        row = conn.execute(sa.select(repositories).where(repositories.c.external_id == str(repo["id"]))).mappings().one()
+        query = sa.select(repositories).where(repositories.c.external_id == str(repo["id"]))
+        row = conn.execute(query).mappings().one()
     assert row["full_name"] == repo["full_name"]
     assert row["description"] == repo["description"]
     assert row["topics"] == repo["topics"]
@@ -244,12 +245,13 @@ def test_a_stale_run_no_longer_blocks_the_job(backend, sandbox, tenant):
     with backend.engine.begin() as conn:
         job = jobs.list_jobs(conn)[0]
         jobs.start(conn, job, full=False)
-        conn.execute(etl_jobs.update().values(heartbeat_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)))
+        conn.execute(etl_jobs.update().values(heartbeat_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
 
     result = backend.sync(tenant)
 
     assert result.overall == "FINISHED"
-    assert backend.scalar("select count(*) from etl_job_runs where overall = 'FAILED' and error_message like 'superseded%'") == 1
+    assert backend.scalar(
+        "select count(*) from etl_job_runs where overall = 'FAILED' and error_message like 'superseded%'") == 1
 
 
 def test_a_run_nobody_works_on_ends_failed_once_and_an_advancing_one_does_not(backend, sandbox, tenant, monkeypatch):
@@ -344,9 +346,8 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
                           ({"repository_filter": "org:other api"}, "repository_filter"), ("{not json", "JSON"),
                           ({"repository_filter": "api\u0000"}, "repository_filter"),
                           ({"name_patterns": ["api-*\n"]}, "name_patterns")):
-        with pytest.raises(ValueError, match=key):
-            with backend.engine.begin() as conn:
-                tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
+        with pytest.raises(ValueError, match=key), backend.engine.begin() as conn:
+            tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
     assert backend.scalar("select count(*) from integrations") == 0
     assert backend.scalar("select count(*) from etl_jobs") == 0
 
@@ -354,12 +355,10 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
 def test_a_token_given_as_the_token_variable_or_in_the_url_is_refused_before_anything_is_written(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
-    with pytest.raises(ValueError, match="--token-env takes the NAME") as named:
-        with backend.engine.begin() as conn:
-            tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
-    with pytest.raises(ValueError, match="not in the URL") as in_url:
-        with backend.engine.begin() as conn:
-            tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
+    with pytest.raises(ValueError, match="--token-env takes the NAME") as named, backend.engine.begin() as conn:
+        tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
+    with pytest.raises(ValueError, match="not in the URL") as in_url, backend.engine.begin() as conn:
+        tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
     assert "a" * 36 not in str(named.value) and "s3cr3tvalue" not in str(in_url.value)
     assert backend.scalar("select count(*) from integrations") == 0
     assert backend.scalar("select count(*) from etl_jobs") == 0
@@ -410,9 +409,8 @@ def test_the_overall_check_constraint_refuses_unknown_states(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
         tenants.add_integration(conn, "t1", "acme", api_url="http://x")
-    with pytest.raises(sa.exc.IntegrityError):
-        with backend.engine.begin() as conn:
-            conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
+    with pytest.raises(sa.exc.IntegrityError), backend.engine.begin() as conn:
+        conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
 
 
 @pytest.mark.parametrize("which", ["one", "the-last"])
@@ -437,7 +435,8 @@ def test_a_bad_item_fails_alone_and_the_next_run_retries_it(backend, sandbox, te
     assert first.overall == "FINISHED"
     assert first.counts["github_repositories"] == {"extracted": 500, "transformed": 499, "embedded": 499, "failed": 1}
     assert stored_ids(backend) == {str(r["id"]) for r in sandbox.repos("acme")} - {str(bad["id"])}
-    failed = backend.rows("select external_id, failed_stage, error_message from raw_extraction_data where status = 'failed'")
+    failed = backend.rows(
+        "select external_id, failed_stage, error_message from raw_extraction_data where status = 'failed'")
     assert [(f[0], f[1]) for f in failed] == [(str(bad["id"]), "transform")]
     assert "payload rejected for the test" in failed[0][2]
 
@@ -488,8 +487,8 @@ def test_consumers_that_die_end_the_sync_failed_instead_of_a_wait(embedded, sand
     assert job["status"]["overall"] == "FAILED" and "a consumer bug" in job["error_message"]
 
 
-UNKNOWN_RUN_MESSAGE = encode({"tenant_id": 1, "integration_id": 1, "job_id": 1, "run_id": "r1", "step": "github_repositories",
-                              "items": [{"raw_data_id": 1, "external_id": "1"}]})
+UNKNOWN_RUN_MESSAGE = encode({"tenant_id": 1, "integration_id": 1, "job_id": 1, "run_id": "r1",
+                              "step": "github_repositories", "items": [{"raw_data_id": 1, "external_id": "1"}]})
 
 
 def test_an_unreachable_database_puts_the_message_back_without_using_an_attempt(backend, tmp_path, caplog):

@@ -13,7 +13,6 @@ from ghetl import db, tenants
 from ghetl.prune import due, prune
 
 from .conftest import Backend, add_tenant
-from .test_cli import cli  # noqa: F401  (fixture)
 
 NOTHING = {"raw_extraction_data": 0, "etl_run_counts": 0, "http_cache": 0, "etl_job_runs": 0}
 
@@ -126,8 +125,11 @@ def test_prune_command_prints_the_counts_of_one_tenant(cli, make_sandbox, tmp_pa
     assert done["dry_run"] is False and (done["keep_runs"], done["older_than_days"]) == (1, 0)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'cli.db'}")
     with engine.connect() as conn:
-        per_tenant = dict(conn.execute(sa.text("SELECT tenant_id, count(*) FROM etl_job_runs GROUP BY tenant_id")).all())
-        raw = dict(conn.execute(sa.text("SELECT tenant_id, count(*) FROM raw_extraction_data GROUP BY tenant_id")).all())
+        def per_tenant_in(table: str) -> dict:
+            return dict(conn.execute(sa.text(f"SELECT tenant_id, count(*) FROM {table} GROUP BY tenant_id")).all())
+
+        per_tenant = per_tenant_in("etl_job_runs")
+        raw = per_tenant_in("raw_extraction_data")
     engine.dispose()
     assert per_tenant == {1: 1, 2: 3} and raw == {1: 4, 2: 9}
 

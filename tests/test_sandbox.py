@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -323,7 +323,7 @@ def test_delete_gives_404_by_name_and_by_id(fresh):
 
 def test_touch_is_the_only_recent_change(fresh):
     sb = fresh()
-    day_ago = (datetime.now(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    day_ago = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert all(r["updated_at"] < day_ago and r["created_at"] <= r["updated_at"] for r in sb.repos("acme"))
     name = sb.repos("acme")[7]["full_name"]
     touched = sb.touch(name, description="Invoice reconciliation for the new ledger")
@@ -519,7 +519,7 @@ def test_themes_of_ground_truth():
     themes = [sb.themes_of(r["full_name"]) for r in repos]
     assert all(t and set(t) <= set(THEMES) for t in themes)
     assert len({t[0] for t in themes}) >= 12
-    payments = [r for r, t in zip(repos, themes) if t == ["payments"] and r["description"]]
+    payments = [r for r, t in zip(repos, themes, strict=True) if t == ["payments"] and r["description"]]
     vocabulary = {w for p in THEMES["payments"].phrases + THEMES["payments"].actions for w in p.lower().split()}
     assert all(set(r["description"].lower().replace(":", "").split()) & vocabulary for r in payments)
     assert sb.themes_of(repos[0]["id"]) == themes[0]

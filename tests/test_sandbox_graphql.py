@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -455,8 +455,8 @@ def test_cost_node_count_and_remaining_follow_the_documented_rules(fresh):
     limits = httpx.get(f"{fresh.url}/rate_limit", headers=TOKEN).json()["resources"]
     assert limits["core"]["used"] == 0
     assert limits["graphql"]["used"] == 103
-    reset = datetime.strptime(rate["resetAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-    assert timedelta(minutes=59) < reset - datetime.now(timezone.utc) <= timedelta(hours=1, seconds=1)
+    reset = datetime.strptime(rate["resetAt"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(minutes=59) < reset - datetime.now(UTC) <= timedelta(hours=1, seconds=1)
 
 
 def test_spent_bucket_answers_rate_limited_with_200(fresh):
@@ -507,7 +507,7 @@ def test_search_is_capped_at_1000_results(sb, truth):
 
 
 def test_search_updated_since_sorted_updated_desc(sb, truth):
-    since = datetime(2025, 11, 1, tzinfo=timezone.utc)
+    since = datetime(2025, 11, 1, tzinfo=UTC)
     expected = sorted(((p["gh_updated_at"], p["database_id"], p["external_id"]) for ps in truth.values() for p in ps
                        if p["gh_updated_at"] >= since), reverse=True)
     assert 0 < len(expected) <= 1000
@@ -567,7 +567,7 @@ def test_a_failure_inside_the_sandbox_answers_like_github_s_internal_error(fresh
 def test_touch_comment_review_and_force_push_show_in_the_next_query_and_in_search(fresh):
     name = some_repo(fresh)
     owner, repo = name.split("/")
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     number = fresh.pull_requests(name)[0]["number"]
     fresh.touch_pull_request(name, number, title="Renamed by the test")
     fresh.comment_pull_request(name, number, "a new comment")

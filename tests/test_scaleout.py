@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import itertools
 import logging
 import os
 import pty
 import shutil
-import signal
 import struct
 import subprocess
 import sys
 import termios
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,73 +28,16 @@ import sqlalchemy as sa
 
 from ghetl.rabbitmq import PublishRejected, RabbitBroker
 
-from .conftest import TOKEN, Backend, _unavailable, add_tenant
+from .conftest import TOKEN, Backend, Workers, _unavailable, add_tenant
 from .support import delete_queues, wait_until
-
-FAST_RETRIES = {"GHETL_RETRY_DELAY": "0.05", "GHETL_MAX_ATTEMPTS": "3"}
 
 
 def rabbitmqctl(*args: str) -> None:
     """Operate the local RabbitMQ node (policies, stop/start), as the tests that need it must."""
     if shutil.which("rabbitmqctl") is None:
-        _unavailable("rabbitmqctl", FileNotFoundError("not on PATH; these tests need the RabbitMQ node on this machine"))
+        _unavailable("rabbitmqctl",
+                     FileNotFoundError("not on PATH; these tests need the RabbitMQ node on this machine"))
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
-class Workers:
-    """`ghetl worker` processes of one test, with their logs; all stopped at the end."""
-
-    def __init__(self, backend: Backend, logs: Path, **env: str) -> None:
-        self.backend = backend
-        self.logs = logs
-        self.env = {**os.environ, **backend.env, "GITHUB_TOKEN": TOKEN, **env}
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, stage: str, count: int = 1, *, concurrency: int = 1, wait: bool = True) -> list[subprocess.Popen[bytes]]:
-        stages = ("transform", "embedding") if stage == "all" else (stage,)
-        before = {s: self.backend.broker.consumer_count(s) for s in stages}  # type: ignore[attr-defined]
-        started = []
-        for _ in range(count):
-            log = open(self.logs / f"worker-{len(self.procs)}.log", "wb")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ghetl", "worker", stage, "--concurrency", str(concurrency)],
-                env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-            )
-            log.close()
-            self.procs.append(proc)
-            started.append(proc)
-        if wait:
-            expected = {s: before[s] + count * concurrency for s in stages}
-            assert wait_until(
-                lambda: all(self.backend.broker.consumer_count(s) >= n for s, n in expected.items()),  # type: ignore[attr-defined]
-                timeout=60, interval=0.1,
-            ), f"workers did not attach to their queues: {self.log_text()}"
-        return started
-
-    def stop(self, timeout: float = 30) -> list[int]:
-        """SIGTERM every live worker; return their exit codes."""
-        live = [p for p in self.procs if p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        return [proc.wait(timeout) for proc in live]
-
-    def kill(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-    def log_text(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("worker-*.log")))
-
-
-@pytest.fixture
-def workers(scaleout: Backend, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(scaleout, tmp_path, **FAST_RETRIES)
-    try:
-        yield pool
-    finally:
-        pool.kill()
 
 
 def sync_remote(backend: Backend, tenant: str, **kwargs: Any) -> Any:
@@ -116,7 +58,8 @@ def test_a_publish_the_broker_refuses_raises(scaleout: Backend) -> None:
     broker = scaleout.broker
     queue = broker.queue("transform")  # type: ignore[attr-defined]
     policy = f"{queue}-full"
-    rabbitmqctl("set_policy", "--apply-to", "queues", policy, f"^{queue}$", '{"max-length": 2, "overflow": "reject-publish"}')
+    rabbitmqctl("set_policy", "--apply-to", "queues", policy, f"^{queue}$",
+                '{"max-length": 2, "overflow": "reject-publish"}')
     try:
         broker.publish("transform", [{"n": 1}, {"n": 2}])
         with pytest.raises(PublishRejected, match="refused"):
@@ -212,7 +155,7 @@ def test_parallel_workers_finish_each_stage_only_when_every_item_passed(
         if status["overall"] == "FINISHED":
             assert circles["embedding"] == "finished"
     last_sync = [s.last_sync_date for s in snapshots]
-    changes = sum(1 for a, b in zip(last_sync, last_sync[1:]) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(last_sync) if a != b)
     assert changes == 1 and last_sync[-1] is not None
     assert scaleout.scalar("SELECT count(*) FROM etl_job_runs WHERE overall = 'FINISHED'") == 1
     assert workers.stop() == [0] * 6
@@ -294,7 +237,7 @@ def test_sync_repeats_the_no_workers_warning_while_nobody_consumes(
 
 def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
     env = {**os.environ, **scaleout.env, "GHETL_BROKER_URL": "memory://"}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert "GHETL_BROKER_URL=amqp://" in done.stderr and "Traceback" not in done.stderr
 
@@ -302,16 +245,23 @@ def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
 def test_worker_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
            "GHETL_BROKER_URL": "amqp://guest:s3cretpass@127.0.0.1:1/%2F"}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/")
     assert "s3cretpass" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_worker_on_a_database_without_schema_exits_with_one_line(scaleout: Backend, database_without_schema: str) -> None:
+def run_worker_all(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_worker_on_a_database_without_schema_exits_with_one_line(
+    scaleout: Backend, database_without_schema: str
+) -> None:
     """Started anyway, it would take every message and fail it."""
     env = {**os.environ, **scaleout.env, "GHETL_DATABASE_URL": database_without_schema}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: no ghetl schema at ") and done.stderr.endswith("run: ghetl init\n")
     assert len(done.stderr.splitlines()) == 1
@@ -319,7 +269,7 @@ def test_worker_on_a_database_without_schema_exits_with_one_line(scaleout: Backe
 
 def test_worker_on_an_unreachable_database_exits_with_one_line(scaleout: Backend) -> None:
     env = {**os.environ, **scaleout.env, "GHETL_DATABASE_URL": "postgresql+psycopg2://postgres:s3cretpass@127.0.0.1:1/x"}
-    done = subprocess.run([sys.executable, "-m", "ghetl", "worker", "all"], env=env, capture_output=True, text=True, timeout=60)
+    done = run_worker_all(env)
     assert done.returncode == 1
     assert done.stderr.startswith("ghetl: error: database unavailable") and "GHETL_DATABASE_URL" in done.stderr
     assert "s3cretpass" not in done.stderr and len(done.stderr.splitlines()) == 1

@@ -41,7 +41,8 @@ SCHEMA_2_KEYS = {  # table: the foreign keys schema 2 declared, one per column
 
 
 def foreign_keys(engine: sa.Engine, table: str) -> set[tuple[tuple[str, ...], str]]:
-    return {(tuple(fk["constrained_columns"]), fk["referred_table"]) for fk in sa.inspect(engine).get_foreign_keys(table)}
+    return {(tuple(fk["constrained_columns"]), fk["referred_table"])
+            for fk in sa.inspect(engine).get_foreign_keys(table)}
 
 
 def as_schema_2(conn: sa.Connection) -> None:

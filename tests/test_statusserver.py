@@ -32,7 +32,7 @@ from ghetl.statusserver import (
     changes,
 )
 
-from .conftest import TOKEN, Backend, _scaleout, add_tenant
+from .conftest import TOKEN, Backend, Workers, _scaleout, add_tenant
 from .status_helpers import (
     STAGES,
     STEP,
@@ -88,9 +88,8 @@ def test_a_job_filter_and_a_query_key_work_too(backend, sandbox, tenant, server)
 
 
 def _close_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    with connect(url, additional_headers=headers or {}) as ws:
-        with pytest.raises(ConnectionClosed) as closed:
-            ws.recv(timeout=10)
+    with connect(url, additional_headers=headers or {}) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=10)
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
@@ -121,7 +120,8 @@ def test_a_client_without_the_right_key_is_refused_with_the_reason(embedded, san
 
 
 def test_two_tenants_syncing_at_once_each_see_only_their_own(backend, sandbox, token, server):
-    names = [add_tenant(backend, sandbox, name="tenant-a"), add_tenant(backend, sandbox, name="tenant-b", owner="octocat")]
+    names = [add_tenant(backend, sandbox, name="tenant-a"),
+             add_tenant(backend, sandbox, name="tenant-b", owner="octocat")]
     clients = {name: Client(server.url, name, stream_key(backend, name)) for name in names}
     for client in clients.values():
         client.until(lambda ms: len(ms) >= 1)
@@ -132,7 +132,7 @@ def test_two_tenants_syncing_at_once_each_see_only_their_own(backend, sandbox, t
     for thread in threads:
         thread.join(120)
 
-    for name, total in zip(names, (500, 12)):
+    for name, total in zip(names, (500, 12), strict=True):
         result, client = results[name], clients[name]
         assert result.overall == "FINISHED"
         client.until_run_ends(result.run_id)
@@ -176,13 +176,14 @@ def _flood(backend: Backend, reader: Client, tenant: int, job: int, count: int, 
                   for n in range(start, min(start + batch, count))]
         backend.broker.publish_status(events)
         last = events[-1]["processed"]
-        reader.until(lambda ms: any(m.get("processed") == last for m in ms))
+        reader.until(lambda ms, last=last: any(m.get("processed") == last for m in ms))
 
 
 def test_a_stalled_client_loses_its_backlog_for_a_snapshot(embedded, sandbox, token):
     tenant = add_tenant(embedded, sandbox)
     with healthy_and_stalled(embedded, tenant, queue_size=16, flood=2000) as (healthy, stalled_sub, stalled):
-        assert [m["processed"] for m in healthy.messages[1:]] == list(range(2000)), "the healthy client got all, in order"
+        processed = [m["processed"] for m in healthy.messages[1:]]
+        assert processed == list(range(2000)), "the healthy client got all, in order"
         assert stalled_sub.dropped > 0 and stalled_sub.resyncs >= 1
         assert stalled_sub.queue.qsize() <= 16, "the stalled client's backlog stays bounded"
         assert stalled_sub.delivered < 2000
@@ -219,7 +220,6 @@ def scaleout() -> Iterator[Backend]:
 
 def test_events_from_worker_processes_reach_a_separate_status_server(scaleout, sandbox, token, tmp_path):
     """RabbitMQ end to end: `ghetl worker` processes -> fanout exchange -> `ghetl status-server` process."""
-    from .test_scaleout import Workers
 
     name = add_tenant(scaleout, sandbox)
     key = stream_key(scaleout, name)
@@ -371,7 +371,8 @@ def test_after_the_subscription_comes_back_every_client_gets_a_snapshot(scaleout
 
 def _snapshot_of(run_id: str, overall: str, **circles: str) -> dict:
     steps = {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "idle"), **circles}}
-    return {"jobs": [{"job_id": 1, "run_id": run_id, "overall": overall, "status": {"overall": overall, "steps": steps}}]}
+    status = {"overall": overall, "steps": steps}
+    return {"jobs": [{"job_id": 1, "run_id": run_id, "overall": overall, "status": status}]}
 
 
 def test_the_guard_drops_what_would_move_a_circle_backwards():
@@ -391,7 +392,8 @@ def test_the_guard_drops_what_would_move_a_circle_backwards():
 
 def _polled(run_id: str, overall: str, progress: dict | None = None, **circles: str) -> dict:
     job = _snapshot_of(run_id, overall, **circles)["jobs"][0]
-    return {1: {"tenant_id": 5, "run_id": run_id, "status": job["status"], "error_message": None, "progress": progress or {}}}
+    return {1: {"tenant_id": 5, "run_id": run_id, "status": job["status"], "error_message": None,
+                "progress": progress or {}}}
 
 
 def test_polled_finished_events_carry_the_final_counts(embedded, sandbox, token):

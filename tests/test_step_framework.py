@@ -75,7 +75,8 @@ def detail_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
 PARENT = steps.Step(
     name="toy_repos", display_name="Toy Repositories", order=1, table=toy_repos, extract=extract_repos,
     to_row=repo_row, upsert=lambda conn, rows: db.upsert(conn, toy_repos, rows, KEYS),
-    embed_text=lambda row: f"{row['full_name']} {row.get('description') or ''}", embed_columns=("full_name", "description"),
+    embed_text=lambda row: f"{row['full_name']} {row.get('description') or ''}",
+    embed_columns=("full_name", "description"),
 )
 CHILD = steps.Step(
     name="toy_details", display_name="Toy Details", order=2, table=toy_details, extract=extract_details,
@@ -147,7 +148,9 @@ def test_a_child_item_keeps_its_parent_key_through_every_stage(
 
 
 def test_a_step_whose_parent_is_missing_is_refused() -> None:
-    with pytest.raises(ValueError, match="depends on 'toy_repos', which is not an earlier step of the job"):
-        with steps.registered(CHILD):
-            pass
+    with (
+        pytest.raises(ValueError, match="depends on 'toy_repos', which is not an earlier step of the job"),
+        steps.registered(CHILD),
+    ):
+        pass
     assert "github_repositories" in steps.registry()

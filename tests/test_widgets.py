@@ -98,13 +98,14 @@ def test_the_model_starts_a_new_run_from_idle():
     model = BoardModel()
     model.apply({"type": "snapshot", "tenant": "t", "jobs": [{
         "job_id": 7, "job_name": "GitHub", "run_id": "old", "overall": "FINISHED", "error_message": None,
-        "status": {"overall": "FINISHED", "steps": {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "finished")}}},
+        "status": {"overall": "FINISHED",
+                   "steps": {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "finished")}}},
         "progress": {},
     }]})
     assert model.state() == ALL_FINISHED
     model.apply({"type": "job", "job_id": 7, "run_id": "new", "overall": "RUNNING", "error": None})
-    model.apply({"type": "stage", "job_id": 7, "run_id": "new", "step": STEP, "stage": "extraction", "status": "running",
-                 "processed": 100, "total": None, "failed": None})
+    model.apply({"type": "stage", "job_id": 7, "run_id": "new", "step": STEP, "stage": "extraction",
+                 "status": "running", "processed": 100, "total": None, "failed": None})
     assert model.state(7) == {STEP: {"extraction": "running", "transform": "idle", "embedding": "idle"}}
     assert model.job().overall == "RUNNING" and model.job().progress[STEP]["extraction"]["processed"] == 100
     with pytest.raises(KeyError, match="no job 8"):
@@ -134,7 +135,8 @@ def test_the_notebook_runs_under_papermill(tmp_path):
     papermill.execute_notebook(str(NOTEBOOK), str(out), parameters={"sandbox_repos": 150, "timeout": 60},
                                cwd=str(tmp_path), execution_timeout=120, progress_bar=False)
     cells = json.loads(out.read_text())["cells"]
-    results = [o for c in cells if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "execute_result"]
+    results = [o for c in cells if c["cell_type"] == "code"
+               for o in c["outputs"] if o["output_type"] == "execute_result"]
     circles = "".join(results[-1]["data"]["text/plain"])
     assert circles.count("'finished'") == 3 and "running" not in circles
     assert all(o["output_type"] != "error" for c in cells if c["cell_type"] == "code" for o in c["outputs"])

@@ -116,7 +116,8 @@ class GitHubClient(Transport):
             raise GitHubError(f"GitHub has no user or organisation named '{owner}' at {self.api_url}")
         if response.status_code != 200:
             raise GitHubError(f"GitHub answered {response.status_code} for /users/{owner}: {message(response)}")
-        return body["type"]
+        kind: str = body["type"]
+        return kind
 
     def listing_url(self, owner: str, owner_type: str, viewer: str | None = None) -> str:
         """Where the owner's repositories are listed, most recently updated first.
@@ -140,7 +141,8 @@ class GitHubClient(Transport):
             return None
         if response.status_code != 200:
             raise GitHubError(f"GitHub answered {response.status_code} for {path}: {message(response)}")
-        return body
+        repository: dict[str, Any] = body
+        return repository
 
     def search_repositories(self, query: str, *, updated_since: dt.datetime | None = None) -> Iterator[Page]:
         """Search results, most recently updated first, in as many `created:` parts as the cap needs.
@@ -163,7 +165,8 @@ class GitHubClient(Transport):
                     continue
                 self.stats.search_capped += 1
                 log.warning(
-                    "search for %r still has %d results within one second of creation dates; only the first %d can be read",
+                    "search for %r still has %d results within one second of creation dates; "
+                    "only the first %d can be read",
                     query + created(span), first.total_count, SEARCH_CAP,
                 )
             page: Page | None = first

@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 SEARCH_CAP = 1000
-SEARCH_EPOCH = dt.datetime(2007, 10, 1, tzinfo=dt.timezone.utc)
+SEARCH_EPOCH = dt.datetime(2007, 10, 1, tzinfo=dt.UTC)
 
 
 def reaches(page: Any, since: dt.datetime | None) -> bool:
@@ -23,7 +23,7 @@ def updated(item: dict[str, Any]) -> dt.datetime:
 def split(span: tuple[dt.datetime, dt.datetime] | None) -> list[tuple[dt.datetime, dt.datetime]] | None:
     """Two halves of a creation-time span: whole days while it is days long, then seconds."""
     if span is None:
-        today = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         span = (SEARCH_EPOCH, today + dt.timedelta(days=1))
     start, end = span
     days = (end - start).days

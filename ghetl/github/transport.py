@@ -147,8 +147,8 @@ class Transport:
             "X-GitHub-Api-Version": API_VERSION,
             "User-Agent": f"ghetl/{__version__}",
         }
-        self._http = httpx.Client(headers=headers, timeout=self.policy.timeout, transport=transport, follow_redirects=True,
-                                  auth=self.auth)
+        self._http = httpx.Client(headers=headers, timeout=self.policy.timeout, transport=transport,
+                                  follow_redirects=True, auth=self.auth)
         self._buckets: dict[str, Bucket] = {}
         self.stats = Stats()
         # Built once per client rather than once per call: a Retrying and the state of its call
@@ -171,7 +171,7 @@ class Transport:
             sleep=self._sleep,
             before_sleep=lambda state: log.warning("GitHub's search results for %s are incomplete; asking again",
                                                    short(state.args[0])),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=_last_result,
         )
 
     def __enter__(self) -> Self:
@@ -228,7 +228,9 @@ class Transport:
                     f"could not connect to GitHub at {self.api_url} ({what}) after {attempts}; "
                     "check the integration's API URL and the network"
                 ) from None
-            raise GitHubUnavailable(f"GitHub at {self.api_url} kept failing for {short(url)} ({what}) after {attempts}") from None
+            raise GitHubUnavailable(
+                f"GitHub at {self.api_url} kept failing for {short(url)} ({what}) after {attempts}"
+            ) from None
 
     def _attempt(self, url: str, etag: str | None, body: dict[str, Any] | None) -> tuple[httpx.Response, Any]:
         resource = _resource(httpx.URL(url).path)
@@ -375,13 +377,15 @@ class Transport:
         if isinstance(failure, SecondaryLimit):
             if failure.wait is not None:
                 return failure.wait
-            return self.policy.secondary_wait * 2 ** (state.attempt_number - 1)
+            return self.policy.secondary_wait * 2.0 ** (state.attempt_number - 1)
         return self._jittered(state)
 
     def _jittered(self, state: tenacity.RetryCallState) -> float:
         """Exponential backoff plus random jitter, so that clients that failed together do not retry together."""
         policy = self.policy
-        wait = tenacity.wait_exponential_jitter(multiplier=policy.backoff, max=policy.backoff_max, jitter=policy.backoff)
+        wait = tenacity.wait_exponential_jitter(
+            multiplier=policy.backoff, max=policy.backoff_max, jitter=policy.backoff
+        )
         return wait(state)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
@@ -414,8 +418,14 @@ def _resource(path: str) -> str:
     return "search" if "/search/" in path else "core"
 
 
+def _last_result(state: tenacity.RetryCallState) -> Any:
+    """What the last attempt returned: tenacity calls this once the attempts ran out, so there was one."""
+    assert state.outcome is not None
+    return state.outcome.result()
+
+
 def duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, rest = divmod(int(round(seconds)), 60)
+    minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s"

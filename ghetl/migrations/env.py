@@ -4,14 +4,15 @@ GHETL_DATABASE_URL when a developer runs the `alembic` command (autogenerate com
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import context
 
 from ghetl import config, db
 
 
-def run(connection: object) -> None:
+def run(connection: sa.Connection) -> None:
     context.configure(connection=connection, target_metadata=db.metadata, user_module_prefix="ghetl.db.",
-                      render_as_batch=connection.dialect.name == "sqlite")  # type: ignore[attr-defined]
+                      render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():
         context.run_migrations()
 

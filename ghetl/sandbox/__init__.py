@@ -19,7 +19,7 @@ from .cli import add_arguments, run
 
 _EXPORTS = {"Sandbox": "sandbox", "RequestRecord": "records", "THEMES": "data"}
 
-__all__ = ["Sandbox", "RequestRecord", "THEMES", "add_arguments", "run"]
+__all__ = ["THEMES", "RequestRecord", "Sandbox", "add_arguments", "run"]
 
 if TYPE_CHECKING:
     from .data import THEMES

@@ -31,7 +31,8 @@ def _counts(text: str) -> dict[str, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the sandbox command, shared by ``ghetl sandbox`` and ``python -m ghetl.sandbox``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=port, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
+    parser.add_argument("--port", type=port, default=DEFAULT_PORT,
+                        help=f"port (default {DEFAULT_PORT}; 0 = any free port)")
     parser.add_argument("--orgs", type=_counts, default=None, metavar="NAME:COUNT,...",
                         help='organizations and their repository counts, e.g. "acme:500,globex:30" (default acme:120)')
     parser.add_argument("--users", type=_counts, default=None, metavar="NAME:COUNT,...",

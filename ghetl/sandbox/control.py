@@ -14,8 +14,9 @@ Control requests are free, never faulted and not recorded in ``requests``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from .shapes import iso
@@ -100,6 +101,12 @@ def _inject(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
+def _ok(command: Callable[..., None], *args: Any, **kwargs: Any) -> dict[str, bool]:
+    """Run a command that answers nothing; the client gets `{"ok": true}`."""
+    command(*args, **kwargs)
+    return {"ok": True}
+
+
 READS: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "info": _info,
     "requests": lambda sb, a: [r.as_dict() for r in sb.requests],
@@ -114,11 +121,11 @@ WRITES: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "create": lambda sb, a: sb.create(a.pop("owner"), a.pop("name"), **a),
     "rename": lambda sb, a: sb.rename(_ref(a), a["new_name"]),
     "transfer": lambda sb, a: sb.transfer(_ref(a), a["new_owner"]),
-    "delete": lambda sb, a: sb.delete(_ref(a)) or {"ok": True},
+    "delete": lambda sb, a: _ok(sb.delete, _ref(a)),
     "inject": _inject,
-    "clear_faults": lambda sb, a: sb.clear_faults() or {"ok": True},
-    "set_rate_limit": lambda sb, a: sb.set_rate_limit(**a) or {"ok": True},
-    "reset_stats": lambda sb, a: sb.reset_stats() or {"ok": True},
+    "clear_faults": lambda sb, a: _ok(sb.clear_faults),
+    "set_rate_limit": lambda sb, a: _ok(sb.set_rate_limit, **a),
+    "reset_stats": lambda sb, a: _ok(sb.reset_stats),
     "touch_pull_request": lambda sb, a: _jsonable(sb.touch_pull_request(_ref(a), int(a.pop("number")), **a)),
     "add_pull_request": lambda sb, a: _jsonable(sb.add_pull_request(_ref(a), **a)),
     "comment_pull_request": lambda sb, a: _jsonable(sb.comment_pull_request(_ref(a), int(a.pop("number")), **a)),

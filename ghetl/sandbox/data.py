@@ -13,9 +13,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-
-UTC = timezone.utc
+from datetime import UTC, datetime, timedelta
 
 # Generated timestamps end here (or one day before the sandbox starts, if the clock is earlier),
 # so that only mutations made through the sandbox carry recent timestamps and the data does not
@@ -287,7 +285,7 @@ SUFFIXES = ("service", "api", "core", "worker", "sdk", "cli", "web", "app", "eng
 CODENAMES = ("atlas", "falcon", "nimbus", "orion", "pixel", "quartz", "raven", "sparrow", "titan",
              "vega", "zephyr", "ember", "harbor", "lumen", "maple", "nova", "onyx", "pulse", "river", "summit")
 UNICODE_FLOURISHES = (" 🚀", " ✨", " (café edition)", " — naïve first version", " for the Zürich office",
-                      " – señal de producción", " 支付与结算", " 日本語ドキュメント付き", " 🔒", " für das Team")
+                      " \u2013 señal de producción", " 支付与结算", " 日本語ドキュメント付き", " 🔒", " für das Team")
 FORK_NOTES = ("Fork of the upstream project with our patches", "Our fork with internal fixes",
               "Patched fork tracking upstream")
 HOMEPAGE_HOSTS = ("example.com", "example.org", "example.net")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 KINDS = ("status", "html", "reset", "delay", "secondary", "incomplete", "mutate", "timedout", "ratelimited")
 GRAPHQL_KINDS = ("timedout", "ratelimited")

@@ -15,18 +15,46 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
-from graphql import (DocumentNode, ExecutionResult, FieldNode, FragmentDefinitionNode, GraphQLError,
-                     GraphQLSchema, OperationDefinitionNode, build_schema, execute, parse, print_ast, validate)
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    build_schema,
+    execute,
+    parse,
+    print_ast,
+    validate,
+)
 
 from . import gqlcost, pullsearch
-from .gqlobjects import (Context, check_page_arguments, commit, find_repository, gh_error, invalid_cursor,
-                         issue_comment, owner, page, person, pull_request, pull_request_commit, repository, review,
-                         review_comment, review_thread)
+from .gqlobjects import (
+    Context,
+    check_page_arguments,
+    commit,
+    find_repository,
+    gh_error,
+    invalid_cursor,
+    issue_comment,
+    owner,
+    page,
+    person,
+    pull_request,
+    pull_request_commit,
+    repository,
+    review,
+    review_comment,
+    review_thread,
+)
 from .limits import Bucket
 from .nodeids import node_id, parse_node_id, parse_search_cursor, search_cursor
 
@@ -106,7 +134,7 @@ def _ast_path(document: DocumentNode, target: Any) -> list[str]:
             return trail
         selection_set = getattr(node, "selection_set", None)
         for child in (selection_set.selections or ()) if selection_set else ():
-            found = walk(child, trail + [child.name.value] if isinstance(child, FieldNode) else trail)
+            found = walk(child, [*trail, child.name.value] if isinstance(child, FieldNode) else trail)
             if found is not None:
                 return found
         for argument in getattr(node, "arguments", None) or ():
@@ -303,7 +331,7 @@ def root(ctx: Context) -> dict[str, Any]:
         "rateLimit": lambda info, dryRun=False: {
             "cost": ctx.cost, "limit": ctx.bucket.limit, "remaining": ctx.bucket.remaining,
             "used": ctx.bucket.used, "nodeCount": ctx.nodes,
-            "resetAt": datetime.fromtimestamp(ctx.bucket.reset, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+            "resetAt": datetime.fromtimestamp(ctx.bucket.reset, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
     }
 
 

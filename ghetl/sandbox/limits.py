@@ -85,7 +85,7 @@ class RateLimits:
     def set(self, resource: str, limit: int | None = None, remaining: int | None = None,
             reset_in: float | None = None, caller: str | None = None) -> None:
         """Force a bucket state, for every caller (including later ones) unless ``caller`` is given."""
-        reset = None if reset_in is None else int(math.ceil(self._clock() + reset_in))
+        reset = None if reset_in is None else math.ceil(self._clock() + reset_in)
         with self._lock:
             targets = [b for (who, res), b in self._buckets.items()
                        if res == resource and (caller is None or who == caller)]
@@ -104,14 +104,14 @@ class RateLimits:
         bucket = self._buckets.get((caller, resource))
         if bucket is None:
             limits = self._authenticated if authenticated else UNAUTHENTICATED_LIMITS
-            bucket = Bucket(resource, limits[resource], 0, int(math.ceil(now + self.window(resource))))
+            bucket = Bucket(resource, limits[resource], 0, math.ceil(now + self.window(resource)))
             override = self._overrides.get(resource)
             if override is not None:
                 _apply(bucket, override.limit, override.remaining, override.reset)
             self._buckets[(caller, resource)] = bucket
         if now >= bucket.reset:
             bucket.used = 0
-            bucket.reset = int(math.ceil(now + self.window(resource)))
+            bucket.reset = math.ceil(now + self.window(resource))
         return bucket
 
 

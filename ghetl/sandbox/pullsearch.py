@@ -8,7 +8,8 @@ no issues, so is:issue finds nothing.  Without sort: results are newest first.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .data import Repo
 from .pulls import PullRequest

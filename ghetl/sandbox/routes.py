@@ -8,13 +8,14 @@ Rate limiting, authentication, faults, conditional requests and headers are the 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import errors, search, shapes
-from .paging import last_page, link_header, paging
 from .data import Repo
+from .paging import last_page, link_header, paging
 from .state import SORTS, dumps
 
 if TYPE_CHECKING:
@@ -279,7 +280,8 @@ def search_repositories(sb: Sandbox, call: Call) -> Reply:
         for repo in store.all_repos():
             if not store.can_see(repo, call.authenticated):
                 continue
-            score = search.matches(query, repo, store.owner(repo.owner).kind == "Organization")
+            owner = store.owner(repo.owner)
+            score = search.matches(query, repo, owner is not None and owner.kind == "Organization")
             if score is not None:
                 found.append((repo, score))
         ranked = search.order(found, call.params.get("sort"), call.params.get("order"))

@@ -11,9 +11,10 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .cli import DEFAULT_PORT
 from .faults import Faults
@@ -62,7 +63,7 @@ class Sandbox:
         self.store = Store(DEFAULT_ORGS if orgs is None else dict(orgs), dict(users or {}), seed,
                            site_for(self._url(), self.prefix))
         self.pull_store = PullStore(self.store)
-        self.token_expiration = (datetime.now(timezone.utc) + timedelta(days=30)).strftime(
+        self.token_expiration = (datetime.now(UTC) + timedelta(days=30)).strftime(
             "%Y-%m-%d %H:%M:%S UTC")
         self.in_flight = InFlight()
         self._requests: list[RequestRecord] = []

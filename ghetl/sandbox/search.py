@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .data import Repo
 
@@ -26,7 +27,7 @@ MAX_RESULTS = 1000
 TOKEN = re.compile(r'(-?[A-Za-z_]+):("[^"]*"|\S+)|"([^"]*)"|(\S+)')
 QUALIFIERS = {"user", "org", "repo", "in", "language", "topic", "license", "fork", "archived", "is",
               "created", "pushed", "stars", "forks", "size"}
-SORT_KEYS: dict[str, Callable[[Repo], object]] = {
+SORT_KEYS: dict[str, Callable[[Repo], Any]] = {
     "stars": lambda r: r.stargazers_count,
     "forks": lambda r: r.forks_count,
     "help-wanted-issues": lambda r: r.open_issues_count,
@@ -142,8 +143,8 @@ def _parse_moment(text: str, upper: bool) -> datetime:
     """A date covers its whole day: as a lower bound it starts at 00:00, as an upper bound it ends at 24:00."""
     if "T" in text:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    day = datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    day = datetime.fromisoformat(text).replace(tzinfo=UTC)
     return day + timedelta(days=1) if upper else day
 
 

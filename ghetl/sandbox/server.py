@@ -11,6 +11,7 @@ send with TCP_NODELAY so that 100 pages of 100 repositories stream in about a se
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -82,12 +83,13 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         self._open_lock = threading.Lock()
         super().__init__(address, Handler)
 
-    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:
+    # A TCP server's requests are sockets; typeshed's parameter type also allows a UDP server's (data, socket).
+    def process_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
         with self._open_lock:
             self._open.add(request)
         super().process_request(request, client_address)
 
-    def shutdown_request(self, request: socket.socket) -> None:
+    def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]  # as process_request
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
@@ -97,10 +99,8 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             still_open = list(self._open)
         for connection in still_open:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
         """A client that hangs up (e.g. after its own timeout during a delay fault) is normal here."""
@@ -140,7 +140,7 @@ def not_modified_since(header: str, last_modified: datetime) -> bool:
     except (TypeError, ValueError):
         return False
     if since.tzinfo is None:
-        since = since.replace(tzinfo=timezone.utc)
+        since = since.replace(tzinfo=UTC)
     return last_modified <= since
 
 
@@ -286,8 +286,10 @@ class Handler(BaseHTTPRequestHandler):
             return False
         if fault.kind == "mutate":
             log.info("running an injected mutation before %s %s", call.method, call.path)
+            action = fault.action  # never None for a mutate fault: Faults.inject refuses that
             try:
-                fault.action(sb)
+                if action is not None:
+                    action(sb)
             except Exception:
                 log.exception("the injected mutation failed; serving the request anyway")
             return False
@@ -308,7 +310,7 @@ class Handler(BaseHTTPRequestHandler):
         if charged:
             return None, bucket
         who = str(sb.store.viewer.id) if call.authenticated else call.client_ip
-        moment = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        moment = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
         log.info("rate limit exhausted for the %s bucket", resource)
         return Reply(403, errors.primary_rate_limit(who, rid, moment, call.authenticated, 403)), bucket
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -17,7 +18,6 @@ from . import shapes
 from .data import THEMES, Owner, Repo, generate, new_repo_id, owner_for_login
 from .shapes import Site
 
-UTC = timezone.utc
 MUTABLE_FIELDS = {
     "description", "language", "topics", "visibility", "archived", "fork", "homepage", "license",
     "default_branch", "stargazers_count", "forks_count", "open_issues_count", "subscribers_count", "size",

@@ -137,7 +137,9 @@ def _checked(found: Sequence[Step]) -> dict[str, Step]:
         if step.name in by_name:
             raise ValueError(f"two steps are named '{step.name}'")
         if step.depends_on is not None and step.depends_on not in by_name:
-            raise ValueError(f"step '{step.name}' depends on '{step.depends_on}', which is not an earlier step of the job")
+            raise ValueError(
+                f"step '{step.name}' depends on '{step.depends_on}', which is not an earlier step of the job"
+            )
         if step.depends_on is not None and step.parent_key is None:
             raise ValueError(f"step '{step.name}' depends on '{step.depends_on}' but declares no parent_key")
         by_name[step.name] = step
@@ -257,7 +259,8 @@ class ExtractContext:
 _PARENT_ITEMS = (
     sa.select(raw_extraction_data.c.id, raw_extraction_data.c.external_id, raw_extraction_data.c.status,
               raw_extraction_data.c.raw_data)
-    .where(raw_extraction_data.c.run_id == sa.bindparam("run"), raw_extraction_data.c.entity_type == sa.bindparam("step"),
+    .where(raw_extraction_data.c.run_id == sa.bindparam("run"),
+           raw_extraction_data.c.entity_type == sa.bindparam("step"),
            raw_extraction_data.c.id > sa.bindparam("floor"))
     .order_by(raw_extraction_data.c.id)
 )

@@ -42,7 +42,7 @@ def parse_time(value: str | None) -> dt.datetime | None:
     """GitHub's `2024-05-01T12:00:00Z` as an aware UTC datetime."""
     if not value:
         return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.timezone.utc)
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def wanted(repo: dict[str, Any], settings: dict[str, Any]) -> bool:
@@ -68,7 +68,9 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
     yield from _refetch_unlisted(ctx, seen)
 
 
-def _keep(ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _keep(
+    ctx: ExtractContext, items: list[dict[str, Any]], seen: set[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The items not met before in this run and updated since the cut-off, split into those the
     settings keep and those they no longer want.
 
@@ -139,7 +141,7 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
                 oldest = min(times, default=None)
                 next_url = page.next_url
             last = _reached(oldest, ctx) or not next_url
-            fetching = None if last else ahead.submit(_fetch_listed, ctx, cache, next_url)
+            fetching = None if last or next_url is None else ahead.submit(_fetch_listed, ctx, cache, next_url)
             remember = None
             if got.reused is None and page.etag:
                 kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
@@ -194,7 +196,8 @@ def _listing_url(ctx: ExtractContext) -> str:
         with ctx.engine.begin() as conn:
             tenants.set_owner_type(conn, ctx.integration["id"], owner_type)
     viewer = _viewer(ctx) if owner_type == "User" and ctx.client.authenticated else None
-    return ctx.client.listing_url(owner, owner_type, viewer)
+    url: str = ctx.client.listing_url(owner, owner_type, viewer)
+    return url
 
 
 def _viewer(ctx: ExtractContext) -> str | None:
@@ -214,7 +217,8 @@ def _viewer(ctx: ExtractContext) -> str | None:
     if response.headers.get("etag"):
         with ctx.engine.begin() as conn:
             cache.put(conn, url, response.headers["etag"], [body["login"]], None, None)
-    return body["login"]
+    login: str = body["login"]
+    return login
 
 
 def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
