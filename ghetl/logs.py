@@ -32,7 +32,7 @@ def first_line(exc: BaseException) -> str:
 def register_secret(value: str) -> None:
     """Have `redact` mask this value from now on, whatever its shape.
 
-    A token's variable may have any name (an integration's `--token-env GHE_CRED`) and a GHES
+    A token's variable may have any name (an integration's `--token-env GHETL_TOKEN_GHE`) and a GHES
     or app token any shape, so neither the name nor the shape rules can be relied on to spot
     it; whoever holds a token registers it. Shorter values are not masked: they would turn up
     inside ordinary words.

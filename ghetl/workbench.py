@@ -28,7 +28,7 @@ from .sync import SyncResult, sync
 
 log = logging.getLogger(__name__)
 
-SANDBOX_TOKEN_ENV = "GHETL_SANDBOX_TOKEN"
+SANDBOX_TOKEN_ENV = "GHETL_TOKEN_SANDBOX"
 SANDBOX_ORGS = {"acme": 200}
 PREVIEW_COLUMNS = ["id", "full_name", "language", "visibility", "fork", "archived", "stargazers_count", "pushed_at"]
 
