@@ -200,7 +200,8 @@ def test_a_token_with_a_trailing_carriage_return_is_stripped(cli, make_sandbox):
     sb = make_sandbox(orgs={"acme": 20}, tokens={HEX_TOKEN})
     cli("init")
     cli("tenant", "add", "t1")
-    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHETL_TOKEN_GHE")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url,
+        "--token-env", "GHETL_TOKEN_GHE")
 
     result = cli("sync", "--tenant", "t1", "--json", GHETL_TOKEN_GHE=HEX_TOKEN + "\r")
 
@@ -215,7 +216,8 @@ def test_a_token_with_whitespace_or_non_ascii_inside_is_refused_and_never_shown(
     sb = make_sandbox(orgs={"acme": 5})
     cli("init")
     cli("tenant", "add", "t1")
-    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHETL_TOKEN_GHE")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url,
+        "--token-env", "GHETL_TOKEN_GHE")
     head, tail = HEX_TOKEN[:20], HEX_TOKEN[20:]
 
     result = cli("sync", "--tenant", "t1", "--quiet", GHETL_TOKEN_GHE=head + inside + tail)

@@ -54,7 +54,8 @@ def test_given_urls_are_used_and_passwords_never_shown(process_state, tmp_path, 
     session = workbench.open_session(database_url, "amqp://ghetl:s3cret-pass@mq.example:5672/%2F", sandbox.url + "/",
                                      token_env="ACME_GITHUB_TOKEN")
 
-    assert (session.database_url, session.api_url, session.token_env) == (database_url, sandbox.url, "ACME_GITHUB_TOKEN")
+    assert (session.database_url, session.api_url, session.token_env) == (database_url, sandbox.url,
+                                                                          "ACME_GITHUB_TOKEN")
     assert session.sandbox is None
     assert os.environ["GHETL_BROKER_URL"].startswith("amqp://ghetl:s3cret-pass@")
     assert "s3cret-pass" not in session.describe() and "s3cret-pass" not in repr(session)

@@ -51,7 +51,8 @@ def test_integration_list_names_the_token_variable_never_the_token(cli, make_san
     assert every[0]["api_url"] == sb.url and "T" in every[0]["last_sync_date"]
     assert every[1]["last_sync_date"] is None
     assert only_globex.stdout.splitlines() == [
-        f"2\ttenant globex-inc\towner globex\t{sb.url}\ttoken $GLOBEX_GITHUB_TOKEN\tsettings {{}}\tactive\tlast sync never"
+        f"2\ttenant globex-inc\towner globex\t{sb.url}\ttoken $GLOBEX_GITHUB_TOKEN\tsettings {{}}\tactive\t"
+        "last sync never"
     ]
     assert TOKEN not in cli("integration", "list").stdout
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -224,16 +225,20 @@ def test_onboarding_notebook_onboards_with_other_settings(kernel_env, make_sandb
     kernel_env.setenv("INITECH_GITHUB_TOKEN", TOKEN)
     database_url = f"sqlite:///{tmp_path / 'onboard.db'}"
     out = tmp_path / "onboard.ipynb"
+    key_file = tmp_path / "keys" / "initech.key"
     nb = run_notebook("onboard_tenant.ipynb", out, tenant="initech-corp", owner="initech", api_url=sandbox.url,
                       token_env="INITECH_GITHUB_TOKEN", database_url=database_url,
-                      settings='{"include_forks": false, "visibility": "public"}')
+                      settings='{"include_forks": false, "visibility": "public"}', key_file=str(key_file))
 
     expected = {r["full_name"] for r in sandbox.repos("initech") if not r["fork"] and r["visibility"] == "public"}
     engine = sa.create_engine(database_url)
     try:
         assert set(frames.repositories("initech-corp", engine=engine)["full_name"]) == expected
-        said = text(cell_outputs(nb, "status-stream key of tenant"))
-        key = re.search(r"status-stream key of tenant 'initech-corp': (\S+)", said).group(1)
+        said = text(cell_outputs(nb, "save_stream_key"))
+        assert f"written to {key_file}" in said
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = key_file.read_text().strip()
+        assert key not in out.read_text()
         with engine.connect() as conn:
             assert tenants.check_key(conn, tenants.get_tenant(conn, "initech-corp")["id"], key)
     finally:
