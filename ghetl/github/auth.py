@@ -141,6 +141,8 @@ class TokenPool(httpx.Auth):
     which stops the run as for one token.
     """
 
+    requires_response_body = True  # a 401's message goes into the warning; every answer is read anyway
+
     def __init__(self, tokens: dict[str, str], api_url: str, *, allow_insecure_http: bool = False) -> None:
         if not tokens:
             raise ValueError("a token pool needs at least one token")
