@@ -122,7 +122,7 @@ SEARCH = f"""query ChangedPullRequests($q: String!, $after: String) {{
   {RATE_LIMIT_FIELDS}
   search(type: ISSUE, query: $q, first: 100, after: $after) {{
     issueCount pageInfo {{ hasNextPage endCursor }}
-    nodes {{ ... on PullRequest {{ id repository {{ databaseId }} }} }} }}
+    nodes {{ ... on PullRequest {{ id updatedAt repository {{ databaseId }} }} }} }}
 }}"""
 
 
@@ -164,8 +164,10 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
         with ctx.engine.connect() as conn:
             known = _active_repositories(conn, ctx)
             collected = _repositories_with_pull_requests(conn, ctx)
-        wanted = [pull_id for pull_id, repo in changed if repo in known]
-        log.info("search found %d pull requests updated since %s (%d in repositories this integration keeps)",
+            stored = _stored_versions(conn, ctx, [pull_id for pull_id, _, _ in changed])
+        wanted = [pull_id for pull_id, repo, updated in changed
+                  if repo in known and (pull_id not in stored or stored[pull_id] < parse_time(updated))]
+        log.info("search found %d pull requests updated since %s; %d of them changed since stored",
                  len(changed), ctx.cutoff.isoformat() if ctx.cutoff else "ever", len(wanted))
         yield from _refetch(ctx, wanted, seen)
         yield from _collect(ctx, [p for p in parents if p.external_id not in collected], seen)
@@ -309,15 +311,15 @@ def _errors_by_pull(result: Result, prefix: tuple[str | int, ...]) -> dict[int, 
     return found
 
 
-def _changed(ctx: ExtractContext) -> list[tuple[str, str]]:
-    """(pull request id, repository id) of what the search finds updated since the cut-off."""
+def _changed(ctx: ExtractContext) -> list[tuple[str, str, str]]:
+    """(pull request id, repository id, updatedAt) of what the search finds updated since the cut-off."""
     low = ctx.cutoff or dt.datetime(2008, 1, 1, tzinfo=dt.UTC)
     high = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     return list(_searched(ctx, low.replace(microsecond=0), high.replace(microsecond=0), open_ended=True))
 
 
 def _searched(ctx: ExtractContext, low: dt.datetime, high: dt.datetime, *, open_ended: bool = False
-              ) -> Iterator[tuple[str, str]]:
+              ) -> Iterator[tuple[str, str, str]]:
     """Every match in [low, high]; a range holding more than the search serves is split in two."""
     span = f">={_iso(low)}" if open_ended else f"{_iso(low)}..{_iso(high)}"
     query = f"user:{ctx.integration['owner']} is:pr updated:{span}"
@@ -334,7 +336,7 @@ def _searched(ctx: ExtractContext, low: dt.datetime, high: dt.datetime, *, open_
     while True:
         for node in search["nodes"]:
             if node and node.get("id"):
-                yield node["id"], str(node["repository"]["databaseId"])
+                yield node["id"], str(node["repository"]["databaseId"]), node["updatedAt"]
         if not search["pageInfo"]["hasNextPage"]:
             return
         result = ctx.client.graphql(SEARCH, {"q": query, "after": search["pageInfo"]["endCursor"]})
@@ -349,6 +351,17 @@ def _active_repositories(conn: Connection, ctx: ExtractContext) -> set[str]:
     return set(conn.execute(sa.select(repositories.c.external_id).where(
         repositories.c.tenant_id == ctx.tenant_id, repositories.c.integration_id == ctx.integration["id"],
         repositories.c.active.is_(True))).scalars())
+
+
+def _stored_versions(conn: Connection, ctx: ExtractContext, ids: list[str]) -> dict[str, dt.datetime]:
+    """GitHub's updatedAt of the pull requests stored: the cut-off's overlap finds some of them
+    again, and a pull request not changed since needs no refetch."""
+    found: dict[str, dt.datetime] = {}
+    for chunk in batched(ids, 500):
+        found.update(conn.execute(sa.select(pull_requests.c.external_id, pull_requests.c.gh_updated_at).where(
+            pull_requests.c.tenant_id == ctx.tenant_id, pull_requests.c.integration_id == ctx.integration["id"],
+            pull_requests.c.external_id.in_(chunk), pull_requests.c.gh_updated_at.is_not(None))).all())
+    return found
 
 
 def _repositories_with_pull_requests(conn: Connection, ctx: ExtractContext) -> set[str]:
@@ -497,7 +510,7 @@ def _repository_ids(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, i
     return dict(conn.execute(sa.select(repositories.c.external_id, repositories.c.id).where(
         repositories.c.tenant_id == rows[0]["tenant_id"],
         repositories.c.integration_id == rows[0]["integration_id"],
-        repositories.c.external_id.in_(wanted))).tuples().all())
+        repositories.c.external_id.in_(wanted))).all())
 
 
 def embed_text(row: dict[str, Any]) -> str:
