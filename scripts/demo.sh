@@ -24,8 +24,8 @@ with socket.socket() as s:
         sys.exit(f"port {sys.argv[1]} is in use: stop what listens there, or choose another with GHETL_DEMO_PORT=PORT")
 PY
 
-echo "== starting the GitHub sandbox (organisation 'acme', 2 000 repositories) at $GITHUB_API_URL"
-ghetl sandbox --port "$PORT" --orgs acme:2000 &
+echo "== starting the GitHub sandbox (organisation 'acme', 300 repositories with their pull requests) at $GITHUB_API_URL"
+ghetl sandbox --port "$PORT" --orgs acme:300 &
 SANDBOX=$!
 trap 'kill $SANDBOX 2>/dev/null || true' EXIT
 python - "$PORT" <<'PY'
