@@ -84,7 +84,7 @@ def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Back
     per_repo = [len(sb.pull_requests(r["id"])) for r in sb.repos("acme")]
     assert max(per_repo) > step.PULLS_FIRST + step.PULLS_PAGE
     assert max(len(p["commits"]) for p in truth.values()) > 100
-    assert max(len(p["reviews"]) for p in truth.values()) > 20
+    assert max(len(p["reviews"]) for p in truth.values()) > step.NESTED_FIRST
     assert any(p["author_login"] is None for p in truth.values())
     assert any(r["submitted_at"] is None for p in truth.values() for r in p["reviews"])
 
@@ -188,7 +188,8 @@ def test_bad_pull_requests_fail_alone(embedded: Backend, make_sandbox: Any, toke
     assert result.counts["github_pull_requests"]["failed"] == 1
     assert result.counts["github_pull_requests"]["transformed"] == total - 1
     with embedded.engine.connect() as conn:
-        error = conn.execute(sa.text("select error_message from raw_extraction_data where status = 'failed'")).scalar_one()
+        error = conn.execute(sa.text("select error_message from raw_extraction_data where status = 'failed'")
+                             ).scalar_one()
         body = conn.execute(sa.select(pull_requests.c.body).where(pull_requests.c.number == 1,
                                                                   pull_requests.c.url.like(f"%{repo['full_name']}/%"))
                             ).scalar_one()

@@ -53,6 +53,11 @@ PULLS_FIRST = 10
 PULLS_PAGE = 25
 PULLS_PER_REFETCH = 10
 SEARCH_CAP = 1000
+# GitHub charges a nested connection by how many parents it has, not by its `first`: 50 commits
+# per pull request cost what 20 do, and save the follow-ups. Threads multiply the connection
+# below them (their comments), so they stay few per page.
+NESTED_FIRST = 50
+THREADS_FIRST = 5
 STATES = ("OPEN", "CLOSED", "MERGED")
 REVIEW_STATES = ("APPROVED", "CHANGES_REQUESTED", "COMMENTED", "DISMISSED", "PENDING")
 EMBED_BODY_CHARS = 2000
@@ -72,10 +77,10 @@ PULL_REQUEST = f"""fragment PullRequest on PullRequest {{
   id databaseId number title body url state isDraft createdAt updatedAt closedAt mergedAt
   additions deletions changedFiles reviewDecision baseRefName headRefName
   author {{ login }} mergedBy {{ login }} mergeCommit {{ oid }} repository {{ databaseId }}
-  commits(first: 20) {{ {_PAGE} nodes {{ ...Commit }} }}
-  reviews(first: 20) {{ {_PAGE} nodes {{ ...Review }} }}
-  comments(first: 20) {{ {_PAGE} nodes {{ ...IssueComment }} }}
-  reviewThreads(first: 5) {{ {_PAGE} nodes {{ ...Thread }} }}
+  commits(first: {NESTED_FIRST}) {{ {_PAGE} nodes {{ ...Commit }} }}
+  reviews(first: {NESTED_FIRST}) {{ {_PAGE} nodes {{ ...Review }} }}
+  comments(first: {NESTED_FIRST}) {{ {_PAGE} nodes {{ ...IssueComment }} }}
+  reviewThreads(first: {THREADS_FIRST}) {{ {_PAGE} nodes {{ ...Thread }} }}
 }}"""
 _PULL_REQUEST_FRAGMENTS = "\n".join((PULL_REQUEST, COMMIT, REVIEW, ISSUE_COMMENT, THREAD, REVIEW_COMMENT))
 _ORDER = "orderBy: {field: UPDATED_AT, direction: DESC}"
@@ -166,7 +171,7 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
             collected = _repositories_with_pull_requests(conn, ctx)
             stored = _stored_versions(conn, ctx, [pull_id for pull_id, _, _ in changed])
         wanted = [pull_id for pull_id, repo, updated in changed
-                  if repo in known and (pull_id not in stored or stored[pull_id] < parse_time(updated))]
+                  if repo in known and (pull_id not in stored or stored[pull_id] < _moment(updated))]
         log.info("search found %d pull requests updated since %s; %d of them changed since stored",
                  len(changed), ctx.cutoff.isoformat() if ctx.cutoff else "ever", len(wanted))
         yield from _refetch(ctx, wanted, seen)
@@ -341,6 +346,13 @@ def _searched(ctx: ExtractContext, low: dt.datetime, high: dt.datetime, *, open_
             return
         result = ctx.client.graphql(SEARCH, {"q": query, "after": search["pageInfo"]["endCursor"]})
         search = result.data["search"]
+
+
+def _moment(text: str) -> dt.datetime:
+    moment = parse_time(text)
+    if moment is None:
+        raise ValueError("GitHub's search gave a pull request without updatedAt")
+    return moment
 
 
 def _iso(moment: dt.datetime) -> str:
