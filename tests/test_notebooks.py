@@ -26,7 +26,7 @@ from .conftest import AMQP_URL, TOKEN, add_tenant
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 WORKBENCH = {"sync_repositories.ipynb", "explore_raw_payloads.ipynb", "onboard_tenant.ipynb",
-             "search_repositories.ipynb"}
+             "search_repositories.ipynb", "pull_request_metrics.ipynb"}
 TOKEN_SHAPES = re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|Bearer [A-Za-z0-9._~+/-]{12,}")
 MACHINE_PATHS = re.compile(r"(?<![\w.:/])(/(home|work|tmp|root|Users|var|opt|private)/|[A-Za-z]:\\\\)")
 

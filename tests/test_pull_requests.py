@@ -206,3 +206,58 @@ def test_turned_off_pull_requests_cost_nothing(embedded: Backend, make_sandbox: 
     assert result.overall == "FINISHED"
     assert result.counts["github_pull_requests"]["extracted"] == 0
     assert result.stats["graphql_requests"] == 0
+
+
+def test_flow_metrics_of_hand_checked_pull_requests(embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    from ghetl import frames
+
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    repo = max(sb.repos("acme"), key=lambda r: len(sb.pull_requests(r["id"])))
+    merged = [p for p in sb.pull_requests(repo["id"]) if p["state"] == "MERGED" and p["reviews"]][:5]
+    assert len(merged) == 5
+    first = merged[0]
+    sb.review_pull_request(repo["id"], first["number"], state="PENDING", body="not submitted yet")
+    assert embedded.sync(tenant).overall == "FINISHED"
+
+    frame = frames.pull_requests(tenant, repository=repo["full_name"], engine=embedded.engine).set_index("number")
+    reviews = frames.pull_request_reviews(tenant, repository=repo["full_name"], engine=embedded.engine)
+
+    assert set(frame.index) == {p["number"] for p in sb.pull_requests(repo["id"])}
+    for pull in merged:
+        got = frame.loc[pull["number"]]
+        submitted = sorted(r["submitted_at"] for r in pull["reviews"]
+                           if r["submitted_at"] and r["author_login"] != pull["author_login"])
+        approved = sorted(r["submitted_at"] for r in pull["reviews"] if r["state"] == "APPROVED")
+        first_commit = min(c["authored_at"] for c in pull["commits"])
+        assert got["size"] == pull["additions"] + pull["deletions"]
+        assert got["time_to_merge"] == _seconds(pull["merged_at"]) - _seconds(pull["gh_created_at"])
+        assert got["cycle_time"] == _seconds(pull["merged_at"]) - _seconds(first_commit)
+        if submitted:
+            assert got["time_to_first_review"] == _seconds(submitted[0]) - _seconds(pull["gh_created_at"])
+            assert got["review_time"] == _seconds(pull["merged_at"]) - _seconds(submitted[0])
+        if approved:
+            assert got["time_to_first_approval"] == _seconds(approved[0]) - _seconds(pull["gh_created_at"])
+    mine = reviews[reviews["number"] == first["number"]]
+    assert len(mine) == len(first["reviews"])
+    assert "not submitted yet" not in set(mine["body"])
+    assert len(frames.pull_request_reviews(tenant, repository=repo["full_name"], include_pending=True,
+                                           engine=embedded.engine).query(f"number == {first['number']}")) \
+        == len(first["reviews"]) + 1
+
+
+def test_search_finds_pull_requests_by_meaning(embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    from ghetl.search import search
+
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    repo = sb.repos("acme")[0]
+    added = sb.add_pull_request(repo["id"], "Settle merchant card payments nightly",
+                                body="Batch settlement of card payments to merchants, run every night.")
+    assert embedded.sync(tenant).overall == "FINISHED"
+
+    found = search(tenant, "settle merchant card payments nightly", entity="pull_requests", engine=embedded.engine)
+
+    assert list(found.columns) == ["rank", "repository", "number", "title", "url", "score"]
+    assert found.iloc[0]["title"] == added["title"]
+    assert found.iloc[0]["repository"] == repo["full_name"]
