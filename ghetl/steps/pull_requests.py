@@ -196,13 +196,20 @@ def _collect(ctx: ExtractContext, parents: Iterable[ParentItem], seen: set[str])
             yield Batch(payloads)
 
 
+def _query(ctx: ExtractContext, document: str, variables: dict[str, Any]) -> Result:
+    """One query of this step; the nodes GitHub counted add up in the run's stats."""
+    result: Result = ctx.client.graphql(document, variables)
+    ctx.stats["graphql_nodes"] = ctx.stats.get("graphql_nodes", 0) + result.nodes
+    return result
+
+
 def _first_pages(
     ctx: ExtractContext, chunk: list[ParentItem]
 ) -> list[tuple[ParentItem, dict[str, Any], dict[int, list[str]]]]:
     """Each repository's first page of pull requests, with the errors GitHub reported per pull
     request; a query that times out is asked again for half the repositories."""
     try:
-        result = ctx.client.graphql(REPOSITORIES, {"ids": [p.payload["node_id"] for p in chunk], "first": PULLS_FIRST})
+        result = _query(ctx, REPOSITORIES, {"ids": [p.payload["node_id"] for p in chunk], "first": PULLS_FIRST})
     except QueryTimedOut:
         if len(chunk) == 1:
             raise
@@ -226,7 +233,7 @@ def _repository_page(ctx: ExtractContext, parent: ParentItem, after: str) -> dic
     while True:
         try:
             variables = {"id": parent.payload["node_id"], "first": size, "after": after}
-            result = ctx.client.graphql(REPOSITORY_PAGE, variables)
+            result = _query(ctx, REPOSITORY_PAGE, variables)
             break
         except QueryTimedOut:
             if size == 1:
@@ -241,7 +248,7 @@ def _repository_page(ctx: ExtractContext, parent: ParentItem, after: str) -> dic
 def _refetch(ctx: ExtractContext, ids: list[str], seen: set[str]) -> Iterator[Batch]:
     """These pull requests again, complete, by node id."""
     for chunk in batched([i for i in ids if i not in seen], PULLS_PER_REFETCH):
-        result = ctx.client.graphql(PULL_REQUESTS, {"ids": list(chunk)})
+        result = _query(ctx, PULL_REQUESTS, {"ids": list(chunk)})
         errors = _errors_by_pull(result, ("nodes",))
         pulls = []
         for i, (pull_id, node) in enumerate(zip(chunk, result.data.get("nodes") or [], strict=False)):
@@ -296,7 +303,7 @@ def _to_end(
     nodes = [n for n in first["nodes"] if n]
     info = first["pageInfo"]
     while info["hasNextPage"]:
-        result = ctx.client.graphql(document, {"id": node_id, "after": info["endCursor"]})
+        result = _query(ctx, document, {"id": node_id, "after": info["endCursor"]})
         page = (result.data.get("node") or {}).get(field)
         if page is None:
             error = result.errors[0].get("message") if result.errors else "no data"
@@ -328,7 +335,7 @@ def _searched(ctx: ExtractContext, low: dt.datetime, high: dt.datetime, *, open_
     """Every match in [low, high]; a range holding more than the search serves is split in two."""
     span = f">={_iso(low)}" if open_ended else f"{_iso(low)}..{_iso(high)}"
     query = f"user:{ctx.integration['owner']} is:pr updated:{span}"
-    result = ctx.client.graphql(SEARCH, {"q": query, "after": None})
+    result = _query(ctx, SEARCH, {"q": query, "after": None})
     search = result.data["search"]
     if search["issueCount"] > SEARCH_CAP and high - low > dt.timedelta(seconds=1):
         middle = low + (high - low) / 2
@@ -344,7 +351,7 @@ def _searched(ctx: ExtractContext, low: dt.datetime, high: dt.datetime, *, open_
                 yield node["id"], str(node["repository"]["databaseId"]), node["updatedAt"]
         if not search["pageInfo"]["hasNextPage"]:
             return
-        result = ctx.client.graphql(SEARCH, {"q": query, "after": search["pageInfo"]["endCursor"]})
+        result = _query(ctx, SEARCH, {"q": query, "after": search["pageInfo"]["endCursor"]})
         search = result.data["search"]
 
 
