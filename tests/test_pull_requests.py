@@ -261,3 +261,35 @@ def test_search_finds_pull_requests_by_meaning(embedded: Backend, prs_sandbox: S
     assert list(found.columns) == ["rank", "repository", "number", "title", "url", "score"]
     assert found.iloc[0]["title"] == added["title"]
     assert found.iloc[0]["repository"] == repo["full_name"]
+
+
+def test_timeouts_and_bad_gateways_are_asked_again_smaller_and_lose_nothing(
+        embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    sb.inject("timedout", path="graphql", times=2)
+    sb.inject("status", path="graphql", times=1, status=502)
+
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert_same_as_github(embedded, sb)
+    assert sum(r.status == 502 for r in sb.requests if r.path.endswith("graphql")) == 1
+
+
+def test_a_rejected_query_is_a_clear_error_and_never_retried(
+        embedded: Backend, prs_sandbox: Sandbox, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    too_many = step.REPOSITORIES.replace("(first: 50)", "(first: 100)").replace("reviewThreads(first: 5)",
+                                                                                "reviewThreads(first: 100)")
+    monkeypatch.setattr(step, "REPOSITORIES", too_many)
+    monkeypatch.setattr(step, "PULLS_FIRST", 100)
+
+    result = embedded.sync(tenant)
+
+    graphql_calls = [r for r in sb.requests if r.path.endswith("graphql")]
+    assert result.overall == "FAILED"
+    assert "MAX_NODE_LIMIT_EXCEEDED" in (result.error or "")
+    assert "bug in ghetl" in (result.error or "")
+    assert len(graphql_calls) == 1
