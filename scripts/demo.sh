@@ -47,8 +47,8 @@ if ghetl tenant list | cut -f2 | grep -qx acme-corp; then
 else
     echo "== ghetl tenant add acme-corp"
     ghetl tenant add acme-corp
-    echo "== ghetl integration add --tenant acme-corp --owner acme"
-    ghetl integration add --tenant acme-corp --owner acme
+    echo "== ghetl integration add --tenant acme-corp --owner acme --settings '{\"pull_requests\": true}'"
+    ghetl integration add --tenant acme-corp --owner acme --settings '{"pull_requests": true}'
 fi
 echo "== ghetl sync --tenant acme-corp"
 ghetl sync --tenant acme-corp
@@ -58,6 +58,8 @@ echo "== ghetl jobs"
 ghetl jobs
 echo "== ghetl search --tenant acme-corp \"card payment settlement\""
 ghetl search --tenant acme-corp --limit 5 "card payment settlement"
+echo "== ghetl search --tenant acme-corp --entity pull_requests \"retry path\""
+ghetl search --tenant acme-corp --entity pull_requests --limit 5 "retry path"
 echo
 echo "Done. The data is in data/ghetl.db, the default database, so plain ghetl commands see it."
 echo "Put ghetl, jupyter and papermill on your PATH with: . .venv/bin/activate"

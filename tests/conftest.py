@@ -9,7 +9,6 @@ CI=true an unreachable server fails the test instead of skipping it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -174,24 +173,13 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
     return TOKEN
 
 
-def repositories_only(settings: Any = None) -> dict[str, Any]:
-    """Settings with `pull_requests` false unless they say otherwise (JSON text or a dict)."""
-    parsed = json.loads(settings) if isinstance(settings, str) else dict(settings or {})
-    return {"pull_requests": False, **parsed} if isinstance(parsed, dict) else parsed
-
-
 def add_tenant(backend: Backend, sandbox: Sandbox, *, name: str = "acme-corp", owner: str = "acme",
                settings: Any = None, token_env: str = "GITHUB_TOKEN") -> str:
-    """A tenant with one integration pointing at the sandbox; returns the tenant's name.
-
-    Pull requests stay off unless the settings turn them on: the sandbox's 500 repositories hold
-    some 13 000 of them, which would make every repository test a minute long; the pull-request
-    tests (test_pull_requests.py) turn them on.
-    """
+    """A tenant with one integration pointing at the sandbox; returns the tenant's name."""
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, name)
         tenants.add_integration(conn, name, owner, api_url=sandbox.url, token_env=token_env,
-                                settings=repositories_only(settings))
+                                settings=settings)
     return name
 
 
