@@ -26,7 +26,8 @@ from . import broker as broker_mod
 from . import config, db, jobs, logs, migrate, sandbox, tenants
 from .argtypes import days, port, positive_int, positive_seconds
 from .github import GitHubError
-from .settings import SettingsError
+from .github.credentials import APP_KEY_ENV_RULE, TOKEN_ENV_RULE, AuthConfig
+from .settings import AUTH_KEY, SettingsError
 
 log = logging.getLogger("ghetl")
 
@@ -100,7 +101,9 @@ def cmd_tenant_key(args: argparse.Namespace) -> int:
 def cmd_integration_add(args: argparse.Namespace) -> int:
     with _engine().begin() as conn:
         integration_id = tenants.add_integration(
-            conn, args.tenant, args.owner, api_url=args.api_url, token_env=args.token_env, settings=args.settings
+            conn, args.tenant, args.owner, api_url=args.api_url, token_env=args.token_env, settings=args.settings,
+            allow_insecure_http=args.allow_insecure_http, app_id=args.app_id, installation_id=args.installation_id,
+            app_key_env=args.app_key_env, app_key_file=args.app_key_file,
         )
     print(integration_id)
     return 0
@@ -114,9 +117,10 @@ def cmd_integration_list(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         last = row["last_sync_date"].isoformat(timespec="seconds") if row["last_sync_date"] else "never"
-        print(f"{row['id']}\ttenant {row['tenant']}\towner {row['owner']}\t{row['api_url']}\t"
-              f"token ${row['token_env']}\t"
-              f"settings {json.dumps(row['settings'], sort_keys=True)}\t{'active' if row['active'] else 'disabled'}\t"
+        auth = AuthConfig.of(row["settings"]).describe(row["token_env"])
+        shown = {k: v for k, v in row["settings"].items() if k != AUTH_KEY}
+        print(f"{row['id']}\ttenant {row['tenant']}\towner {row['owner']}\t{row['api_url']}\t{auth}\t"
+              f"settings {json.dumps(shown, sort_keys=True)}\t{'active' if row['active'] else 'disabled'}\t"
               f"last sync {last}")
     return 0
 
@@ -463,8 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", required=True, help="GitHub organisation or user whose repositories to sync")
     p.add_argument("--api-url", help="API root, e.g. https://ghe.example.com/api/v3 "
                                      "(default: $GITHUB_API_URL or https://api.github.com)")
-    p.add_argument("--token-env", default="GITHUB_TOKEN",
-                   help="environment variable that holds the token (default GITHUB_TOKEN)")
+    p.add_argument("--token-env", default="GITHUB_TOKEN", metavar="VAR[,VAR...]",
+                   help=f"environment variable that holds the token, or several separated by commas to spread the "
+                   f"requests over their rate limits; named {TOKEN_ENV_RULE} (default GITHUB_TOKEN)")
+    p.add_argument("--allow-insecure-http", action="store_true",
+                   help="allow an http:// API URL on another machine (credentials then cross the network in "
+                   "clear; every sync warns); loopback hosts need no flag")
+    p.add_argument("--app-id", help="authenticate as this GitHub App (with --installation-id and its key)")
+    p.add_argument("--installation-id", help="the app's installation on the owner")
+    p.add_argument("--app-key-env", metavar="VAR", help=f"variable that holds the app's private key (PEM), named "
+                   f"{APP_KEY_ENV_RULE}")
+    p.add_argument("--app-key-file", metavar="PATH", help="file that holds the app's private key (PEM), mode 600")
     p.add_argument("--settings", help='JSON, e.g. \'{"repository_filter": "api in:name", "include_forks": false}\'')
     p = add("list", cmd_integration_list, "list integrations: id, tenant, owner, API URL, the NAME of the token's "
             "variable, settings, active or disabled, last sync of its job", integration_sub)

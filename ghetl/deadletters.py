@@ -32,7 +32,7 @@ from . import broker as broker_mod
 from . import jobs
 from .broker import Broker, MemoryBroker, Outcome, PoisonMessage
 from .db import dead_letters, raw_extraction_data, tenants
-from .logs import first_line
+from .logs import first_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def record(engine: Engine, stage: str, body: bytes, message: dict[str, Any] | No
     broker's dead-letter queue then holds the only copy, and the worker goes on)."""
     message = message or {}
     row = {"tenant_id": message.get("tenant_id"), "job_id": message.get("job_id"), "run_id": message.get("run_id"),
-           "step": message.get("step"), "stage": stage, "body": body, "reason": reason, "attempts": attempts}
+           "step": message.get("step"), "stage": stage, "body": body, "reason": redact(reason), "attempts": attempts}
     try:
         with engine.begin() as conn:
             return conn.execute(dead_letters.insert().values(**row).returning(dead_letters.c.id)).scalar_one()

@@ -12,6 +12,8 @@ from typing import Any
 _TOKEN_SHAPES = re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})\b")
 _SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|KEY)$")
 MIN_SECRET_LENGTH = 8
+"""Values of secret-looking variables (`*_TOKEN`, `*_PASSWORD`...) shorter than this are not masked
+unless registered: a guess by name alone would otherwise mask `1` or `true` everywhere."""
 
 _secrets: frozenset[str] = frozenset()
 _secrets_lock = threading.Lock()
@@ -30,34 +32,57 @@ def first_line(exc: BaseException) -> str:
 
 
 def register_secret(value: str) -> None:
-    """Have `redact` mask this value from now on, whatever its shape.
+    """Have `redact` mask this value from now on, whatever its shape, length or case.
 
-    A token's variable may have any name (an integration's `--token-env GHE_CRED`) and a GHES
-    or app token any shape, so neither the name nor the shape rules can be relied on to spot
-    it; whoever holds a token registers it. Shorter values are not masked: they would turn up
-    inside ordinary words.
+    A token's variable may have many names and a GHES or app token any shape, so neither the
+    name nor the shape rules can be relied on to spot it; whoever holds a secret registers it.
+    A registered value is known to be a secret, so it is masked however short it is.
     """
-    global _secrets
-    if len(value) >= MIN_SECRET_LENGTH and value not in _secrets:
+    global _secrets, _pattern
+    value = value.strip()
+    if value and value not in _secrets:
         with _secrets_lock:
             _secrets = _secrets | {value}
+            _pattern = _compile(_secrets)
+
+
+def _compile(values: frozenset[str]) -> re.Pattern[str] | None:
+    """One case-insensitive alternation, longest first (so a secret inside a longer one goes with it)."""
+    if not values:
+        return None
+    return re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)), re.IGNORECASE)
+
+
+_pattern: re.Pattern[str] | None = None
 
 
 def redact(text: str) -> str:
     """Mask GitHub token shapes, registered secrets and the values of secret-looking environment variables."""
     text = _TOKEN_SHAPES.sub("[token]", text)
+    if _pattern is not None:
+        text = _pattern.sub("[token]", text)
     named = {v for k, v in os.environ.items() if len(v) >= MIN_SECRET_LENGTH and _SECRET_ENV.search(k)}
-    for value in sorted(_secrets | named, key=len, reverse=True):
+    for value in sorted(named, key=len, reverse=True):
         if value in text:
             text = text.replace(value, "[token]")
     return text
 
 
 class RedactingFilter(logging.Filter):
+    """Masks the message of a record before any handler sees it (handlers of other libraries too)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact(record.getMessage())
         record.args = ()
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """Masks the whole formatted line, traceback and stack included: an exception's text (httpx
+    quoting a header, a driver quoting its URL) is formatted only here, after every filter ran."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -79,7 +104,7 @@ class _CurrentStderr(logging.StreamHandler):
 
 def configure(verbose: bool = False) -> None:
     handler = _CurrentStderr()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -117,7 +117,7 @@ def _stale_etags(conn: Connection, tenant_id: int | None) -> Any:
     current = [
         sa.and_(http_cache.c.integration_id == row.id,
                 sa.func.coalesce(http_cache.c.fingerprint, "")
-                != http_cache_mod.fingerprint(settings_mod.parse(row.settings)))
+                != http_cache_mod.fingerprint(settings_mod.parse(row.settings, stored=True)))
         for row in conn.execute(query)
     ]
     return sa.or_(sa.false(), *current)

@@ -62,7 +62,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from . import broker as broker_mod
 from . import config
 from .broker import DeadLetter, Deliver, Outcome
-from .logs import safe_url
+from .logs import redact, safe_url
 from .status import Event
 
 log = logging.getLogger(__name__)
@@ -494,7 +494,7 @@ class RabbitBroker:
             outcome = _keeping_connection_alive(channel.connection, deliver, stage, body, attempt)
         except Exception as exc:  # a bug in a handler must not kill the consumer nor loop forever
             log.exception("a %s message broke the worker", stage)
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = redact(f"{type(exc).__name__}: {exc}")
             outcome = Outcome("dead" if attempt >= broker_mod.max_attempts() else "retry", reason)
         try:
             if outcome.action == "retry":

@@ -24,6 +24,11 @@ DEFAULTS: dict[str, Any] = {
     "pull_requests": False,
 }
 
+AUTH_KEY = "auth"
+"""Where an integration's stored settings keep how it authenticates (`credentials.AuthConfig`):
+set by `integration add` from its flags, never from `--settings`, and left out of what `parse`
+returns, so that the repository selection and its cache fingerprint do not depend on it."""
+
 DESCRIPTIONS = {
     "repository_filter": "GitHub search terms that select repositories (the search API is used), "
                          "e.g. \"payments in:name\"",
@@ -41,8 +46,12 @@ class SettingsError(ValueError):
     """Raised with a message that names the offending key."""
 
 
-def parse(raw: str | dict[str, Any] | None) -> dict[str, Any]:
-    """Validate settings given as a JSON text or a dict; return them with defaults filled in."""
+def parse(raw: str | dict[str, Any] | None, *, stored: bool = False) -> dict[str, Any]:
+    """Validate settings given as a JSON text or a dict; return them with defaults filled in.
+
+    `stored`: the settings as an integration row holds them, whose `auth` entry is not a
+    setting and is dropped; from a user (`--settings`) that key is refused as any unknown one.
+    """
     if raw is None or raw == "":
         data: Any = {}
     elif isinstance(raw, str):
@@ -54,6 +63,8 @@ def parse(raw: str | dict[str, Any] | None) -> dict[str, Any]:
         data = raw
     if not isinstance(data, dict):
         raise SettingsError("settings must be a JSON object, e.g. {\"repository_filter\": \"api in:name\"}")
+    if stored:
+        data = {k: v for k, v in data.items() if k != AUTH_KEY}
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
         raise SettingsError(f"unknown settings key '{unknown[0]}'; known keys: {', '.join(DEFAULTS)}")

@@ -22,7 +22,7 @@ from . import carryover, config, db, http_cache, jobs, steps, tenants
 from . import settings as settings_mod
 from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
-from .github import GitHubClient, GitHubError, Policy
+from .github import GitHubClient, GitHubError, Policy, credentials
 from .logs import safe_url
 from .prune import due as retention_due
 from .prune import prune
@@ -102,19 +102,17 @@ def sync(
         tenant_row = tenants.get_tenant(conn, tenant, active=True)
         integration = tenants.get_integration(conn, tenant_row["id"], integration_id)
         job = jobs.get_job(conn, tenant_row["id"], integration["id"])
-        settings = settings_mod.parse(integration["settings"])
-    token = config.github_token(integration["token_env"])
-    if not token:
-        log.warning("$%s is empty: without a token GitHub shows public repositories only and allows 60 requests "
-                    "an hour; this run marks nothing deleted and leaves last_sync_date where it is",
-                    integration["token_env"])
+        settings = settings_mod.parse(integration["settings"], stored=True)
     policy = Policy.from_env()
-    client = _client(tenant_row["name"], integration, token, policy)
+    client, creds = _client(tenant_row["name"], integration, policy)
+    if creds.anonymous:
+        log.warning("%s is empty: without a token GitHub shows public repositories only and allows 60 requests "
+                    "an hour; this run marks nothing deleted and leaves last_sync_date where it is", creds.source)
     per_stage = _per_stage(workers)
     embedder = _check_consumers(per_stage) if run_workers else None
     broker.declare()
     with engine.begin() as conn:
-        run, events = jobs.start(conn, job, full=full, anonymous=token is None,
+        run, events = jobs.start(conn, job, full=full, anonymous=creds.anonymous,
                                  settings=http_cache.fingerprint(settings))
         carried = {name: carryover.adopt(conn, run, name) for name in steps.registry()}
 
@@ -140,6 +138,7 @@ def sync(
         raise
     finally:
         client.close()
+        creds.close()
         stop.set()
         if consumers is not None:
             consumers.join()
@@ -243,11 +242,13 @@ def _for_run(run_id: str, *callbacks: Callable[[Event], None] | None) -> Callabl
     return forward
 
 
-def _client(tenant: str, integration: dict[str, Any], token: str | None, policy: Policy) -> GitHubClient:
-    """The integration's GitHub client, built before the job starts: a malformed stored API URL
-    is then one line, and no run is left behind."""
+def _client(tenant: str, integration: dict[str, Any],
+            policy: Policy) -> tuple[GitHubClient, credentials.Credentials]:
+    """The integration's GitHub client and credentials, built before the job starts: a malformed
+    stored API URL or a credential that cannot be used is then one line, and no run is left behind."""
     try:
-        return GitHubClient(integration["api_url"], token, policy=policy)
+        creds = credentials.for_integration(integration, timeout=policy.timeout)
+        return GitHubClient(integration["api_url"], None, policy=policy, auth=creds.auth), creds
     except httpx.InvalidURL as exc:
         raise ValueError(
             f"integration {integration['id']} has an invalid API URL '{safe_url(integration['api_url'])}' ({exc}); "

@@ -21,14 +21,13 @@ from sqlalchemy.engine import Connection
 from . import config, jobs, steps
 from . import settings as settings_mod
 from .db import etl_jobs, integrations, tenants
+from .github import credentials
 
 log = logging.getLogger(__name__)
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME_TYPE = tenants.c.name.type
 assert isinstance(_NAME_TYPE, sa.String) and _NAME_TYPE.length is not None  # the schema's VARCHAR(n)
 _NAME_LENGTH: int = _NAME_TYPE.length
-_TOKEN_LIKE = re.compile(r"^(gh[pousr]_|github_pat_)|^[0-9A-Fa-f]{40}$")
 _OWNER = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 
 
@@ -162,20 +161,35 @@ def add_integration(
     api_url: str | None = None,
     token_env: str = config.DEFAULT_TOKEN_ENV,
     settings: str | dict[str, Any] | None = None,
+    allow_insecure_http: bool = False,
+    app_id: str | None = None,
+    installation_id: str | None = None,
+    app_key_env: str | None = None,
+    app_key_file: str | None = None,
 ) -> int:
     """Create a GitHub integration and its job; refuse bad settings before anything is written.
 
     A token variable that is unset here is only warned about: the syncs may run on another host.
+    The credentials' rules (names meant for tokens, https) are `credentials.check`'s; what it
+    returns is stored with the settings, under `auth`.
     """
     tenant_row = get_tenant(conn, tenant)
     if not _OWNER.match(owner or ""):
         raise ValueError(f"owner '{owner}' is not a GitHub user or organisation name")
-    _check_token_env(token_env)
+    token_env = ",".join(credentials.token_env_names(token_env))
     api_url = config.check_api_url(api_url, "--api-url") if api_url else config.api_url()
+    auth = credentials.check(api_url, token_env, allow_insecure_http=allow_insecure_http, app_id=app_id,
+                             installation_id=installation_id, app_key_env=app_key_env, app_key_file=app_key_file)
     stored = _stored(settings_mod.parse(settings))
-    if not os.environ.get(token_env):
-        log.warning("$%s is not set here; set it to the token wherever ghetl sync runs for this integration",
-                    token_env)
+    if auth.stored():
+        stored[settings_mod.AUTH_KEY] = auth.stored()
+    if auth.allow_insecure_http:
+        log.warning("integration allowed to send GitHub credentials over plain http to %s; every sync will "
+                    "say so", api_url)
+    for name in [] if auth.app else token_env.split(","):
+        if not os.environ.get(name):
+            log.warning("$%s is not set here; set it to the token wherever ghetl sync runs for this integration",
+                        name)
     integration_id = conn.execute(
         integrations.insert()
         .values(tenant_id=tenant_row["id"], owner=owner, api_url=api_url, token_env=token_env, settings=stored)
@@ -183,16 +197,6 @@ def add_integration(
     ).scalar_one()
     jobs.create_github_job(conn, tenant_row["id"], integration_id)
     return integration_id
-
-
-def _check_token_env(token_env: str) -> None:
-    """Refuse a token given where its variable's name belongs: the name is stored and shown."""
-    if _TOKEN_LIKE.match(token_env or ""):
-        raise ValueError("--token-env takes the NAME of the environment variable that holds the token "
-                         "(e.g. GITHUB_TOKEN), not the token")
-    if not _ENV_NAME.match(token_env or ""):
-        raise ValueError("--token-env must be the name of an environment variable: letters, digits and _, "
-                         "not starting with a digit")
 
 
 def _stored(parsed: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +217,7 @@ def update_settings(
     """
     parsed = settings_mod.parse(settings)
     row = conn.execute(sa.select(integrations).where(integrations.c.id == integration_id)).mappings().one()
-    old = settings_mod.parse(row["settings"])
+    old = settings_mod.parse(row["settings"], stored=True)
     changes = {k: (old[k], parsed[k]) for k in settings_mod.DEFAULTS if old[k] != parsed[k]}
     if not changes:
         return {}
@@ -221,7 +225,9 @@ def update_settings(
     if job["status"]["overall"] == "RUNNING":
         raise jobs.AlreadyRunning(f"integration {integration_id}'s job is running; wait for it to end "
                                   "(see: ghetl jobs), then change the settings")
-    conn.execute(integrations.update().where(integrations.c.id == integration_id).values(settings=_stored(parsed)))
+    auth = {k: v for k, v in row["settings"].items() if k == settings_mod.AUTH_KEY}
+    conn.execute(integrations.update().where(integrations.c.id == integration_id)
+                 .values(settings={**_stored(parsed), **auth}))
     conn.execute(etl_jobs.update().where(etl_jobs.c.id == job["id"]).values(last_sync_date=None))
     return changes
 

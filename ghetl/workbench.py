@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -28,7 +29,7 @@ from .sync import SyncResult, sync
 
 log = logging.getLogger(__name__)
 
-SANDBOX_TOKEN_ENV = "GHETL_SANDBOX_TOKEN"
+SANDBOX_TOKEN_ENV = "GHETL_TOKEN_SANDBOX"
 SANDBOX_ORGS = {"acme": 200}
 PREVIEW_COLUMNS = ["id", "full_name", "language", "visibility", "fork", "archived", "stargazers_count", "pushed_at"]
 
@@ -74,6 +75,12 @@ class Session:
 
     def __repr__(self) -> str:
         return self.describe()
+
+    def key_file(self, tenant: str) -> Path:
+        """Where the onboarding notebook keeps a tenant's status-stream key unless told otherwise:
+        beside a throwaway database (gone with it), else under ~/.config/ghetl/stream-keys."""
+        base = Path(self._workdir.name) if self._workdir is not None else Path.home() / ".config" / "ghetl"
+        return base / "stream-keys" / f"{tenant}.key"
 
     def close(self) -> None:
         """Stop the sandbox and remove the throwaway database, if this session made them."""
@@ -161,6 +168,25 @@ def setup_tenant(
         integration_id = tenants.add_integration(conn, tenant_id, owner, api_url=api_url, token_env=token_env,
                                                  settings=settings)
     return TenantSetup(name, tenant_id, integration_id, owner, api_url, True, key)
+
+
+def save_stream_key(setup: TenantSetup, path: str | Path) -> Path:
+    """Write a new tenant's status-stream key to `path`, readable by its owner only (0600), and
+    return where it is: a notebook prints the path, never the key, since every output of a
+    papermill run is kept and shared like any file.
+    """
+    if setup.stream_key is None:
+        raise ValueError(f"tenant '{setup.name}' already existed, so its key was not shown again; issue a new one "
+                         f"with: ghetl tenant key {setup.name}")
+    target = Path(path).expanduser()
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a file that was there before keeps its mode through os.open
+        os.write(fd, (setup.stream_key + "\n").encode())
+    finally:
+        os.close(fd)
+    return target.absolute()
 
 
 def ensure_tenant(

@@ -27,7 +27,7 @@ from . import deadletters, embeddings, jobs, steps
 from .broker import Broker, Outcome, PoisonMessage
 from .db import embeddings as embeddings_table
 from .db import etl_jobs, raw_extraction_data, upsert, utcnow
-from .logs import first_line
+from .logs import first_line, redact
 from .records import ItemStatus, QueueStage, is_queue_stage
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Pipeline:
             steps.get(message["step"])
         except (PoisonMessage, KeyError) as exc:
             log.error("dead-lettered a %s message that can never be processed: %s", stage, exc)
-            return self._give_up(stage, body, message, str(exc), attempt)
+            return self._give_up(stage, body, message, redact(str(exc)), attempt)
         if attempt > broker_mod.max_attempts():
             reason = (f"gave up after {attempt - 1} attempts: the worker handling it stopped before it "
                       "finished (crashed, killed, or lost its connection) every time")
@@ -100,7 +100,7 @@ class Pipeline:
         except Exception as exc:
             if database_unavailable(exc):
                 return self._wait_for_database(exc)
-            reason = f"{type(exc).__name__}: {exc}"[:500]
+            reason = redact(f"{type(exc).__name__}: {exc}")[:500]
             if attempt >= broker_mod.max_attempts():
                 log.error("a %s message failed %d times, dead-lettered: %s", stage, attempt, reason)
                 self.record_failure(stage, message, reason)
@@ -483,7 +483,7 @@ def _fail(conn: sa.Connection, run_id: str, step: str, errors: dict[int, str], s
                 raw_extraction_data.update()
                 .where(raw_extraction_data.c.id == raw_id, raw_extraction_data.c.run_id == run_id,
                        raw_extraction_data.c.status == status)
-                .values(status="failed", failed_stage=stage, error_message=error[:2000],
+                .values(status="failed", failed_stage=stage, error_message=redact(error)[:2000],
                         attempts=raw_extraction_data.c.attempts + 1)
             ).rowcount
             if moved:

@@ -157,7 +157,7 @@ def test_sandbox_refuses_what_it_cannot_serve_in_one_line(cli):
 def test_invalid_settings_name_the_key_and_write_nothing(cli):
     cli("init")
     cli("tenant", "add", "t1")
-    line = one_line_error(cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+    line = one_line_error(cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "https://x",
                               "--settings", '{"include_archived": "sometimes"}'))
     assert "include_archived" in line
     line = one_line_error(cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--settings", "{oops"))
@@ -200,9 +200,10 @@ def test_a_token_with_a_trailing_carriage_return_is_stripped(cli, make_sandbox):
     sb = make_sandbox(orgs={"acme": 20}, tokens={HEX_TOKEN})
     cli("init")
     cli("tenant", "add", "t1")
-    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url,
+        "--token-env", "GHETL_TOKEN_GHE")
 
-    result = cli("sync", "--tenant", "t1", "--json", GHE_CRED=HEX_TOKEN + "\r")
+    result = cli("sync", "--tenant", "t1", "--json", GHETL_TOKEN_GHE=HEX_TOKEN + "\r")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["overall"] == "FINISHED"
@@ -215,13 +216,14 @@ def test_a_token_with_whitespace_or_non_ascii_inside_is_refused_and_never_shown(
     sb = make_sandbox(orgs={"acme": 5})
     cli("init")
     cli("tenant", "add", "t1")
-    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url, "--token-env", "GHE_CRED")
+    cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url,
+        "--token-env", "GHETL_TOKEN_GHE")
     head, tail = HEX_TOKEN[:20], HEX_TOKEN[20:]
 
-    result = cli("sync", "--tenant", "t1", "--quiet", GHE_CRED=head + inside + tail)
+    result = cli("sync", "--tenant", "t1", "--quiet", GHETL_TOKEN_GHE=head + inside + tail)
 
     line = one_line_error(result)
-    assert "$GHE_CRED holds whitespace or a non-ASCII character inside the token" in line
+    assert "$GHETL_TOKEN_GHE holds whitespace or a non-ASCII character inside the token" in line
     shown = result.stdout + result.stderr + cli("jobs").stdout + cli("jobs", "--json").stdout
     assert head not in shown and tail not in shown
     assert sb.requests == []
@@ -235,7 +237,7 @@ def test_token_env_refuses_a_token(cli, value):
     cli("init")
     cli("tenant", "add", "t1")
 
-    result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+    result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "https://x",
                  "--token-env", value)
 
     assert "--token-env takes the NAME of the environment variable that holds the token" in one_line_error(result)
@@ -246,16 +248,16 @@ def test_token_env_refuses_a_token(cli, value):
 def test_integration_add_warns_once_when_the_token_variable_is_unset(cli):
     cli("init")
     cli("tenant", "add", "t1")
-    add = ("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
-           "--token-env", "GHETL_TEST_UNSET_CRED")
-    assert "GHETL_TEST_UNSET_CRED" not in os.environ
+    add = ("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "https://x",
+           "--token-env", "GHETL_TOKEN_TEST_UNSET")
+    assert "GHETL_TOKEN_TEST_UNSET" not in os.environ
 
     unset = cli(*add)
-    set_ = cli(*add, GHETL_TEST_UNSET_CRED=HEX_TOKEN)
+    set_ = cli(*add, GHETL_TOKEN_TEST_UNSET=HEX_TOKEN)
 
     assert unset.returncode == 0 and set_.returncode == 0
     warnings = [line for line in unset.stderr.splitlines() if "WARNING" in line]
-    assert len(warnings) == 1 and "$GHETL_TEST_UNSET_CRED is not set here" in warnings[0]
+    assert len(warnings) == 1 and "$GHETL_TOKEN_TEST_UNSET is not set here" in warnings[0]
     assert "WARNING" not in set_.stderr
     assert len(json.loads(cli("jobs", "--json").stdout)) == 2
 
@@ -331,7 +333,7 @@ def test_the_settings_examples_in_data_are_all_accepted(cli):
     cli("init")
     cli("tenant", "add", "t1")
     for name, settings in examples.items():
-        result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://x",
+        result = cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "https://x",
                      "--settings", json.dumps(settings))
         assert result.returncode == 0, (name, result.stderr)
     assert len(json.loads(cli("jobs", "--json").stdout)) == len(examples)

@@ -52,9 +52,10 @@ def test_blank_session_starts_the_sandbox_and_a_throwaway_database(process_state
 def test_given_urls_are_used_and_passwords_never_shown(process_state, tmp_path, sandbox):
     database_url = f"sqlite:///{tmp_path / 'given.db'}"
     session = workbench.open_session(database_url, "amqp://ghetl:s3cret-pass@mq.example:5672/%2F", sandbox.url + "/",
-                                     token_env="ACME_TOKEN")
+                                     token_env="ACME_GITHUB_TOKEN")
 
-    assert (session.database_url, session.api_url, session.token_env) == (database_url, sandbox.url, "ACME_TOKEN")
+    assert (session.database_url, session.api_url, session.token_env) == (database_url, sandbox.url,
+                                                                          "ACME_GITHUB_TOKEN")
     assert session.sandbox is None
     assert os.environ["GHETL_BROKER_URL"].startswith("amqp://ghetl:s3cret-pass@")
     assert "s3cret-pass" not in session.describe() and "s3cret-pass" not in repr(session)
@@ -103,32 +104,32 @@ def test_ensure_tenant_keeps_an_existing_tenant_as_configured(embedded, sandbox)
 
 def test_check_token_reports_budget_and_scopes_and_refuses_bad_tokens(make_sandbox, monkeypatch):
     sandbox = make_sandbox(orgs={"acme": 3}, tokens={TOKEN}, core_limit=900)
-    monkeypatch.setenv("ACME_TOKEN", TOKEN)
-    check = workbench.check_token(sandbox.url, "ACME_TOKEN")
+    monkeypatch.setenv("ACME_GITHUB_TOKEN", TOKEN)
+    check = workbench.check_token(sandbox.url, "ACME_GITHUB_TOKEN")
 
     assert check.scopes == ["read:org", "repo"]
     assert check.remaining("core") == 900 and check.remaining("search") == 30
     assert str(check.rate["reset"].dt.tz) == "UTC"
-    assert TOKEN not in check.describe() and "$ACME_TOKEN" in check.describe()
-    assert check.remaining("core") == workbench.check_token(sandbox.url, "ACME_TOKEN").remaining("core")  # free
+    assert TOKEN not in check.describe() and "$ACME_GITHUB_TOKEN" in check.describe()
+    assert check.remaining("core") == workbench.check_token(sandbox.url, "ACME_GITHUB_TOKEN").remaining("core")  # free
 
-    monkeypatch.setenv("ACME_TOKEN", "ghp_" + "x" * 36)
+    monkeypatch.setenv("ACME_GITHUB_TOKEN", "ghp_" + "x" * 36)
     with pytest.raises(TokenRejected, match="401") as refused:
-        workbench.check_token(sandbox.url, "ACME_TOKEN")
+        workbench.check_token(sandbox.url, "ACME_GITHUB_TOKEN")
     assert "ghp_" not in str(refused.value)
-    monkeypatch.delenv("ACME_TOKEN")
-    with pytest.raises(ValueError, match=r"\$ACME_TOKEN is empty"):
-        workbench.check_token(sandbox.url, "ACME_TOKEN")
+    monkeypatch.delenv("ACME_GITHUB_TOKEN")
+    with pytest.raises(ValueError, match=r"\$ACME_GITHUB_TOKEN is empty"):
+        workbench.check_token(sandbox.url, "ACME_GITHUB_TOKEN")
 
 
 def test_check_token_strips_the_newline_of_a_token_file_and_refuses_inner_whitespace(make_sandbox, monkeypatch):
     sandbox = make_sandbox(orgs={"acme": 3}, tokens={TOKEN})
-    monkeypatch.setenv("ACME_TOKEN", TOKEN + "\n")
-    assert workbench.check_token(sandbox.url, "ACME_TOKEN").remaining("core") > 0
+    monkeypatch.setenv("ACME_GITHUB_TOKEN", TOKEN + "\n")
+    assert workbench.check_token(sandbox.url, "ACME_GITHUB_TOKEN").remaining("core") > 0
 
-    monkeypatch.setenv("ACME_TOKEN", TOKEN[:10] + " " + TOKEN[10:])
-    with pytest.raises(ValueError, match=r"\$ACME_TOKEN holds whitespace") as refused:
-        workbench.check_token(sandbox.url, "ACME_TOKEN")
+    monkeypatch.setenv("ACME_GITHUB_TOKEN", TOKEN[:10] + " " + TOKEN[10:])
+    with pytest.raises(ValueError, match=r"\$ACME_GITHUB_TOKEN holds whitespace") as refused:
+        workbench.check_token(sandbox.url, "ACME_GITHUB_TOKEN")
     assert TOKEN[10:] not in str(refused.value)
     assert sandbox.requests[-1].authenticated and len(sandbox.requests) == 1
 

@@ -38,7 +38,7 @@ def test_integration_list_names_the_token_variable_never_the_token(cli, make_san
     setup_tenant(cli, sb.url, "--settings", '{"include_forks": false}')
     cli("tenant", "add", "globex-inc")
     cli("integration", "add", "--tenant", "globex-inc", "--owner", "globex", "--api-url", sb.url,
-        "--token-env", "GLOBEX_TOKEN", GLOBEX_TOKEN=TOKEN)
+        "--token-env", "GLOBEX_GITHUB_TOKEN", GLOBEX_GITHUB_TOKEN=TOKEN)
     assert cli("sync", "--tenant", "acme-corp", "--quiet").returncode == 0
 
     every = json.loads(cli("integration", "list", "--json").stdout)
@@ -46,12 +46,13 @@ def test_integration_list_names_the_token_variable_never_the_token(cli, make_san
 
     assert [(i["id"], i["tenant"], i["owner"], i["token_env"], i["settings"], i["active"]) for i in every] == [
         (1, "acme-corp", "acme", "GITHUB_TOKEN", {"include_forks": False}, True),
-        (2, "globex-inc", "globex", "GLOBEX_TOKEN", {}, True),
+        (2, "globex-inc", "globex", "GLOBEX_GITHUB_TOKEN", {}, True),
     ]
     assert every[0]["api_url"] == sb.url and "T" in every[0]["last_sync_date"]
     assert every[1]["last_sync_date"] is None
     assert only_globex.stdout.splitlines() == [
-        f"2\ttenant globex-inc\towner globex\t{sb.url}\ttoken $GLOBEX_TOKEN\tsettings {{}}\tactive\tlast sync never"
+        f"2\ttenant globex-inc\towner globex\t{sb.url}\ttoken $GLOBEX_GITHUB_TOKEN\tsettings {{}}\tactive\t"
+        "last sync never"
     ]
     assert TOKEN not in cli("integration", "list").stdout
 

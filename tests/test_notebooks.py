@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -101,10 +102,10 @@ def test_notebook_runs_under_nbval_with_its_defaults(path, kernel_env):
 
 def test_sync_notebook_syncs_an_existing_tenant_in_full(kernel_env, embedded, make_sandbox, tmp_path):
     sandbox = make_sandbox(orgs={"globex": 40}, seed=4)
-    kernel_env.setenv("GLOBEX_TOKEN", TOKEN)
+    kernel_env.setenv("GLOBEX_GITHUB_TOKEN", TOKEN)
     with embedded.engine.begin() as conn:
         tenants.add_tenant(conn, "globex-corp")
-        tenants.add_integration(conn, "globex-corp", "globex", api_url=sandbox.url, token_env="GLOBEX_TOKEN")
+        tenants.add_integration(conn, "globex-corp", "globex", api_url=sandbox.url, token_env="GLOBEX_GITHUB_TOKEN")
     first = embedded.sync("globex-corp")
     sandbox.touch(sandbox.repos("globex")[0]["id"], description="touched")
 
@@ -221,19 +222,23 @@ def test_explore_notebook_compares_the_runs_it_is_given(kernel_env, embedded, ma
 
 def test_onboarding_notebook_onboards_with_other_settings(kernel_env, make_sandbox, tmp_path):
     sandbox = make_sandbox(orgs={"initech": 80}, seed=9, tokens={TOKEN})
-    kernel_env.setenv("INITECH_TOKEN", TOKEN)
+    kernel_env.setenv("INITECH_GITHUB_TOKEN", TOKEN)
     database_url = f"sqlite:///{tmp_path / 'onboard.db'}"
     out = tmp_path / "onboard.ipynb"
+    key_file = tmp_path / "keys" / "initech.key"
     nb = run_notebook("onboard_tenant.ipynb", out, tenant="initech-corp", owner="initech", api_url=sandbox.url,
-                      token_env="INITECH_TOKEN", database_url=database_url,
-                      settings='{"include_forks": false, "visibility": "public"}')
+                      token_env="INITECH_GITHUB_TOKEN", database_url=database_url,
+                      settings='{"include_forks": false, "visibility": "public"}', key_file=str(key_file))
 
     expected = {r["full_name"] for r in sandbox.repos("initech") if not r["fork"] and r["visibility"] == "public"}
     engine = sa.create_engine(database_url)
     try:
         assert set(frames.repositories("initech-corp", engine=engine)["full_name"]) == expected
-        said = text(cell_outputs(nb, "status-stream key of tenant"))
-        key = re.search(r"status-stream key of tenant 'initech-corp': (\S+)", said).group(1)
+        said = text(cell_outputs(nb, "save_stream_key"))
+        assert f"written to {key_file}" in said
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = key_file.read_text().strip()
+        assert key not in out.read_text()
         with engine.connect() as conn:
             assert tenants.check_key(conn, tenants.get_tenant(conn, "initech-corp")["id"], key)
     finally:

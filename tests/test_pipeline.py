@@ -347,7 +347,7 @@ def test_bad_settings_are_refused_before_anything_is_written(backend):
                           ({"repository_filter": "api\u0000"}, "repository_filter"),
                           ({"name_patterns": ["api-*\n"]}, "name_patterns")):
         with pytest.raises(ValueError, match=key), backend.engine.begin() as conn:
-            tenants.add_integration(conn, "t1", "acme", api_url="http://x", settings=settings)
+            tenants.add_integration(conn, "t1", "acme", api_url="https://x", settings=settings)
     assert backend.scalar("select count(*) from integrations") == 0
     assert backend.scalar("select count(*) from etl_jobs") == 0
 
@@ -356,7 +356,7 @@ def test_a_token_given_as_the_token_variable_or_in_the_url_is_refused_before_any
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
     with pytest.raises(ValueError, match="--token-env takes the NAME") as named, backend.engine.begin() as conn:
-        tenants.add_integration(conn, "t1", "acme", api_url="http://x", token_env="ghs_" + "a" * 36)
+        tenants.add_integration(conn, "t1", "acme", api_url="https://x", token_env="ghs_" + "a" * 36)
     with pytest.raises(ValueError, match="not in the URL") as in_url, backend.engine.begin() as conn:
         tenants.add_integration(conn, "t1", "acme", api_url="https://token:s3cr3tvalue@ghe.example.com/api/v3")
     assert "a" * 36 not in str(named.value) and "s3cr3tvalue" not in str(in_url.value)
@@ -366,10 +366,10 @@ def test_a_token_given_as_the_token_variable_or_in_the_url_is_refused_before_any
 
 def test_an_error_quoting_the_token_is_stored_and_streamed_masked(backend, make_sandbox, monkeypatch):
     secret = "0123456789abcdef0123456789abcdef0000c0de"
-    monkeypatch.setenv("GHE_CRED", secret)
+    monkeypatch.setenv("GHETL_TOKEN_GHE", secret)
     sb = make_sandbox(orgs={"acme": 5})
     sb.inject("status", path="/orgs/acme/repos", times=50, status=422, body={"message": f"token {secret} refused"})
-    tenant = add_tenant(backend, sb, token_env="GHE_CRED")
+    tenant = add_tenant(backend, sb, token_env="GHETL_TOKEN_GHE")
     events = []
 
     result = backend.sync(tenant, on_event=events.append)
@@ -395,7 +395,7 @@ def test_a_run_failed_with_a_secret_in_its_reason_stores_it_masked(backend, sand
 def test_integration_add_creates_the_job_with_idle_circles(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
-        tenants.add_integration(conn, "t1", "acme", api_url="http://x")
+        tenants.add_integration(conn, "t1", "acme", api_url="https://x")
     job = job_row(backend)
     assert job["job_name"] == "GitHub"
     assert job["status"] == {
@@ -408,7 +408,7 @@ def test_integration_add_creates_the_job_with_idle_circles(backend):
 def test_the_overall_check_constraint_refuses_unknown_states(backend):
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, "t1")
-        tenants.add_integration(conn, "t1", "acme", api_url="http://x")
+        tenants.add_integration(conn, "t1", "acme", api_url="https://x")
     with pytest.raises(sa.exc.IntegrityError), backend.engine.begin() as conn:
         conn.execute(etl_jobs.update().values(status={"overall": "DONE", "steps": {}}))
 

@@ -31,7 +31,7 @@ import tenacity
 
 from .. import __version__
 from ..config import env_float
-from .auth import TokenAuth, origin
+from .auth import TokenAuth, TokenPool, origin
 from .errors import (
     GitHubUnavailable,
     GitHubUnreachable,
@@ -136,11 +136,11 @@ class Transport:
 
     def __init__(
         self, api_url: str, token: str | None, *, policy: Policy | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | None = None, auth: httpx.Auth | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self._origin = origin(httpx.URL(self.api_url))
-        self.auth: httpx.Auth | None = TokenAuth(token, self.api_url) if token else None
+        self.auth: httpx.Auth | None = auth or (TokenAuth(token, self.api_url) if token else None)
         self.policy = policy or Policy.from_env()
         headers = {
             "Accept": "application/vnd.github+json",
@@ -333,7 +333,7 @@ class Transport:
 
     def _gate(self, resource: str) -> None:
         """Before spending from a bucket: wait for its reset when it is empty, or stop the run."""
-        bucket = self._buckets.get(resource)
+        bucket = self._bucket(resource)
         if bucket is None:
             return
         reserve = min(self.policy.reserve, bucket.limit // 10) if resource == "core" else 0
@@ -347,7 +347,22 @@ class Transport:
             kept = f", keeping {reserve} for interactive use" if reserve else ""
             refill = retry_moment(bucket.reset)
             self._countdown(wait, f"GitHub's {resource} rate limit is spent{kept}; it refills at {refill}")
-        del self._buckets[resource]
+        self._forget(resource, bucket)
+
+    # ----- buckets of several tokens (auth.TokenPool) ----------------------------------------
+
+    def _bucket(self, resource: str) -> Bucket | None:
+        """The bucket the next request spends from: the pool's choice among its tokens, else the
+        one the last answer reported."""
+        if isinstance(self.auth, TokenPool):
+            return self.auth.bucket(resource, self.policy.reserve)
+        return self._buckets.get(resource)
+
+    def _forget(self, resource: str, bucket: Bucket) -> None:
+        """Its reset has passed: the next answer says how full it is."""
+        if isinstance(self.auth, TokenPool):
+            self.auth.forget(resource, bucket)
+        self._buckets.pop(resource, None)
 
     def _too_long(self, resource: str, bucket: Bucket) -> RateLimited:
         spent = f"down to the {bucket.remaining} kept for interactive use" if bucket.remaining else "spent"

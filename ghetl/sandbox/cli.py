@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GraphQL rate limit in points per hour (POST /graphql)")
     parser.add_argument("--reset-seconds", type=int, default=3600, help="length of the core rate-limit window")
     parser.add_argument("--path-prefix", default="", help='serve under a prefix like GHES, e.g. "/api/v3"')
+    parser.add_argument("--installation-token-seconds", type=float, default=3600.0, metavar="S",
+                        help="lifetime of GitHub App installation tokens (GitHub: 3600; default 3600)")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
                         help="delay every API reply by N ms, serving others meanwhile (GitHub: 300-1000; default 0)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, metavar="J",
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         sandbox = Sandbox(orgs=args.orgs, users=args.users, seed=args.seed, tokens=args.token,
                           core_limit=args.core_limit, search_limit=args.search_limit,
                           reset_seconds=args.reset_seconds, path_prefix=args.path_prefix,
-                          graphql_limit=args.graphql_limit, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms)
+                          graphql_limit=args.graphql_limit, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
+                          installation_token_seconds=args.installation_token_seconds)
     except ValueError as exc:
         print(f"ghetl: error: cannot start the sandbox: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .apps import Apps
 from .cli import DEFAULT_PORT
 from .faults import Faults
 from .limits import RESOURCES, RateLimits, SecondaryLimit
@@ -49,7 +50,8 @@ class Sandbox:
                  seed: int = 7, tokens: Iterable[str] | None = None, core_limit: int = 5000,
                  search_limit: int = 30, reset_seconds: int = 3600,
                  secondary_limit: tuple[int, float] | None = None, path_prefix: str = "",
-                 graphql_limit: int = 5000, latency_ms: float = 0.0, jitter_ms: float = 0.0) -> None:
+                 graphql_limit: int = 5000, latency_ms: float = 0.0, jitter_ms: float = 0.0,
+                 installation_token_seconds: float = 3600.0) -> None:
         if latency_ms < 0 or jitter_ms < 0 or jitter_ms > latency_ms:
             raise ValueError("latency and jitter are 0 or more milliseconds, the jitter at most the latency")
         self.latency = Latency(latency_ms / 1000, jitter_ms / 1000)
@@ -58,6 +60,7 @@ class Sandbox:
         self.limits = RateLimits(core_limit, search_limit, reset_seconds, graphql_limit=graphql_limit)
         self.secondary = None if secondary_limit is None else SecondaryLimit(*secondary_limit)
         self.faults = Faults()
+        self.apps = Apps(installation_token_seconds)
         self.host = "127.0.0.1"
         self.port = DEFAULT_PORT
         self.store = Store(DEFAULT_ORGS if orgs is None else dict(orgs), dict(users or {}), seed,
@@ -215,6 +218,26 @@ class Sandbox:
         """Afterwards the repository answers 404, by name and by id."""
         repo = self.store.delete(id_or_full_name)
         log.info("deleted repository %s", repo.full_name)
+
+    # ----- GitHub Apps -------------------------------------------------------------------
+
+    def add_app(self, app_id: int | str, public_key: str, installation_id: int, account: str | None = None) -> None:
+        """Register a GitHub App by its public key (PEM) and one installation of it on ``account``
+        (default: the first organization); its installation tokens last ``installation_token_seconds``."""
+        owners = [o.login for o in self.store.owners() if o.kind == "Organization"]
+        self.apps.register(app_id, public_key, installation_id, account or (owners[0] if owners else "sandbox"))
+
+    def revoke_installation_tokens(self) -> int:
+        """Every installation token handed out so far stops working (401), as after a revocation."""
+        return self.apps.revoke_all()
+
+    def rate_limit_of(self, token: str, resource: str = "core") -> dict[str, int]:
+        """A token's bucket as GitHub counts it (an installation token: its installation's)."""
+        from .server import caller_key
+
+        app = self.apps.caller(token)
+        bucket = self.limits.peek(app[1] if app else caller_key(token, ""), resource, True)
+        return {"limit": bucket.limit, "used": bucket.used, "remaining": bucket.remaining, "reset": bucket.reset}
 
     # ----- faults and limits -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import socket
 import struct
 import sys
@@ -63,6 +64,7 @@ TOKEN_SCOPES = "read:org, repo"
 GRAPHQL_MEDIA_TYPE = "github.v4; format=json"
 REST_FAULTS = ("status", "html", "reset", "delay", "secondary", "mutate")
 GRAPHQL_FAULTS = REST_FAULTS + GRAPHQL_KINDS
+ACCESS_TOKENS = re.compile(r"/app/installations/([0-9]{1,19})/access_tokens")
 
 
 def graphql_paths(prefix: str) -> tuple[str, ...]:
@@ -195,17 +197,23 @@ class Handler(BaseHTTPRequestHandler):
         token = self._token()
         pairs = parse_qsl(split.query, keep_blank_values=True)
         api_path = self._api_path(path, sb.prefix)
+        app = sb.apps.caller(token) if token else None
+        caller = app[1] if app else caller_key(token or None, self.client_address[0])
         call = Call(self.command, self.path, api_path or path, pairs, dict(pairs), bool(token),
-                    caller_key(token or None, self.client_address[0]), self.client_address[0])
+                    caller, self.client_address[0])
         rid = request_id()
         record = {"method": call.method, "path": call.path, "query": call.params, "request_id": rid,
                   "authenticated": call.authenticated, "time": time.time()}
+        exchange = ACCESS_TOKENS.fullmatch(api_path or "") if call.method == "POST" else None
+        if exchange is not None:
+            self._access_token(sb, int(exchange.group(1)), rid, record)
+            return
         if call.method == "POST" and path in graphql_paths(sb.prefix):
             self._graphql(sb, call, token, body, rid, record)
             return
         if self._injected_fault(sb, call, rid, record, REST_FAULTS, self._fault):
             return
-        if token is not None and (token == "" or (sb.tokens is not None and token not in sb.tokens)):
+        if token is not None and self._refused(sb, token, app):
             bucket = sb.limits.peek(caller_key(None, call.client_ip), "core", False)
             self._respond(sb, call, Reply(401, errors.bad_credentials()), bucket, rid,
                           {**record, "authenticated": False, "resource": "core"})
@@ -231,7 +239,7 @@ class Handler(BaseHTTPRequestHandler):
         record = {**record, "resource": "graphql"}
         if self._injected_fault(sb, call, rid, record, GRAPHQL_FAULTS, self._graphql_fault):
             return
-        if not token or (sb.tokens is not None and token not in sb.tokens):
+        if not token or self._refused(sb, token, sb.apps.caller(token)):
             bucket = sb.limits.peek(caller_key(None, call.client_ip), "core", False)
             payload = graphql.bad_credentials() if token is not None else graphql.unauthenticated()
             self._respond(sb, call, Reply(401, payload), bucket, rid, {**record, "authenticated": False})
@@ -252,6 +260,27 @@ class Handler(BaseHTTPRequestHandler):
             return
         reply = Reply(answer.status, answer.body, scopes=graphql.SCOPES, media_type=GRAPHQL_MEDIA_TYPE)
         self._respond(sb, call, reply, answer.bucket, rid, {**record, "charged": answer.charged})
+
+    @staticmethod
+    def _refused(sb: Sandbox, token: str, app: tuple[bool, str] | None) -> bool:
+        """401 for a malformed header, an installation token expired or revoked, or a token outside
+        ``sb.tokens``; installation tokens the sandbox issued are accepted beside those."""
+        if token == "":
+            return True
+        if app is not None:
+            return not app[0]
+        return sb.tokens is not None and token not in sb.tokens
+
+    def _access_token(self, sb: Sandbox, installation_id: int, rid: str, record: dict) -> None:
+        """POST /app/installations/{id}/access_tokens, answered as the recording shows (no rate-limit headers)."""
+        status, payload = sb.apps.exchange(self.headers.get("Authorization"), installation_id)
+        body = json.dumps(payload).encode()
+        headers = [("Date", email.utils.formatdate(usegmt=True)), ("Content-Type", JSON_TYPE),
+                   ("Content-Length", str(len(body))), ("X-GitHub-Media-Type", "github.v3; format=json"),
+                   ("x-github-api-version-selected", API_VERSION), *SECURITY_HEADERS, ("Server", "github.com"),
+                   ("X-GitHub-Request-Id", rid)]
+        sb.record(RequestRecord(status=status, **{**record, "authenticated": status == 201}))
+        self._write(status, headers, body)
 
     def _graphql_fault(self, sb: Sandbox, call: Call, fault: Fault, rid: str, record: dict) -> None:
         """GraphQL's own failure bodies and the graphql bucket; html, reset and custom bodies are REST's."""
