@@ -186,6 +186,9 @@ class Limits:
     per_tenant: int = 200            # GHETL_STATUS_MAX_PER_TENANT
     handshakes_per_second: int = 50  # GHETL_STATUS_HANDSHAKES_PER_SECOND, per client address
     snapshots_per_minute: int = 30   # GHETL_STATUS_SNAPSHOTS_PER_MINUTE, per connection
+    message_bytes: int = 64 * 1024   # GHETL_STATUS_MAX_MESSAGE_BYTES, from a client (closed 1009 past it)
+    progress_interval: float = 0.25  # GHETL_STATUS_PROGRESS_INTERVAL, seconds between progress events
+    #                                  per job, step and stage for one client; 0 sends every one
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -195,7 +198,9 @@ class Limits:
         return cls(number("GHETL_STATUS_MAX_CONNECTIONS", cls.connections),
                    number("GHETL_STATUS_MAX_PER_TENANT", cls.per_tenant),
                    number("GHETL_STATUS_HANDSHAKES_PER_SECOND", cls.handshakes_per_second),
-                   number("GHETL_STATUS_SNAPSHOTS_PER_MINUTE", cls.snapshots_per_minute))
+                   number("GHETL_STATUS_SNAPSHOTS_PER_MINUTE", cls.snapshots_per_minute),
+                   number("GHETL_STATUS_MAX_MESSAGE_BYTES", cls.message_bytes),
+                   env_float("GHETL_STATUS_PROGRESS_INTERVAL", cls.progress_interval, minimum=0))
 
 
 class Window:
@@ -264,16 +269,29 @@ class Subscription:
     `offer` runs on the server's loop and never waits: when the backlog is full it is dropped
     and replaced by one resynchronisation marker, so a stalled client costs a bounded amount of
     memory and no time.
+
+    Progress (a `running` stage event whose circle does not change) is coalesced per job, step
+    and stage: at most one every `progress_interval` seconds goes out, the newest one held back
+    is sent when the interval ends, and one carrying fewer items than one already queued is
+    dropped. A 100 000-item run would otherwise queue 100 000 events per client. Anything else
+    (a circle or job that changes state, the final counts) is queued at once and discards the
+    progress held back for it, so the final state always arrives and nothing older follows it.
     """
 
-    def __init__(self, tenant_id: int, job_id: int | None, size: int, key_hash: str) -> None:
+    def __init__(self, tenant_id: int, job_id: int | None, size: int, key_hash: str,
+                 progress_interval: float = 0.0) -> None:
         self.tenant_id = tenant_id
         self.job_id = job_id
         self.key_hash = key_hash
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=size)
+        self.progress_interval = progress_interval
         self.delivered = 0
         self.dropped = 0
         self.resyncs = 0
+        self.coalesced = 0
+        self._held: dict[tuple[int, str, str], Event] = {}
+        self._last: dict[tuple[int, str, str], tuple[str, str, int, float]] = {}
+        self._timers: dict[tuple[int, str, str], asyncio.TimerHandle] = {}
 
     def wants(self, event: Event) -> bool:
         return event.get("tenant_id") == self.tenant_id and (self.job_id is None or event.get("job_id") == self.job_id)
@@ -281,10 +299,69 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if not self.wants(event):
             return
+        if event["type"] == "job":
+            for key in [k for k in self._held if k[0] == event["job_id"]]:
+                self._release(key)  # the job's last counts go before its end
+        elif self.progress_interval > 0:
+            key = (event["job_id"], event["step"], event["stage"])
+            if event["status"] == "running":
+                self._progress(key, event)
+                return
+            self._drop_held(key)
+        self._put(event)
+
+    def _progress(self, key: tuple[int, str, str], event: Event) -> None:
+        last = self._last.get(key)
+        stale = last is not None and last[0] == event["run_id"] and (last[1] != "running" or _done(event) < last[2])
+        if stale:
+            self.coalesced += 1  # older than what the client already has
+            return
+        held = self._held.get(key)
+        if held is not None:
+            if held["run_id"] == event["run_id"] and _done(event) < _done(held):
+                self.coalesced += 1
+                return
+            self.coalesced += 1
+            self._held[key] = event  # the timer already set sends the newest
+            return
+        now = time.monotonic()
+        wait = 0.0 if last is None else last[3] + self.progress_interval - now
+        if wait <= 0:
+            self._put(event)
+            return
+        self._held[key] = event
+        self._timers[key] = asyncio.get_running_loop().call_later(wait, self._release, key)
+
+    def _release(self, key: tuple[int, str, str]) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        event = self._held.pop(key, None)
+        if event is not None:
+            self._put(event)
+
+    def _drop_held(self, key: tuple[int, str, str]) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if self._held.pop(key, None) is not None:
+            self.coalesced += 1
+
+    def _put(self, event: Event) -> None:
+        if event["type"] == "stage":
+            key = (event["job_id"], event["step"], event["stage"])
+            self._last[key] = (event["run_id"], event["status"], _done(event), time.monotonic())
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.resync("overflow")
+
+    def close(self) -> None:
+        """Cancel the timers of held progress: the client is gone."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._held.clear()
 
     def resync(self, reason: str) -> None:
         """Replace whatever is queued by one marker that makes the sender send a fresh snapshot."""
@@ -293,6 +370,11 @@ class Subscription:
                 self.dropped += 1
         self.resyncs += 1
         self.queue.put_nowait(Resync(reason))
+
+
+def _done(event: Event) -> int:
+    """How many items a stage event counts as handled, for ordering progress of one run."""
+    return (event.get("processed") or 0) + (event.get("failed") or 0)
 
 
 def _parse_request(request: Request) -> tuple[str, int | None, str | None]:
@@ -407,7 +489,7 @@ class StatusServer:
         try:
             server = await serve(
                 self._handle, self.host, self.port,
-                ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_size=64 * 1024,
+                ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_size=self.limits.message_bytes,
                 logger=PROTOCOL_LOG,
             )
         except OSError as exc:
@@ -478,7 +560,8 @@ class StatusServer:
             log.info("refused a status client: %s", refused.reason)
             await ws.close(refused.code, refused.reason)
             return
-        subscription = Subscription(tenant["id"], job_id, self.queue_size, tenants.hash_key(key))
+        subscription = Subscription(tenant["id"], job_id, self.queue_size, tenants.hash_key(key),
+                                    self.limits.progress_interval)
         self._clients[subscription] = ws
         sender = asyncio.create_task(self._send(ws, subscription, tenant))
         log.debug("status client connected for tenant %s (%d connected)", tenant["name"], len(self._clients))
@@ -497,6 +580,7 @@ class StatusServer:
             pass
         finally:
             self._clients.pop(subscription, None)
+            subscription.close()
             sender.cancel()
             log.debug("status client of tenant %s left", tenant["name"])
 

@@ -3,6 +3,7 @@ worker processes seen through RabbitMQ; tenant isolation; stalled clients cost n
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -151,7 +152,8 @@ def healthy_and_stalled(backend: Backend, tenant: str, queue_size: int,
     """A server with one client that reads everything and one that reads nothing (tiny receive
     buffer, one-message queue, recv() never called), already clogged by `flood` bulky events."""
     key = stream_key(backend, tenant)
-    with StatusServer(backend.engine, backend.broker, port=0, queue_size=queue_size) as server:
+    with StatusServer(backend.engine, backend.broker, port=0, queue_size=queue_size,
+                      limits=Limits(progress_interval=0)) as server:
         healthy = Client(server.url, tenant, key)
         healthy.until(lambda ms: len(ms) == 1)
         [other] = server.subscriptions()
@@ -509,3 +511,57 @@ def test_each_limit_refuses_with_its_close_code_while_a_good_client_keeps_stream
                 except ConnectionClosed as exc:
                     codes.append(exc.rcvd.code)
         assert codes == ["streamed"] * 3 + [4429, 4429]
+
+
+def test_progress_is_coalesced_per_stage_and_the_final_state_always_arrives(embedded, sandbox, token):
+    tenant = add_tenant(embedded, sandbox)
+    tid, job = tenant_id(embedded, tenant), embedded.scalar("select id from etl_jobs")
+    with StatusServer(embedded.engine, embedded.broker, port=0, limits=Limits(progress_interval=0.2)) as server:
+        client = Client(server.url, tenant, stream_key(embedded, tenant))
+        client.until(lambda ms: len(ms) == 1)
+        started = time.monotonic()
+        embedded.broker.publish_status([job_event(tid, job, "run-1", "RUNNING")])
+        for n in range(1, 3001):
+            embedded.broker.publish_status([stage_event(tid, job, "run-1", STEP, "transform", "running",
+                                                        processed=n, total=3000)])
+        embedded.broker.publish_status([stage_event(tid, job, "run-1", STEP, "transform", "finished",
+                                                    processed=3000, total=3000),
+                                        stage_event(tid, job, "run-1", STEP, "transform", "running",
+                                                    processed=2999, total=3000),
+                                        job_event(tid, job, "run-1", "FINISHED")])
+        messages = client.until(lambda ms: ms[-1].get("overall") == "FINISHED")
+        elapsed = time.monotonic() - started
+        time.sleep(0.5)  # a held-back progress event would arrive now, after the end
+        stages = [m for m in client.messages if m["type"] == "stage"]
+        assert client.messages == messages, "nothing arrives after the job's end"
+        assert len(stages) <= 2 + elapsed / 0.2 + 1, f"{len(stages)} progress events in {elapsed:.2f} s"
+        assert stages[0]["processed"] == 1, "the first progress goes out at once"
+        assert stages[-1]["status"] == "finished" and stages[-1]["processed"] == 3000, "the final counts arrive"
+        counts = [m["processed"] for m in stages]
+        assert counts == sorted(counts), "never an older count after a newer one"
+        client.close()
+
+
+def test_the_last_progress_held_back_is_sent_when_its_interval_ends(embedded, sandbox, token):
+    tenant = add_tenant(embedded, sandbox)
+    tid, job = tenant_id(embedded, tenant), embedded.scalar("select id from etl_jobs")
+    with StatusServer(embedded.engine, embedded.broker, port=0, limits=Limits(progress_interval=0.3)) as server:
+        client = Client(server.url, tenant, stream_key(embedded, tenant))
+        client.until(lambda ms: len(ms) == 1)
+        embedded.broker.publish_status([stage_event(tid, job, "run-1", STEP, "embedding", "running", processed=n)
+                                        for n in (1, 2, 5, 4, 3)])
+        messages = client.until(lambda ms: ms[-1].get("processed") == 5)
+        assert [m["processed"] for m in messages[1:]] == [1, 5], "the newest held-back count, and only it"
+        time.sleep(0.5)
+        assert len(client.messages) == 3, "older counts held back are never sent"
+        client.close()
+
+
+def test_a_subscription_without_an_interval_passes_every_progress_event():
+    async def offer_all() -> list[dict]:
+        subscription = Subscription(1, None, 100, "hash", progress_interval=0)
+        for n in (1, 2, 3):
+            subscription.offer(stage_event(1, 7, "r", STEP, "transform", "running", processed=n))
+        return [subscription.queue.get_nowait() for _ in range(subscription.queue.qsize())]
+
+    assert [e["processed"] for e in asyncio.run(offer_all())] == [1, 2, 3]
