@@ -401,7 +401,9 @@ def test_integration_add_creates_the_job_with_idle_circles(backend):
     assert job["status"] == {
         "overall": "READY",
         "steps": {"github_repositories": {"order": 1, "display_name": "GitHub Repositories",
-                                          "extraction": "idle", "transform": "idle", "embedding": "idle"}},
+                                          "extraction": "idle", "transform": "idle", "embedding": "idle"},
+                  "github_pull_requests": {"order": 2, "display_name": "Pull Requests",
+                                           "extraction": "idle", "transform": "idle", "embedding": "idle"}},
     }
 
 
