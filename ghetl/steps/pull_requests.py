@@ -157,8 +157,6 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
     """Complete pull-request payloads of this run, each pull request at most once."""
     if not ctx.settings["pull_requests"]:
         log.info("pull requests are turned off for this integration (settings: \"pull_requests\": false)")
-        for _ in ctx.parents():
-            pass
         return
     seen: set[str] = set()
     if ctx.full:
