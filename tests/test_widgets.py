@@ -25,7 +25,8 @@ def test_the_board_turns_green_with_a_sync(backend, sandbox, tenant):
     with StatusServer(backend.engine, backend.broker, port=0) as server:
         board = StatusBoard(tenant, url=server.url, key=stream_key(backend, tenant))
         assert wait_until(lambda: board.model.jobs, 10), "the board got its first snapshot"
-        assert board.state() == {step: dict.fromkeys(STAGES, "idle") for step in ALL_FINISHED} and board.overall() == "READY"
+        assert board.state() == {step: dict.fromkeys(STAGES, "idle") for step in ALL_FINISHED}
+        assert board.overall() == "READY"
 
         result = backend.sync(tenant)
 
