@@ -171,7 +171,7 @@ def main() -> None:
         migrate.init(engine)
         with engine.begin() as conn:
             tenants.add_tenant(conn, OWNER)
-            tenants.add_integration(conn, OWNER, OWNER, api_url=sandbox.url)
+            tenants.add_integration(conn, OWNER, OWNER, api_url=sandbox.url, settings={"pull_requests": False})
         broker = RabbitBroker(AMQP_URL, prefix)
         broker.declare()
         queues = [broker.queue("transform"), broker.queue("embedding")]

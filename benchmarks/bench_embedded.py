@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def sandbox_process(repos: int) -> Iterator[str]:
+def sandbox_process(repos: int, extra: list[str] | None = None) -> Iterator[str]:
+    """The sandbox in a process of its own; `extra` are more `ghetl sandbox` options (latency)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ghetl.sandbox", "--port", str(port), "--orgs", f"bench:{repos}"],
+        [sys.executable, "-m", "ghetl.sandbox", "--port", str(port), "--orgs", f"bench:{repos}", *(extra or [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -65,7 +66,7 @@ def main() -> None:
         migrate.init(engine)
         with engine.begin() as conn:
             tenants.add_tenant(conn, "bench")
-            tenants.add_integration(conn, "bench", "bench", api_url=api_url)
+            tenants.add_integration(conn, "bench", "bench", api_url=api_url, settings={"pull_requests": False})
         started = time.perf_counter()
         result = sync("bench", engine=engine, broker=MemoryBroker(), workers=args.workers, full=True)
         wall = time.perf_counter() - started

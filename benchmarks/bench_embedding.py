@@ -90,7 +90,7 @@ def fresh_tenant(tmp: str, name: str, api_url: str) -> sa.Engine:
     migrate.init(engine)
     with engine.begin() as conn:
         tenants.add_tenant(conn, "bench")
-        tenants.add_integration(conn, "bench", "bench", api_url=api_url)
+        tenants.add_integration(conn, "bench", "bench", api_url=api_url, settings={"pull_requests": False})
     return engine
 
 
@@ -167,7 +167,8 @@ def fill(engine: sa.Engine, size: int, dimension: int, model: str) -> str:
     """A tenant with `size` repositories and one random unit vector of `model` each."""
     with engine.begin() as conn:
         tenants.add_tenant(conn, "search-bench")
-        integration = tenants.add_integration(conn, "search-bench", "bench", api_url="http://127.0.0.1:1")
+        integration = tenants.add_integration(conn, "search-bench", "bench", api_url="http://127.0.0.1:1",
+                                              settings={"pull_requests": False})
         tenant_id = tenants.get_tenant(conn, "search-bench")["id"]
     rng = np.random.default_rng(7)
     for start in range(0, size, 10_000):

@@ -236,7 +236,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                 migrate.init(engine)
                 with engine.begin() as conn:
                     tenants.add_tenant(conn, "bench")
-                    tenants.add_integration(conn, "bench", "bench", api_url=sandbox.url)
+                    tenants.add_integration(conn, "bench", "bench", api_url=sandbox.url,
+                                            settings={"pull_requests": False})
                 engine.dispose()
                 broker.declare()
 

@@ -42,7 +42,7 @@ def fresh(tmp: str, n: int, api_url: str) -> tuple[object, str]:
     migrate.init(engine)
     with engine.begin() as conn:
         _, key = tenants.add_tenant(conn, "bench")
-        tenants.add_integration(conn, "bench", "bench", api_url=api_url)
+        tenants.add_integration(conn, "bench", "bench", api_url=api_url, settings={"pull_requests": False})
     return engine, key
 
 

@@ -353,12 +353,12 @@ def cmd_dead_letters_drop(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from .search import search
 
-    frame = search(args.tenant, args.text, limit=args.limit, engine=_engine())
+    frame = search(args.tenant, args.text, limit=args.limit, engine=_engine(), entity=args.entity)
     if frame.empty:
         embedder = os.environ.get("GHETL_EMBEDDER") or "hash"
-        print(f"no repositories of tenant {args.tenant} have vectors of this embedder (GHETL_EMBEDDER={embedder}) "
-              f"yet; run: ghetl sync --tenant {args.tenant} with it set (on RabbitMQ, the embedding workers need "
-              "it too: restart them with it)")
+        print(f"no {args.entity.replace('_', ' ')} of tenant {args.tenant} have vectors of this embedder "
+              f"(GHETL_EMBEDDER={embedder}) yet; run: ghetl sync --tenant {args.tenant} with it set (on RabbitMQ, "
+              "the embedding workers need it too: restart them with it)")
         return 0
     print(frame.to_string(index=False, formatters={"score": "{:.3f}".format}))
     return 0
@@ -542,10 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
                                             help="on memory://, how long to wait for the replayed messages "
                                             "(default 600 s)")
 
-    p = add("search", cmd_search, "find a tenant's repositories by meaning, with the embedder GHETL_EMBEDDER names "
-            "(hash or minilm; use the one the tenant was synced with)")
+    p = add("search", cmd_search, "find a tenant's repositories or pull requests by meaning, with the embedder "
+            "GHETL_EMBEDDER names (hash or minilm; use the one the tenant was synced with)")
     p.add_argument("--tenant", required=True, help="tenant name or id")
-    p.add_argument("--limit", type=positive_int, default=10, help="how many repositories to show (default 10)")
+    p.add_argument("--entity", choices=("repositories", "pull_requests"), default="repositories",
+                   help="what to search (default repositories)")
+    p.add_argument("--limit", type=positive_int, default=10, help="how many results to show (default 10)")
     p.add_argument("text", help="what you are looking for, in your own words")
 
     p = add("worker", cmd_worker, "consume stage messages until stopped (GHETL_BROKER_URL=amqp://...)")

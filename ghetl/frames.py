@@ -1,4 +1,5 @@
-"""What is stored, as pandas DataFrames: repositories, raw payloads, jobs, runs and what changed.
+"""What is stored, as pandas DataFrames: repositories, pull requests and their flow metrics, raw
+payloads, jobs, runs and what changed.
 
 These are the tables an analyst would otherwise write SQL for, shaped for a notebook: one row
 per thing, timestamps as timezone-aware datetimes, nested JSON flattened into dotted columns.
@@ -8,6 +9,8 @@ GHETL_DATABASE_URL unless one is given.
 
 from __future__ import annotations
 
+import datetime as dt
+import fnmatch
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -16,6 +19,10 @@ import sqlalchemy as sa
 
 from . import db, steps, tenants
 from .db import etl_job_runs, etl_jobs, raw_extraction_data
+from .db import pull_request_comments as comments_table
+from .db import pull_request_commits as commits_table
+from .db import pull_request_reviews as reviews_table
+from .db import pull_requests as pull_requests_table
 from .db import repositories as repositories_table
 from .db import tenants as tenants_table
 from .status import STAGES
@@ -43,6 +50,95 @@ def repositories(tenant: str | int, *, include_inactive: bool = False, engine: s
             query = query.where(repositories_table.c.active.is_(True))
         rows = conn.execute(query.order_by(repositories_table.c.full_name)).mappings().all()
     return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in columns])
+
+
+def pull_requests(
+    tenant: str | int,
+    *,
+    since: dt.datetime | str | None = None,
+    repository: str | None = None,
+    engine: sa.Engine | None = None,
+) -> pd.DataFrame:
+    """The tenant's pull requests with the flow metrics engineering managers ask for.
+
+    `since` keeps pull requests created at or after it; `repository` is a shell-style pattern on
+    `owner/name`. Derived columns (Timedelta, NaT where the event has not happened):
+    `time_to_first_review` (creation to the first submitted review by someone else; PENDING
+    reviews do not count), `time_to_first_approval`, `review_time` (first review to merge),
+    `time_to_merge` (creation to merge), `cycle_time` (first commit to merge), and `size`
+    (additions + deletions). They are only as right as the data is complete, which is why the
+    step reads every nested page before it stores a pull request.
+    """
+    frame = _of_pull_requests(pull_requests_table, tenant, since, repository, engine)
+    frame["size"] = frame["additions"].fillna(0) + frame["deletions"].fillna(0)
+    frame["time_to_first_review"] = frame["first_review_at"] - frame["gh_created_at"]
+    frame["time_to_first_approval"] = frame["first_approval_at"] - frame["gh_created_at"]
+    frame["review_time"] = frame["merged_at"] - frame["first_review_at"]
+    frame["time_to_merge"] = frame["merged_at"] - frame["gh_created_at"]
+    frame["cycle_time"] = frame["merged_at"] - frame["first_commit_at"]
+    return frame
+
+
+def pull_request_reviews(
+    tenant: str | int,
+    *,
+    since: dt.datetime | str | None = None,
+    repository: str | None = None,
+    include_pending: bool = False,
+    engine: sa.Engine | None = None,
+) -> pd.DataFrame:
+    """Reviews with their pull request's repository, number and author; `self_review` marks an
+    author's own review. PENDING reviews (not submitted, no `submitted_at`) only when asked for."""
+    frame = _of_pull_requests(reviews_table, tenant, since, repository, engine)
+    if not include_pending:
+        frame = frame[frame["submitted_at"].notna()].reset_index(drop=True)
+    frame["self_review"] = frame["author_login"].notna() & (frame["author_login"] == frame["pull_request_author"])
+    return frame
+
+
+def pull_request_commits(tenant: str | int, *, since: dt.datetime | str | None = None, repository: str | None = None,
+                         engine: sa.Engine | None = None) -> pd.DataFrame:
+    """Commits of each pull request (a commit in two pull requests is a row for each)."""
+    return _of_pull_requests(commits_table, tenant, since, repository, engine)
+
+
+def pull_request_comments(tenant: str | int, *, since: dt.datetime | str | None = None, repository: str | None = None,
+                          engine: sa.Engine | None = None) -> pd.DataFrame:
+    """Issue comments (`kind` "issue") and review comments ("review", with path, line and thread)."""
+    return _of_pull_requests(comments_table, tenant, since, repository, engine)
+
+
+def _utc(moment: dt.datetime | str) -> dt.datetime:
+    """A moment as aware UTC; a naive one (or a date such as "2024-01-01") is taken as UTC."""
+    stamp = pd.Timestamp(moment)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
+
+
+def _of_pull_requests(table: sa.Table, tenant: str | int, since: dt.datetime | str | None, repository: str | None,
+                      engine: sa.Engine | None) -> pd.DataFrame:
+    """Rows of `table` (pull requests or one of their child tables) with the repository's name,
+    the pull request's number and author, for pull requests created since `since`."""
+    prs, repos = pull_requests_table, repositories_table
+    own = [c for c in table.c if c.name not in ("tenant_id", "last_synced_at", "fetched_at", "created_at",
+                                                "updated_at")]
+    extra: list[sa.ColumnElement[Any]] = [repos.c.full_name.label("repository")]
+    if table is not prs:
+        extra += [prs.c.number, prs.c.author_login.label("pull_request_author")]
+    joined = repos.join(prs, prs.c.repository_id == repos.c.id)
+    if table is not prs:
+        joined = joined.join(table, table.c.pull_request_id == prs.c.id)
+    with _engine(engine).connect() as conn:
+        query = sa.select(*extra, *own).select_from(joined).where(prs.c.tenant_id == _tenant_id(conn, tenant))
+        if since is not None:
+            query = query.where(prs.c.gh_created_at >= _utc(since))
+        rows = conn.execute(query.order_by(repos.c.full_name, prs.c.number)).mappings().all()
+    frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in (*extra, *own)])
+    if repository is not None:
+        frame = frame[[fnmatch.fnmatchcase(n.lower(), repository.lower()) for n in frame["repository"]]]
+    for column in frame.columns:
+        if column.endswith("_at"):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame.reset_index(drop=True)
 
 
 def raw_payloads(

@@ -1,4 +1,4 @@
-"""Search a tenant's repositories by meaning: cosine similarity over the stored vectors.
+"""Search a tenant's repositories or pull requests by meaning: cosine similarity over the stored vectors.
 
 Only vectors of the embedder in use take part (model name and dimension must match), so a
 tenant half re-embedded after a model switch is never searched with mixed vectors; the rows
@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from . import db, embeddings, tenants
 from .db import embeddings as embeddings_table
-from .db import repositories
+from .db import pull_requests, repositories
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COLUMNS = ["rank", "full_name", "description", "score"]
+PULL_REQUEST_COLUMNS = ["rank", "repository", "number", "title", "url", "score"]
+ENTITIES = ("repositories", "pull_requests")
 
 
 def search(
@@ -40,8 +42,10 @@ def search(
     limit: int = 10,
     engine: sa.Engine | None = None,
     embedder: embeddings.Embedder | None = None,
+    entity: str = "repositories",
 ) -> pd.DataFrame:
-    """The `limit` active repositories closest to `text`: rank, full_name, description, score.
+    """The `limit` active repositories closest to `text`: rank, full_name, description, score;
+    with `entity="pull_requests"`, pull requests: rank, repository, number, title, url, score.
 
     `score` is the cosine similarity (1 is identical meaning); `embedder` defaults to the one
     GHETL_EMBEDDER names, which must be the one the tenant was synced with.
@@ -54,23 +58,28 @@ def search(
         raise ValueError("search text must not be empty")
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
+    if entity not in ENTITIES:
+        raise ValueError(f"unknown entity '{entity}'; choose one of: {', '.join(ENTITIES)}")
+    table = repositories if entity == "repositories" else pull_requests
+    columns = COLUMNS if entity == "repositories" else PULL_REQUEST_COLUMNS
     engine = engine or db.engine()
     embedder = embedder or embeddings.get_embedder()
     with engine.connect() as conn:
         tenant_row = tenants.get_tenant(conn, tenant)
-        active = {(integration, ext) for integration, ext in conn.execute(_active_keys(tenant_row["id"])).all()}
+        active = {(integration, ext) for integration, ext in conn.execute(_active_keys(table, tenant_row["id"])).all()}
         stored = [(integration, ext, vector) for integration, ext, vector
-                  in conn.execute(_vectors_of(tenant_row["id"], embedder)).all() if (integration, ext) in active]
+                  in conn.execute(_vectors_of(table, tenant_row["id"], embedder)).all() if (integration, ext) in active]
         if len(active) > len(stored):
-            log.warning("%d of %d repositories of tenant %s have no %s vector yet; run: ghetl sync --tenant %s",
-                        len(active) - len(stored), len(active), tenant_row["name"], embedder.model, tenant_row["name"])
+            log.warning("%d of %d %s of tenant %s have no %s vector yet; run: ghetl sync --tenant %s",
+                        len(active) - len(stored), len(active), entity.replace("_", " "), tenant_row["name"],
+                        embedder.model, tenant_row["name"])
         if not stored:
-            return pd.DataFrame(columns=COLUMNS)
+            return pd.DataFrame(columns=columns)
         scores = embeddings.from_bytes([r[2] for r in stored], embedder.dimension) @ embedder.embed([text])[0]
         best = [(stored[i][:2], float(scores[i])) for i in _best(scores, [r[:2] for r in stored], limit)]
-        details = {(integration, ext): (name, description) for integration, ext, name, description
-                   in conn.execute(_details(tenant_row["id"], [key for key, _ in best])).all()}
-    return pd.DataFrame([(n, *details[key], score) for n, (key, score) in enumerate(best, 1)], columns=COLUMNS)
+        details = {(row[0], row[1]): tuple(row[2:])
+                   for row in conn.execute(_details(table, tenant_row["id"], [key for key, _ in best])).all()}
+    return pd.DataFrame([(n, *details[key], score) for n, (key, score) in enumerate(best, 1)], columns=columns)
 
 
 def _best(scores: np.ndarray, keys: list[tuple[int, str]], limit: int) -> list[int]:
@@ -83,27 +92,32 @@ def _best(scores: np.ndarray, keys: list[tuple[int, str]], limit: int) -> list[i
 
 # Plain queries matched up here rather than one SQL join: on freshly filled PostgreSQL tables
 # (no statistics yet) the planner chose a nested loop that took 20 s for 10,000 rows.
-def _active_keys(tenant_id: int) -> sa.Select:
-    return sa.select(repositories.c.integration_id, repositories.c.external_id).where(
-        repositories.c.tenant_id == tenant_id, repositories.c.active.is_(True)
-    )
+def _active_keys(table: sa.Table, tenant_id: int) -> sa.Select:
+    query = sa.select(table.c.integration_id, table.c.external_id).where(table.c.tenant_id == tenant_id)
+    return query.where(table.c.active.is_(True)) if "active" in table.c else query
 
 
-def _vectors_of(tenant_id: int, embedder: embeddings.Embedder) -> sa.Select:
-    """The tenant's repository vectors of this embedder's model."""
+def _vectors_of(table: sa.Table, tenant_id: int, embedder: embeddings.Embedder) -> sa.Select:
+    """The tenant's vectors of this table and this embedder's model."""
     columns = embeddings_table.c
     return sa.select(columns.integration_id, columns.external_id, columns.vector).where(
         embeddings_table.c.tenant_id == tenant_id,
-        embeddings_table.c.table_name == repositories.name,
+        embeddings_table.c.table_name == table.name,
         embeddings_table.c.model == embedder.model,
         embeddings_table.c.dimension == embedder.dimension,
     )
 
 
-def _details(tenant_id: int, keys: list[tuple[int, str]]) -> sa.Select:
-    return sa.select(
-        repositories.c.integration_id, repositories.c.external_id, repositories.c.full_name, repositories.c.description
-    ).where(
-        repositories.c.tenant_id == tenant_id,
-        sa.tuple_(repositories.c.integration_id, repositories.c.external_id).in_(keys),
+def _details(table: sa.Table, tenant_id: int, keys: list[tuple[int, str]]) -> sa.Select:
+    """What a result shows: a repository's name and description, or a pull request's repository,
+    number, title and link."""
+    if table is repositories:
+        shown: list[sa.ColumnElement] = [repositories.c.full_name, repositories.c.description]
+        source: sa.FromClause = repositories
+    else:
+        shown = [repositories.c.full_name, pull_requests.c.number, pull_requests.c.title, pull_requests.c.url]
+        source = pull_requests.join(repositories, repositories.c.id == pull_requests.c.repository_id)
+    return sa.select(table.c.integration_id, table.c.external_id, *shown).select_from(source).where(
+        table.c.tenant_id == tenant_id,
+        sa.tuple_(table.c.integration_id, table.c.external_id).in_(keys),
     )

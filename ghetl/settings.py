@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "include_forks": True,
     "include_archived": True,
     "visibility": "all",
+    "pull_requests": False,
 }
 
 AUTH_KEY = "auth"
@@ -36,6 +37,8 @@ DESCRIPTIONS = {
     "include_forks": "true or false: keep forked repositories",
     "include_archived": "true or false: keep archived repositories",
     "visibility": "one of " + ", ".join(VISIBILITIES),
+    "pull_requests": "true or false: also sync the repositories' pull requests with their commits, reviews and "
+                     "comments (the GraphQL API)",
 }
 
 
@@ -68,7 +71,7 @@ def parse(raw: str | dict[str, Any] | None, *, stored: bool = False) -> dict[str
     merged = {**DEFAULTS, **data}
     _check_filter(merged["repository_filter"])
     _check_patterns(merged["name_patterns"])
-    for key in ("include_forks", "include_archived"):
+    for key in ("include_forks", "include_archived", "pull_requests"):
         if not isinstance(merged[key], bool):
             raise SettingsError(f"settings key '{key}' must be {DESCRIPTIONS[key]}, got {merged[key]!r}")
     if merged["visibility"] not in VISIBILITIES:

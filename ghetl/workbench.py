@@ -197,11 +197,13 @@ def ensure_tenant(
     token_env: str = config.DEFAULT_TOKEN_ENV,
     engine: sa.Engine | None = None,
     create: bool = True,
+    settings: str | dict[str, Any] | None = None,
 ) -> TenantSetup:
     """The tenant as it is configured, or a new one with one integration for `owner` at `api_url`.
 
     A tenant is created only when `create` is set and `api_url` names its GitHub: a scheduled
     sync passes `create=False`, so a mistyped name fails instead of becoming a new tenant.
+    `settings` are those of a tenant created here; an existing tenant keeps its own.
     """
     engine = engine or db.engine()
     migrate.init(engine)
@@ -221,7 +223,7 @@ def ensure_tenant(
     if not api_url:
         raise tenants.NotFound(f"tenant '{name}' does not exist in {where}, and no api_url was given to create it "
                                "with; check the name (ghetl tenant list), or pass -p api_url https://api.github.com")
-    return setup_tenant(name, owner, api_url=api_url, token_env=token_env, engine=engine)
+    return setup_tenant(name, owner, api_url=api_url, token_env=token_env, settings=settings, engine=engine)
 
 
 @dataclass

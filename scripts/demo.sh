@@ -24,8 +24,8 @@ with socket.socket() as s:
         sys.exit(f"port {sys.argv[1]} is in use: stop what listens there, or choose another with GHETL_DEMO_PORT=PORT")
 PY
 
-echo "== starting the GitHub sandbox (organisation 'acme', 2 000 repositories) at $GITHUB_API_URL"
-ghetl sandbox --port "$PORT" --orgs acme:2000 &
+echo "== starting the GitHub sandbox (organisation 'acme', 300 repositories with their pull requests) at $GITHUB_API_URL"
+ghetl sandbox --port "$PORT" --orgs acme:300 &
 SANDBOX=$!
 trap 'kill $SANDBOX 2>/dev/null || true' EXIT
 python - "$PORT" <<'PY'
@@ -47,8 +47,8 @@ if ghetl tenant list | cut -f2 | grep -qx acme-corp; then
 else
     echo "== ghetl tenant add acme-corp"
     ghetl tenant add acme-corp
-    echo "== ghetl integration add --tenant acme-corp --owner acme"
-    ghetl integration add --tenant acme-corp --owner acme
+    echo "== ghetl integration add --tenant acme-corp --owner acme --settings '{\"pull_requests\": true}'"
+    ghetl integration add --tenant acme-corp --owner acme --settings '{"pull_requests": true}'
 fi
 echo "== ghetl sync --tenant acme-corp"
 ghetl sync --tenant acme-corp
@@ -58,6 +58,8 @@ echo "== ghetl jobs"
 ghetl jobs
 echo "== ghetl search --tenant acme-corp \"card payment settlement\""
 ghetl search --tenant acme-corp --limit 5 "card payment settlement"
+echo "== ghetl search --tenant acme-corp --entity pull_requests \"retry path\""
+ghetl search --tenant acme-corp --entity pull_requests --limit 5 "retry path"
 echo
 echo "Done. The data is in data/ghetl.db, the default database, so plain ghetl commands see it."
 echo "Put ghetl, jupyter and papermill on your PATH with: . .venv/bin/activate"

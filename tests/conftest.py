@@ -178,7 +178,8 @@ def add_tenant(backend: Backend, sandbox: Sandbox, *, name: str = "acme-corp", o
     """A tenant with one integration pointing at the sandbox; returns the tenant's name."""
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, name)
-        tenants.add_integration(conn, name, owner, api_url=sandbox.url, token_env=token_env, settings=settings)
+        tenants.add_integration(conn, name, owner, api_url=sandbox.url, token_env=token_env,
+                                settings=settings)
     return name
 
 

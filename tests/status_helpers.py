@@ -88,9 +88,10 @@ def ended(message: Message, run_id: str) -> bool:
     return message["type"] == "job" and message["run_id"] == run_id and message["overall"] in ("FINISHED", "FAILED")
 
 
-def assert_ordered_run(messages: list[Message], run_id: str, total: int) -> None:
-    """Running before finished for every stage, every stage finished at the end, counts complete."""
-    events = [m for m in messages if m["type"] != "snapshot" and m["run_id"] == run_id]
+def assert_ordered_run(messages: list[Message], run_id: str, total: int, step: str = "github_repositories") -> None:
+    """Running before finished for every stage of `step`, every stage finished at the end, counts complete."""
+    events = [m for m in messages if m["type"] != "snapshot" and m["run_id"] == run_id
+              and (m["type"] == "job" or m.get("step") == step)]
     assert [m["overall"] for m in events if m["type"] == "job"] == ["RUNNING", "FINISHED"]
     assert events[0]["type"] == "job" and events[-1]["type"] == "job", "the run starts and ends with a job event"
     for stage in STAGES:

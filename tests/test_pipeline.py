@@ -60,6 +60,7 @@ def test_full_sync_stores_exactly_the_org(backend, sandbox, tenant):
     assert job["last_run_finished_at"] > job["last_run_started_at"]
     assert job["last_sync_date"].tzinfo is not None
 
+    events = [e for e in events if e["type"] == "job" or e.get("step") == "github_repositories"]
     for stage in ("extraction", "transform", "embedding"):
         seq = [e["status"] for e in events if e.get("stage") == stage]
         assert seq[0] == "running" and seq[-1] == "finished" and seq.count("finished") == 1, (stage, seq)
@@ -120,7 +121,8 @@ def test_nothing_changed_still_ends_every_stage(backend, sandbox, tenant):
     assert after["last_sync_date"] > before["last_sync_date"]
     assert after["last_sync_date"] == after["last_run_started_at"]
     for stage in ("extraction", "transform", "embedding"):
-        statuses = [e["status"] for e in events if e.get("stage") == stage]
+        statuses = [e["status"] for e in events
+                    if e.get("stage") == stage and e.get("step") == "github_repositories"]
         assert statuses[0] == "running" and statuses[-1] == "finished", (stage, statuses)
     assert backend.scalar("select count(*) from raw_extraction_data") == 500
 
@@ -281,7 +283,8 @@ def test_a_run_nobody_works_on_ends_failed_once_and_an_advancing_one_does_not(ba
     [job_end] = [e for e in ended if e["type"] == "job"]
     assert job_end["overall"] == "FAILED" and job_end["run_id"] == run.run_id
     assert job_end["error"].startswith("its sync process stopped responding: no heartbeat for")
-    assert sorted(e["stage"] for e in ended if e["type"] == "stage") == ["embedding", "extraction", "transform"]
+    assert sorted(e["stage"] for e in ended if e["type"] == "stage" and e["step"] == "github_repositories") == [
+        "embedding", "extraction", "transform"]
     assert {e["status"] for e in ended if e["type"] == "stage"} == {"failed"}
     row = job_row(backend)
     assert row["status"]["overall"] == "FAILED" and row["heartbeat_at"] is None
@@ -401,7 +404,9 @@ def test_integration_add_creates_the_job_with_idle_circles(backend):
     assert job["status"] == {
         "overall": "READY",
         "steps": {"github_repositories": {"order": 1, "display_name": "GitHub Repositories",
-                                          "extraction": "idle", "transform": "idle", "embedding": "idle"}},
+                                          "extraction": "idle", "transform": "idle", "embedding": "idle"},
+                  "github_pull_requests": {"order": 2, "display_name": "Pull Requests",
+                                           "extraction": "idle", "transform": "idle", "embedding": "idle"}},
     }
 
 

@@ -139,7 +139,8 @@ def test_parallel_workers_finish_each_stage_only_when_every_item_passed(
     run = [e for e in events if e.get("run_id") == result.run_id]
     assert [e["overall"] for e in run if e["type"] == "job"].count("FINISHED") == 1
     for stage in ("transform", "embedding"):
-        finished = [e for e in run if e["type"] == "stage" and e["stage"] == stage and e["status"] == "finished"]
+        finished = [e for e in run if e["type"] == "stage" and e["stage"] == stage and e["status"] == "finished"
+                    and e["step"] == "github_repositories"]
         assert len(finished) == 1, f"{stage} finished {len(finished)} times"
         assert finished[0]["processed"] == finished[0]["total"] == 1000
     assert max(e["processed"] or 0 for e in run if e["type"] == "stage") == 1000

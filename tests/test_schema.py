@@ -69,7 +69,9 @@ def as_legacy(conn: sa.Connection, version: int) -> None:
     """What a ghetl from before Alembic left: no alembic_version, its own schema version, and
     none of the tables and columns added since."""
     conn.exec_driver_sql("DROP TABLE alembic_version")
-    conn.exec_driver_sql("DROP TABLE dead_letters")
+    for table in ("pull_request_comments", "pull_request_reviews", "pull_request_commits", "pull_requests",
+                  "dead_letters"):
+        conn.exec_driver_sql(f"DROP TABLE {table}")
     conn.execute(db.schema_info.delete())
     conn.execute(db.schema_info.insert().values(version=version))
     for table, column in (("raw_extraction_data", "carried_over"), ("repositories", "fetched_at")):

@@ -405,7 +405,8 @@ def test_polled_finished_events_carry_the_final_counts(embedded, sandbox, token)
     embedded.sync(tenant)
     after = _job_states(embedded.engine, before)
 
-    finished = [e for e in changes(before, after) if e.get("type") == "stage" and e["status"] == "finished"]
+    finished = [e for e in changes(before, after) if e.get("type") == "stage" and e["status"] == "finished"
+                and e["step"] == "github_repositories"]
     assert sorted((e["stage"], e.get("processed"), e.get("total")) for e in finished) == [
         ("embedding", 500, 500), ("extraction", 500, 500), ("transform", 500, 500)]
     job_id = next(iter(after))

@@ -17,14 +17,16 @@ from .status_helpers import STAGES, STEP, stream_key
 from .support import wait_until
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "live_status.ipynb"
-ALL_FINISHED = {STEP: dict.fromkeys(STAGES, "finished")}
+# Every step of the job: repositories, and pull requests (off by default, so they end with nothing to do).
+ALL_FINISHED = {step: dict.fromkeys(STAGES, "finished") for step in (STEP, "github_pull_requests")}
 
 
 def test_the_board_turns_green_with_a_sync(backend, sandbox, tenant):
     with StatusServer(backend.engine, backend.broker, port=0) as server:
         board = StatusBoard(tenant, url=server.url, key=stream_key(backend, tenant))
         assert wait_until(lambda: board.model.jobs, 10), "the board got its first snapshot"
-        assert board.state() == {STEP: dict.fromkeys(STAGES, "idle")} and board.overall() == "READY"
+        assert board.state() == {step: dict.fromkeys(STAGES, "idle") for step in ALL_FINISHED}
+        assert board.overall() == "READY"
 
         result = backend.sync(tenant)
 
@@ -102,7 +104,7 @@ def test_the_model_starts_a_new_run_from_idle():
                    "steps": {STEP: {"order": 1, "display_name": "Repos", **dict.fromkeys(STAGES, "finished")}}},
         "progress": {},
     }]})
-    assert model.state() == ALL_FINISHED
+    assert model.state() == {STEP: dict.fromkeys(STAGES, "finished")}
     model.apply({"type": "job", "job_id": 7, "run_id": "new", "overall": "RUNNING", "error": None})
     model.apply({"type": "stage", "job_id": 7, "run_id": "new", "step": STEP, "stage": "extraction",
                  "status": "running", "processed": 100, "total": None, "failed": None})
@@ -138,5 +140,5 @@ def test_the_notebook_runs_under_papermill(tmp_path):
     results = [o for c in cells if c["cell_type"] == "code"
                for o in c["outputs"] if o["output_type"] == "execute_result"]
     circles = "".join(results[-1]["data"]["text/plain"])
-    assert circles.count("'finished'") == 3 and "running" not in circles
+    assert circles.count("'finished'") == 6 and "running" not in circles
     assert all(o["output_type"] != "error" for c in cells if c["cell_type"] == "code" for o in c["outputs"])

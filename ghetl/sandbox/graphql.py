@@ -11,6 +11,7 @@ Authentication, faults and the secondary limit are the server's, as for REST.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
@@ -367,7 +368,7 @@ def _node_or_raise(sb: Sandbox, text: str) -> dict[str, Any]:
 
 def find_node(sb: Sandbox, text: str) -> dict[str, Any] | None:
     """Any object the sandbox hands out an id for, looked up from the id alone."""
-    parsed = parse_node_id(text)
+    parsed = parse_node_id(text) or _legacy_repository_id(text)
     if parsed is None or not parsed[1] or not all(isinstance(p, (int, str)) for p in parsed[1]):
         return None
     prefix, parts = parsed
@@ -383,6 +384,17 @@ def find_node(sb: Sandbox, text: str) -> dict[str, Any] | None:
     pulls = sb.pull_store.of(repo)
     with store.lock:
         return _pull_node(sb, repo, pulls, prefix, parts[1:])
+
+
+def _legacy_repository_id(text: str) -> tuple[str, list[int | str]] | None:
+    """A REST payload's `node_id` of a repository (base64 of `010:Repository<id>`): GitHub still
+    resolves these classic ids in `node(id:)` and `nodes(ids:)`."""
+    try:
+        decoded = base64.b64decode(text, validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    kind, _, number = decoded.partition(":Repository")
+    return ("R", [int(number)]) if kind == "010" and number.isdigit() else None
 
 
 def _actor_node(sb: Sandbox, prefix: str, number: Any) -> dict[str, Any] | None:

@@ -51,7 +51,7 @@ from ..db import etl_jobs, raw_extraction_data
 log = logging.getLogger(__name__)
 
 JOB_NAME = "GitHub"
-BUILTIN = ("repositories",)
+BUILTIN = ("repositories", "pull_requests")
 PARENT_POLL_SECONDS = 0.2
 
 

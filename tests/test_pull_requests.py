@@ -1,0 +1,295 @@
+"""The `github_pull_requests` step against the sandbox's own pull requests, on both back ends.
+
+Every assertion compares the database with the sandbox's ground truth (`Sandbox.pull_requests`),
+column by column and child by child, so a connection read from its first page only, a lost
+commit or a stale state shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ghetl.db import pull_request_comments, pull_request_commits, pull_request_reviews, pull_requests, repositories
+from ghetl.sandbox import Sandbox
+from ghetl.steps import pull_requests as step
+
+from .conftest import Backend, add_tenant
+
+ORG = {"acme": 20}
+SEED = 4
+PR_COLUMNS = ("database_id", "number", "title", "body", "url", "state", "is_draft", "author_login",
+              "merged_by_login", "base_ref", "head_ref", "merge_commit_sha", "additions", "deletions",
+              "changed_files", "commits_total", "reviews_total", "comments_total", "review_decision",
+              "gh_created_at", "gh_updated_at", "closed_at", "merged_at", "first_commit_at", "first_review_at",
+              "first_approval_at")
+CHILDREN = {
+    "commits": (pull_request_commits, "sha"),
+    "reviews": (pull_request_reviews, "external_id"),
+    "comments": (pull_request_comments, "external_id"),
+}
+
+
+@pytest.fixture
+def prs_sandbox(make_sandbox: Any) -> Sandbox:
+    return make_sandbox(orgs=ORG, seed=SEED)
+
+
+def _seconds(value: Any) -> Any:
+    """GitHub's timestamps have whole seconds; the sandbox's own clock has microseconds."""
+    return value.replace(microsecond=0) if isinstance(value, dt.datetime) else value
+
+
+def _truth(sb: Sandbox) -> dict[str, dict[str, Any]]:
+    return {p["external_id"]: p for repo in sb.repos("acme") for p in sb.pull_requests(repo["id"])}
+
+
+def _stored(backend: Backend) -> dict[str, dict[str, Any]]:
+    with backend.engine.connect() as conn:
+        heads = {r["id"]: dict(r) for r in conn.execute(sa.select(pull_requests)).mappings()}
+        children: dict[int, dict[str, list[dict[str, Any]]]] = {i: {k: [] for k in CHILDREN} for i in heads}
+        for name, (table, _) in CHILDREN.items():
+            for row in conn.execute(sa.select(table)).mappings():
+                children[row["pull_request_id"]][name].append(dict(row))
+    return {row["external_id"]: {**row, **children[pk]} for pk, row in heads.items()}
+
+
+def assert_same_as_github(backend: Backend, sb: Sandbox) -> dict[str, dict[str, Any]]:
+    truth, stored = _truth(sb), _stored(backend)
+    assert set(stored) == set(truth)
+    for external_id, want in truth.items():
+        got = stored[external_id]
+        assert {c: _seconds(got[c]) for c in PR_COLUMNS} == {c: _seconds(want[c]) for c in PR_COLUMNS}, external_id
+        for name, (_, field) in CHILDREN.items():
+            columns = [k for k in want[name][0]] if want[name] else []
+            mine = sorted(({k: _seconds(row[k]) for k in columns} for row in got[name]), key=lambda r: r[field])
+            theirs = sorted(({k: _seconds(row[k]) for k in columns} for row in want[name]), key=lambda r: r[field])
+            assert mine == theirs, f"{external_id} {name}"
+    return truth
+
+
+def _with_pull_requests(backend: Backend, sb: Sandbox) -> str:
+    return add_tenant(backend, sb, settings={"pull_requests": True})
+
+
+def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Backend, prs_sandbox: Sandbox,
+                                                                     token: str) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(backend, sb)
+    truth = _truth(sb)
+    # The organisation needs every kind of follow-up, or this test would prove less than it says.
+    per_repo = [len(sb.pull_requests(r["id"])) for r in sb.repos("acme")]
+    assert max(per_repo) > step.PULLS_FIRST + step.PULLS_PAGE
+    assert max(len(p["commits"]) for p in truth.values()) > 100
+    assert max(len(p["reviews"]) for p in truth.values()) > step.NESTED_FIRST
+    assert any(p["author_login"] is None for p in truth.values())
+    assert any(r["submitted_at"] is None for p in truth.values() for r in p["reviews"])
+
+    result = backend.sync(tenant, workers=(4, 2))
+
+    assert result.overall == "FINISHED"
+    assert result.counts["github_pull_requests"] == {"extracted": len(truth), "transformed": len(truth),
+                                                      "embedded": len(truth), "failed": 0}
+    assert_same_as_github(backend, sb)
+    with backend.engine.connect() as conn:
+        status = conn.execute(sa.text("select status from etl_jobs")).scalar_one()
+        linked = conn.execute(sa.select(sa.func.count()).select_from(pull_requests.join(
+            repositories, repositories.c.id == pull_requests.c.repository_id))).scalar_one()
+    status = status if isinstance(status, dict) else __import__("json").loads(status)
+    assert status["steps"]["github_pull_requests"] == {
+        "order": 2, "display_name": "Pull Requests", "extraction": "finished", "transform": "finished",
+        "embedding": "finished"}
+    assert linked == len(truth)
+    assert result.stats["graphql_requests"] < len(per_repo) + sum(n > step.PULLS_FIRST for n in per_repo) * 20
+
+
+def test_incremental_after_changes_matches_github_and_no_change_costs_one_point(
+        backend: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(backend, sb)
+    assert backend.sync(tenant).overall == "FINISHED"
+    repos = [r for r in sb.repos("acme") if sb.pull_requests(r["id"])]
+    first, second = repos[0]["id"], repos[1]["id"]
+    open_one = next((p for r in repos for p in sb.pull_requests(r["id"]) if p["state"] == "OPEN"), None)
+    commented = next(p for p in sb.pull_requests(second) if p["comments"])
+    sb.touch_pull_request(first, 1, title="Renamed on GitHub")
+    sb.comment_pull_request(second, 1, "a new comment")
+    sb.review_pull_request(second, 1, state="CHANGES_REQUESTED", body="please fix")
+    sb.review_pull_request(first, 1, state="PENDING")
+    sb.force_push_pull_request(first, 1, commits=2)
+    sb.delete_pull_request_comment(second, commented["number"], commented["comments"][0]["external_id"])
+    added = sb.add_pull_request(second, "A brand new pull request")
+    if open_one is not None:
+        repo_of = next(r["id"] for r in repos if any(p["external_id"] == open_one["external_id"]
+                                                     for p in sb.pull_requests(r["id"])))
+        sb.touch_pull_request(repo_of, open_one["number"], state="MERGED")
+
+    result = backend.sync(tenant)
+
+    assert result.overall == "FINISHED" and not result.full
+    truth = assert_same_as_github(backend, sb)
+    assert truth[added["external_id"]]["title"] == "A brand new pull request"
+    assert result.counts["github_pull_requests"]["extracted"] < len(truth) / 4
+
+    quiet = backend.sync(tenant)
+
+    assert quiet.overall == "FINISHED"
+    assert quiet.counts["github_pull_requests"]["extracted"] == 0
+    assert quiet.stats["graphql_requests"] <= 1
+    assert quiet.stats["graphql_points"] <= 1
+
+
+def test_repository_deleted_before_its_pull_requests_are_read_fails_alone(
+        embedded: Backend, make_sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = make_sandbox(orgs={"acme": 6}, seed=SEED)
+    tenant = _with_pull_requests(embedded, sb)
+    gone = sb.repos("acme")[0]
+    original = step._first_pages
+
+    def delete_then_read(ctx: Any, chunk: list[Any]) -> Any:
+        """Deleted on GitHub between the REST listing and the GraphQL read."""
+        if any(p.external_id == str(gone["id"]) for p in chunk):
+            sb.delete(gone["id"])
+        return original(ctx, chunk)
+
+    monkeypatch.setattr(step, "_first_pages", delete_then_read)
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert any(gone["full_name"] in w and "NOT_FOUND" in w for w in result.warnings)
+    others = [p for r in sb.repos("acme") for p in sb.pull_requests(r["id"])]
+    assert result.counts["github_pull_requests"]["transformed"] == len(others)
+
+
+def test_bad_pull_requests_fail_alone(embedded: Backend, make_sandbox: Any, token: str) -> None:
+    sb = make_sandbox(orgs={"acme": 4}, seed=SEED)
+    tenant = _with_pull_requests(embedded, sb)
+    repo = next(r for r in sb.repos("acme") if len(sb.pull_requests(r["id"])) >= 2)
+    sb.touch_pull_request(repo["id"], 1, body="x" * 1_000_000)
+    original = step.to_row
+
+    def with_unknown_state(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        if payload["number"] == 2 and str(payload["repository"]["databaseId"]) == str(repo["id"]):
+            payload = {**payload, "state": "FROZEN"}
+        return original(payload, ctx)
+
+    step_ = __import__("ghetl.steps", fromlist=["get"]).get(step.STEP_NAME)
+    object.__setattr__(step_, "to_row", with_unknown_state)
+    try:
+        result = embedded.sync(tenant)
+    finally:
+        object.__setattr__(step_, "to_row", original)
+
+    total = len(_truth(sb))
+    assert result.overall == "FINISHED"
+    assert result.counts["github_pull_requests"]["failed"] == 1
+    assert result.counts["github_pull_requests"]["transformed"] == total - 1
+    with embedded.engine.connect() as conn:
+        error = conn.execute(sa.text("select error_message from raw_extraction_data where status = 'failed'")
+                             ).scalar_one()
+        body = conn.execute(sa.select(pull_requests.c.body).where(pull_requests.c.number == 1,
+                                                                  pull_requests.c.url.like(f"%{repo['full_name']}/%"))
+                            ).scalar_one()
+    assert "unknown pull request state 'FROZEN'" in error
+    assert len(body) == 1_000_000
+
+
+def test_turned_off_pull_requests_cost_nothing(embedded: Backend, make_sandbox: Any, token: str) -> None:
+    sb = make_sandbox(orgs={"acme": 6}, seed=SEED)
+    tenant = add_tenant(embedded, sb)
+
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert result.counts["github_pull_requests"]["extracted"] == 0
+    assert result.stats["graphql_requests"] == 0
+
+
+def test_flow_metrics_of_hand_checked_pull_requests(embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    from ghetl import frames
+
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    repo = max(sb.repos("acme"), key=lambda r: len(sb.pull_requests(r["id"])))
+    merged = [p for p in sb.pull_requests(repo["id"]) if p["state"] == "MERGED" and p["reviews"]][:5]
+    assert len(merged) == 5
+    first = merged[0]
+    sb.review_pull_request(repo["id"], first["number"], state="PENDING", body="not submitted yet")
+    assert embedded.sync(tenant).overall == "FINISHED"
+
+    frame = frames.pull_requests(tenant, repository=repo["full_name"], engine=embedded.engine).set_index("number")
+    reviews = frames.pull_request_reviews(tenant, repository=repo["full_name"], engine=embedded.engine)
+
+    assert set(frame.index) == {p["number"] for p in sb.pull_requests(repo["id"])}
+    for pull in merged:
+        got = frame.loc[pull["number"]]
+        submitted = sorted(r["submitted_at"] for r in pull["reviews"]
+                           if r["submitted_at"] and r["author_login"] != pull["author_login"])
+        approved = sorted(r["submitted_at"] for r in pull["reviews"] if r["state"] == "APPROVED")
+        first_commit = min(c["authored_at"] for c in pull["commits"])
+        assert got["size"] == pull["additions"] + pull["deletions"]
+        assert got["time_to_merge"] == _seconds(pull["merged_at"]) - _seconds(pull["gh_created_at"])
+        assert got["cycle_time"] == _seconds(pull["merged_at"]) - _seconds(first_commit)
+        if submitted:
+            assert got["time_to_first_review"] == _seconds(submitted[0]) - _seconds(pull["gh_created_at"])
+            assert got["review_time"] == _seconds(pull["merged_at"]) - _seconds(submitted[0])
+        if approved:
+            assert got["time_to_first_approval"] == _seconds(approved[0]) - _seconds(pull["gh_created_at"])
+    mine = reviews[reviews["number"] == first["number"]]
+    assert len(mine) == len(first["reviews"])
+    assert "not submitted yet" not in set(mine["body"])
+    assert len(frames.pull_request_reviews(tenant, repository=repo["full_name"], include_pending=True,
+                                           engine=embedded.engine).query(f"number == {first['number']}")) \
+        == len(first["reviews"]) + 1
+
+
+def test_search_finds_pull_requests_by_meaning(embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    from ghetl.search import search
+
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    repo = sb.repos("acme")[0]
+    added = sb.add_pull_request(repo["id"], "Settle merchant card payments nightly",
+                                body="Batch settlement of card payments to merchants, run every night.")
+    assert embedded.sync(tenant).overall == "FINISHED"
+
+    found = search(tenant, "settle merchant card payments nightly", entity="pull_requests", engine=embedded.engine)
+
+    assert list(found.columns) == ["rank", "repository", "number", "title", "url", "score"]
+    assert found.iloc[0]["title"] == added["title"]
+    assert found.iloc[0]["repository"] == repo["full_name"]
+
+
+def test_timeouts_and_bad_gateways_are_asked_again_smaller_and_lose_nothing(
+        embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    sb.inject("timedout", path="graphql", times=2)
+    sb.inject("status", path="graphql", times=1, status=502)
+
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert_same_as_github(embedded, sb)
+    assert sum(r.status == 502 for r in sb.requests if r.path.endswith("graphql")) == 1
+
+
+def test_a_rejected_query_is_a_clear_error_and_never_retried(
+        embedded: Backend, prs_sandbox: Sandbox, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    too_many = step.REPOSITORIES.replace("(first: 50)", "(first: 100)").replace("reviewThreads(first: 5)",
+                                                                                "reviewThreads(first: 100)")
+    monkeypatch.setattr(step, "REPOSITORIES", too_many)
+    monkeypatch.setattr(step, "PULLS_FIRST", 100)
+
+    result = embedded.sync(tenant)
+
+    graphql_calls = [r for r in sb.requests if r.path.endswith("graphql")]
+    assert result.overall == "FAILED"
+    assert "MAX_NODE_LIMIT_EXCEEDED" in (result.error or "")
+    assert "bug in ghetl" in (result.error or "")
+    assert len(graphql_calls) == 1
