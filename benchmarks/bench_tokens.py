@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from bench_embedded import free_port
+import bench_embedded
 
 if TYPE_CHECKING:
     from ghetl.sync import SyncResult
@@ -30,30 +27,11 @@ TOKENS = {"BENCH_A_GITHUB_TOKEN": "ghp_benchTokenA000000000000000000000000000",
           "BENCH_C_GITHUB_TOKEN": "ghp_benchTokenC000000000000000000000000000"}
 
 
-@contextlib.contextmanager
-def sandbox_process(repos: int, limit: int, window: int) -> Iterator[str]:
-    import socket
-
-    port = free_port()
+def sandbox_process(repos: int, limit: int, window: int) -> contextlib.AbstractContextManager[str]:
+    """The benchmark sandbox knowing the three tokens, each with `limit` points per `window` seconds."""
     tokens = [arg for value in TOKENS.values() for arg in ("--token", value)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ghetl.sandbox", "--port", str(port), "--orgs", f"bench:{repos}",
-         "--core-limit", str(limit), "--reset-seconds", str(window), *tokens],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the sandbox did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return bench_embedded.sandbox_process(repos, ["--core-limit", str(limit), "--reset-seconds", str(window),
+                                                  *tokens])
 
 
 def run(names: list[str], args: argparse.Namespace) -> tuple[float, SyncResult]:
