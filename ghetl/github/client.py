@@ -34,6 +34,16 @@ class Page:
     not_modified: bool = False
     total_count: int | None = None
     incomplete: bool = False
+    last_url: str | None = None
+
+    def following(self) -> list[str]:
+        """The URLs of every later page, known from `Link: rel="last"`, to fetch side by side;
+        empty on the last page or when GitHub gave no last link."""
+        if not self.last_url or not self.next_url:
+            return []
+        first = httpx.URL(self.next_url)
+        start, last = int(first.params.get("page", 2)), int(httpx.URL(self.last_url).params.get("page", 0))
+        return [self.next_url] + [str(first.copy_set_param("page", n)) for n in range(start + 1, last + 1)]
 
 
 class GitHubClient(Transport):
@@ -63,7 +73,7 @@ class GitHubClient(Transport):
     def _page_once(self, url: str, etag: str | None) -> Page:
         page = self._retrying_incomplete(self._fetch_page, url, etag)
         if page.incomplete:
-            self.stats.incomplete_results += 1
+            self.stats.add(incomplete_results=1)
             log.warning(
                 "GitHub's search results for %s stayed incomplete after %d attempts; some repositories may be missing",
                 short(url), self.policy.retries + 1,
@@ -73,20 +83,22 @@ class GitHubClient(Transport):
     def _fetch_page(self, url: str, etag: str | None) -> Page:
         response, body = self.get(url, etag=etag)
         next_url = response.links.get("next", {}).get("url")
+        last_url = response.links.get("last", {}).get("url")
         if response.status_code == 304:
-            return Page(url, [], response.headers.get("etag") or etag, next_url, not_modified=True)
+            return Page(url, [], response.headers.get("etag") or etag, next_url, not_modified=True, last_url=last_url)
         if response.status_code != 200:
             raise GitHubError(f"GitHub answered {response.status_code} for {short(url)}: {message(response)}")
         if isinstance(body, dict) and "items" in body:
             return Page(url, body["items"], response.headers.get("etag"), next_url,
-                        total_count=body.get("total_count"), incomplete=bool(body.get("incomplete_results")))
+                        total_count=body.get("total_count"), incomplete=bool(body.get("incomplete_results")),
+                        last_url=last_url)
         if not isinstance(body, list):
             raise GitHubError(f"GitHub answered {short(url)} with {type(body).__name__}, not a list of items")
-        return Page(url, body, response.headers.get("etag"), next_url)
+        return Page(url, body, response.headers.get("etag"), next_url, last_url=last_url)
 
     def _halves(self, url: str, size: int, number: int) -> Page:
         """Page `number` of `size` as pages 2n-1 and 2n of size/2; the result is not cached (no ETag)."""
-        self.stats.smaller_pages += 1
+        self.stats.add(smaller_pages=1)
         half = size // 2
         log.warning("GitHub kept failing on %s; fetching it as two pages of %d", short(url), half)
         original = httpx.URL(url)
@@ -155,7 +167,7 @@ class GitHubClient(Transport):
         while parts:
             span = parts.pop(0)
             first = self.page(self._search_url(query, span))
-            self.stats.search_parts += 1
+            self.stats.add(search_parts=1)
             if (first.total_count or 0) > SEARCH_CAP and not reaches(first, updated_since):
                 halves = split(span)
                 if halves:
@@ -163,7 +175,7 @@ class GitHubClient(Transport):
                              query + created(span), first.total_count, SEARCH_CAP)
                     parts[0:0] = halves
                     continue
-                self.stats.search_capped += 1
+                self.stats.add(search_capped=1)
                 log.warning(
                     "search for %r still has %d results within one second of creation dates; "
                     "only the first %d can be read",

@@ -57,7 +57,7 @@ def query(transport: Transport, document: str, variables: dict[str, Any] | None 
     """Run one query; raise for answers no caller can use, return the rest (see the module's text)."""
     url = graphql_url(transport.api_url)
     response, body = transport.post(url, {"query": document, "variables": variables or {}})
-    transport.stats.graphql_requests += 1
+    transport.stats.add(graphql_requests=1)
     if not isinstance(body, dict):
         raise GitHubError(f"GitHub answered {response.status_code} to a GraphQL query with no JSON object")
     errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
@@ -65,7 +65,7 @@ def query(transport: Transport, document: str, variables: dict[str, Any] | None 
     data = body.get("data") or {}
     limit = data.get("rateLimit") or {}
     result = Result(data, errors, int(limit.get("cost") or 0), limit.get("remaining"), int(limit.get("nodeCount") or 0))
-    transport.stats.graphql_points += result.cost
+    transport.stats.add(graphql_points=result.cost)
     return result
 
 

@@ -6,9 +6,12 @@
   with `RateLimited` saying when to try again if the reset is too far away.
 - Secondary limits (403/429 "secondary rate limit" or `retry-after`) wait as GitHub documents:
   `retry-after`, else the primary reset when the bucket is empty, else at least a minute,
-  growing exponentially. 5xx answers, dropped connections, timeouts and 200s that are not JSON
+  growing exponentially; every request of the token waits with it (`pacer.Pacer.hold`), and
+  fewer go at once afterwards. 5xx answers, dropped connections, timeouts and 200s that are not JSON
   (GitHub's HTML error pages) are retried with exponential backoff and jitter. Both are bounded,
   and both are done by tenacity.
+- Requests of one token go through one `pacer.Pacer` per process: at most GHETL_CONCURRENCY
+  in flight and GitHub's points per minute, so that threads may send them concurrently.
 - Redirects (a renamed repository's 301) are followed by httpx, which drops the Authorization
   header when a redirect leaves the API's origin; `auth.TokenAuth` only ever attaches the
   token for that origin.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Self
@@ -45,6 +49,7 @@ from .errors import (
     message,
     short,
 )
+from .pacer import Pacer, pacer_for
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,8 @@ class Policy:
 
     timeout (GHETL_HTTP_TIMEOUT): seconds per request. retries (GHETL_HTTP_RETRIES): further
     attempts after a failed one. backoff, backoff_max (GHETL_HTTP_BACKOFF, GHETL_HTTP_BACKOFF_MAX):
-    first wait and cap in seconds, doubling, with jitter. secondary_wait
+    first wait and cap in seconds, doubling with jitter while the failure repeats; short, since
+    other requests go on meanwhile. secondary_wait
     (GHETL_SECONDARY_RATE_LIMIT_WAIT): first wait on a secondary limit without retry-after.
     reserve (GHETL_RATE_LIMIT_RESERVE): core requests left for people using the same token (at
     most a tenth of the bucket, so an unauthenticated run is not locked out). max_wait
@@ -70,7 +76,7 @@ class Policy:
 
     timeout: float = 30.0
     retries: int = 5
-    backoff: float = 1.0
+    backoff: float = 0.25
     backoff_max: float = 60.0
     secondary_wait: float = 60.0
     reserve: int = 100
@@ -87,6 +93,9 @@ class Policy:
             reserve=int(env_float("GHETL_RATE_LIMIT_RESERVE", cls.reserve)),
             max_wait=env_float("GHETL_RATE_LIMIT_MAX_WAIT", cls.max_wait),
         )
+
+
+_accounting = threading.Lock()  # counts and buckets, updated by every thread that sends requests
 
 
 @dataclass
@@ -107,6 +116,12 @@ class Stats:
     graphql_requests: int = 0
     graphql_points: int = 0
     remaining: dict[str, int] = field(default_factory=dict)
+
+    def add(self, **counts: float) -> None:
+        """Count for one request; clients of one token answer in several threads at once."""
+        with _accounting:
+            for name, n in counts.items():
+                setattr(self, name, getattr(self, name) + n)
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -142,13 +157,18 @@ class Transport:
         self._origin = origin(httpx.URL(self.api_url))
         self.auth: httpx.Auth | None = auth or (TokenAuth(token, self.api_url) if token else None)
         self.policy = policy or Policy.from_env()
+        self.pacer: Pacer = pacer_for(self.api_url, getattr(self.auth, "pacing_key", "anonymous"),
+                                      len(self.auth.names) if isinstance(self.auth, TokenPool) else 1)
+        connections = self.pacer.limits.concurrency
         headers = {
             "Accept": "application/vnd.github+json",
             "X-GitHub-Api-Version": API_VERSION,
             "User-Agent": f"ghetl/{__version__}",
         }
         self._http = httpx.Client(headers=headers, timeout=self.policy.timeout, transport=transport,
-                                  follow_redirects=True, auth=self.auth)
+                                  follow_redirects=True, auth=self.auth,
+                                  limits=httpx.Limits(max_connections=connections,
+                                                      max_keepalive_connections=connections))
         self._buckets: dict[str, Bucket] = {}
         self.stats = Stats()
         # Built once per client rather than once per call: a Retrying and the state of its call
@@ -237,12 +257,13 @@ class Transport:
         self._gate(resource)
         headers = {"If-None-Match": etag} if etag else {}
         try:
-            if body is None:
-                response = self._http.get(url, headers=headers)
-            else:
-                response = self._http.post(url, headers=headers, content=orjson.dumps(body))
+            with self.pacer.slot("graphql" if resource == "graphql" else "rest"):
+                if body is None:
+                    response = self._http.get(url, headers=headers)
+                else:
+                    response = self._http.post(url, headers=headers, content=orjson.dumps(body))
         except httpx.TransportError:
-            self.stats.requests += 1
+            self.stats.add(requests=1)
             raise
         for hop in [*response.history, response]:
             self._account(hop)
@@ -251,6 +272,7 @@ class Transport:
         judged = self._judge(response)
         if resource == "graphql":
             self._graphql_limits(response, judged)
+        self.pacer.answered()
         return response, judged
 
     def _judge(self, response: httpx.Response) -> Any:
@@ -277,7 +299,7 @@ class Transport:
         """Raise for a 403/429 that is a secondary or primary rate limit; a plain refusal is the caller's."""
         kind = limit_kind(response)
         if kind == "secondary":
-            self.stats.secondary_limits += 1
+            self.stats.add(secondary_limits=1)
             retry_after = response.headers.get("retry-after", "")
             wait = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
             reset = response.headers.get("x-ratelimit-reset")
@@ -305,18 +327,18 @@ class Transport:
             if any(w in text for w in _SECONDARY_WORDS):
                 retry_after = response.headers.get("retry-after", "")
                 wait = float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
-                self.stats.secondary_limits += 1
+                self.stats.add(secondary_limits=1)
                 raise SecondaryLimit("secondary rate limit (GraphQL)", wait)
             if error.get("type") in ("RATE_LIMITED", "RATE_LIMIT"):
                 raise PrimaryLimit("the graphql rate limit is spent")
 
     def _account(self, response: httpx.Response) -> None:
         """GitHub charges a point per request, except 304s and requests it refused for rate limits."""
-        self.stats.requests += 1
+        self.stats.add(requests=1)
         headers = response.headers
         status = response.status_code
         if status == 304:
-            self.stats.not_modified += 1
+            self.stats.add(not_modified=1)
         resource = headers.get("x-ratelimit-resource")
         remaining = headers.get("x-ratelimit-remaining")
         if resource is None or remaining is None:
@@ -327,7 +349,7 @@ class Transport:
         )
         free = status in (304, 401) or limit_kind(response) or response.request.url.path.endswith("/rate_limit")
         if not free and resource != "graphql":  # a query's cost is its own (`rateLimit { cost }`)
-            self.stats.rate_limit_points += 1
+            self.stats.add(rate_limit_points=1)
 
     # ----- rate-limit waits ------------------------------------------------------------------
 
@@ -337,13 +359,17 @@ class Transport:
         if bucket is None:
             return
         reserve = min(self.policy.reserve, bucket.limit // 10) if resource == "core" else 0
-        if bucket.remaining > reserve:
-            return
+        with _accounting:
+            if bucket.remaining > reserve:
+                # Spent on the way out, so that requests in flight side by side do not all take
+                # the last point; the answer's headers then say how many are really left.
+                bucket.remaining -= 1
+                return
         wait = bucket.reset - time.time() + RESET_MARGIN
         if wait > 0:
             if wait - RESET_MARGIN > self.policy.max_wait:
                 raise self._too_long(resource, bucket)
-            self.stats.rate_limit_waits += 1
+            self.stats.add(rate_limit_waits=1)
             kept = f", keeping {reserve} for interactive use" if reserve else ""
             refill = retry_moment(bucket.reset)
             self._countdown(wait, f"GitHub's {resource} rate limit is spent{kept}; it refills at {refill}")
@@ -382,7 +408,7 @@ class Transport:
                 log.info("still waiting for GitHub's rate limit: %s left", duration(left))
 
     def _sleep(self, seconds: float) -> None:
-        self.stats.waited_seconds += seconds
+        self.stats.add(waited_seconds=seconds)
         time.sleep(seconds)
 
     def _backoff(self, state: tenacity.RetryCallState) -> float:
@@ -390,9 +416,11 @@ class Transport:
         if isinstance(failure, PrimaryLimit):
             return 0.0
         if isinstance(failure, SecondaryLimit):
-            if failure.wait is not None:
-                return failure.wait
-            return self.policy.secondary_wait * 2.0 ** (state.attempt_number - 1)
+            wait = failure.wait
+            if wait is None:
+                wait = self.policy.secondary_wait * 2.0 ** (state.attempt_number - 1)
+            self.pacer.hold(wait)
+            return wait
         return self._jittered(state)
 
     def _jittered(self, state: tenacity.RetryCallState) -> float:
@@ -404,7 +432,7 @@ class Transport:
         return wait(state)
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        self.stats.retries += 1
+        self.stats.add(retries=1)
         failure = state.outcome.exception() if state.outcome else None
         if isinstance(failure, PrimaryLimit):
             return

@@ -28,6 +28,10 @@ def _counts(text: str) -> dict[str, int]:
     return counts
 
 
+def _per_minute(points: int | None) -> tuple[int, float] | None:
+    return None if points is None else (points, 60.0)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the sandbox command, shared by ``ghetl sandbox`` and ``python -m ghetl.sandbox``."""
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
@@ -50,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lifetime of GitHub App installation tokens (GitHub: 3600; default 3600)")
     parser.add_argument("--latency-ms", type=float, default=0.0, metavar="N",
                         help="delay every API reply by N ms, serving others meanwhile (GitHub: 300-1000; default 0)")
+    parser.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                        help="refuse a caller's requests beyond N in flight with a secondary limit (GitHub: 100)")
+    parser.add_argument("--rest-points-per-minute", type=int, default=None, metavar="N",
+                        help="refuse a caller's REST requests beyond N a minute with a secondary limit (GitHub: 900)")
+    parser.add_argument("--graphql-points-per-minute", type=int, default=None, metavar="N",
+                        help="refuse GraphQL queries of a caller beyond N a minute likewise (GitHub: 2000)")
     parser.add_argument("--jitter-ms", type=float, default=0.0, metavar="J",
                         help="vary that delay by up to J ms either way (default 0)")
 
@@ -63,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
                           core_limit=args.core_limit, search_limit=args.search_limit,
                           reset_seconds=args.reset_seconds, path_prefix=args.path_prefix,
                           graphql_limit=args.graphql_limit, latency_ms=args.latency_ms, jitter_ms=args.jitter_ms,
-                          installation_token_seconds=args.installation_token_seconds)
+                          installation_token_seconds=args.installation_token_seconds,
+                          max_concurrent=args.max_concurrent,
+                          secondary_limit=_per_minute(args.rest_points_per_minute),
+                          graphql_secondary_limit=_per_minute(args.graphql_points_per_minute))
     except ValueError as exc:
         print(f"ghetl: error: cannot start the sandbox: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,7 @@ def _info(sb: Sandbox, args: dict[str, Any]) -> dict[str, Any]:
                "created_at": iso(o.created_at)} for o in sb.store.owners()]
     return {"url": sb.url, "graphql": f"{sb.url}/graphql", "viewer": sb.store.viewer.login, "owners": owners,
             "requests": len(sb.requests), "in_flight": sb.in_flight.now, "max_in_flight": sb.in_flight.most,
+            "max_in_flight_per_caller": sb.in_flight.most_per_caller, "max_concurrent": sb.max_concurrent,
             "latency_ms": sb.latency.seconds * 1000, "jitter_ms": sb.latency.jitter * 1000}
 
 

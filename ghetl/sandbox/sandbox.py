@@ -11,7 +11,9 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +39,10 @@ class Sandbox:
     ``tokens``: when given, only these tokens authenticate and others get 401 Bad credentials;
     when None, any token is accepted.  Every token acts as the same user (the first of ``users``,
     or ``sandbox-admin``), who administers every organization, but gets its own rate-limit
-    buckets.  ``secondary_limit=(requests, seconds)`` turns on a per-token secondary limit.
+    buckets.  ``secondary_limit=(requests, seconds)`` turns on a per-token secondary limit on
+    REST requests (GitHub: 900 points a minute), ``graphql_secondary_limit`` one on GraphQL
+    queries (GitHub: 2 000 a minute; the REST one when not given), and ``max_concurrent`` one on
+    requests in flight (GitHub: 100). Each refusal is a 403 with ``retry-after``.
     ``path_prefix="/api/v3"`` serves everything below that prefix, like GitHub Enterprise Server.
     Until ``start`` binds a port, rendered URLs use http://127.0.0.1:8766 (the CLI default).
     As on GitHub, unauthenticated callers only see public repositories and GET /users/{user}/repos
@@ -51,7 +56,9 @@ class Sandbox:
                  search_limit: int = 30, reset_seconds: int = 3600,
                  secondary_limit: tuple[int, float] | None = None, path_prefix: str = "",
                  graphql_limit: int = 5000, latency_ms: float = 0.0, jitter_ms: float = 0.0,
-                 installation_token_seconds: float = 3600.0) -> None:
+                 installation_token_seconds: float = 3600.0,
+                 graphql_secondary_limit: tuple[int, float] | None = None,
+                 max_concurrent: int | None = None) -> None:
         if latency_ms < 0 or jitter_ms < 0 or jitter_ms > latency_ms:
             raise ValueError("latency and jitter are 0 or more milliseconds, the jitter at most the latency")
         self.latency = Latency(latency_ms / 1000, jitter_ms / 1000)
@@ -59,6 +66,11 @@ class Sandbox:
         self.tokens = None if tokens is None else frozenset(tokens)
         self.limits = RateLimits(core_limit, search_limit, reset_seconds, graphql_limit=graphql_limit)
         self.secondary = None if secondary_limit is None else SecondaryLimit(*secondary_limit)
+        graphql_secondary_limit = graphql_secondary_limit or secondary_limit
+        self.graphql_secondary = None if graphql_secondary_limit is None else SecondaryLimit(*graphql_secondary_limit)
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ValueError("the concurrency limit is 1 or more requests")
+        self.max_concurrent = max_concurrent
         self.faults = Faults()
         self.apps = Apps(installation_token_seconds)
         self.host = "127.0.0.1"
@@ -302,23 +314,32 @@ class Latency:
 
 
 class InFlight:
-    """API requests being answered now, and the most there ever were at once."""
+    """API requests being answered now, and the most there ever were at once, in all and per caller."""
 
     def __init__(self) -> None:
         self.now = 0
         self.most = 0
+        self._callers: Counter[str] = Counter()
+        self.most_per_caller = 0
         self._lock = threading.Lock()
 
-    def __enter__(self) -> InFlight:
+    @contextmanager
+    def holding(self, caller: str) -> Iterator[int]:
+        """Count one request of `caller` while it is answered; gives how many of its are in flight."""
         with self._lock:
             self.now += 1
             self.most = max(self.most, self.now)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self.now -= 1
+            self._callers[caller] += 1
+            mine = self._callers[caller]
+            self.most_per_caller = max(self.most_per_caller, mine)
+        try:
+            yield mine
+        finally:
+            with self._lock:
+                self.now -= 1
+                self._callers[caller] -= 1
 
     def reset(self) -> None:
         with self._lock:
             self.most = self.now
+            self.most_per_caller = max(self._callers.values(), default=0)

@@ -189,16 +189,17 @@ class Handler(BaseHTTPRequestHandler):
             status, payload = control.handle(sb, self.command, operation, split.query, body)
             self._write(status, [("Content-Type", JSON_TYPE)], json.dumps(payload).encode())
             return
-        with sb.in_flight:
-            sb.latency.wait()
-            self._serve_api(sb, split, path, body)
-
-    def _serve_api(self, sb: Sandbox, split: Any, path: str, body: bytes) -> None:
         token = self._token()
-        pairs = parse_qsl(split.query, keep_blank_values=True)
-        api_path = self._api_path(path, sb.prefix)
         app = sb.apps.caller(token) if token else None
         caller = app[1] if app else caller_key(token or None, self.client_address[0])
+        with sb.in_flight.holding(caller) as concurrent:
+            sb.latency.wait()
+            self._serve_api(sb, split, path, body, token, app, caller, concurrent)
+
+    def _serve_api(self, sb: Sandbox, split: Any, path: str, body: bytes, token: str | None,
+                   app: tuple[bool, str] | None, caller: str, concurrent: int) -> None:
+        pairs = parse_qsl(split.query, keep_blank_values=True)
+        api_path = self._api_path(path, sb.prefix)
         call = Call(self.command, self.path, api_path or path, pairs, dict(pairs), bool(token),
                     caller, self.client_address[0])
         rid = request_id()
@@ -207,6 +208,13 @@ class Handler(BaseHTTPRequestHandler):
         exchange = ACCESS_TOKENS.fullmatch(api_path or "") if call.method == "POST" else None
         if exchange is not None:
             self._access_token(sb, int(exchange.group(1)), rid, record)
+            return
+        if sb.max_concurrent is not None and concurrent > sb.max_concurrent:
+            # GitHub: "No more than 100 concurrent requests are allowed"; the answer is a secondary limit.
+            resource = "graphql" if path in graphql_paths(sb.prefix) else "core"
+            bucket = sb.limits.peek(call.caller, resource, call.authenticated)
+            log.info("%d concurrent requests from one caller, over the limit of %d", concurrent, sb.max_concurrent)
+            self._respond(sb, call, self._secondary_reply(403, 1, rid), bucket, rid, {**record, "resource": resource})
             return
         if call.method == "POST" and path in graphql_paths(sb.prefix):
             self._graphql(sb, call, token, body, rid, record)
@@ -244,8 +252,8 @@ class Handler(BaseHTTPRequestHandler):
             payload = graphql.bad_credentials() if token is not None else graphql.unauthenticated()
             self._respond(sb, call, Reply(401, payload), bucket, rid, {**record, "authenticated": False})
             return
-        if sb.secondary is not None:
-            retry_after = sb.secondary.check(call.caller)
+        if sb.graphql_secondary is not None:
+            retry_after = sb.graphql_secondary.check(call.caller)
             if retry_after is not None:
                 bucket = sb.limits.peek(call.caller, "graphql", True)
                 self._respond(sb, call, self._secondary_reply(403, retry_after, rid), bucket, rid, record)

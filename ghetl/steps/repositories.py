@@ -15,7 +15,7 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 from .. import db, http_cache, tenants
 from ..db import repositories
 from ..github import GitHubUnavailable, Page
+from ..github.fanout import concurrently
 from . import Batch, ExtractContext, RowContext
 
 log = logging.getLogger(__name__)
@@ -117,39 +118,50 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
     it, a full run gives its stored payloads again. Each page's ETag is stored in the
     transaction that stores its items (`Batch.landed`), never before, which is what lets a run
     stopped by the rate limit resume where it stopped: the pages it got are 304s, free, and only
-    the rest costs.
-    Paging stops at the first page that reaches repositories older than the cut-off; a
-    repository touched meanwhile sorts to the top of page 1, whose ETag then no longer matches.
-    The next page is requested while this one is being stored: still one request at a time,
-    as GitHub asks, but the store no longer waits for the network or the network for the store.
+    the rest costs. Nothing depends on the order in which pages land: a repository is kept
+    once per run whichever page brings it first.
     """
     cache = _cache(ctx)
+    for got in _listing_pages(ctx, cache):
+        if got.reused is not None:
+            batch = [r for r in got.reused if str(r["id"]) not in seen]
+            seen.update(str(r["id"]) for r in batch)
+            unwanted: list[dict[str, Any]] = []
+        else:
+            batch, unwanted = _keep(ctx, got.page.items, seen)
+        remember = None
+        if got.reused is None and got.page.etag:
+            kept = [str(r["id"]) for r in got.page.items if wanted(r, ctx.settings)]
+            remember = functools.partial(cache.put, url=got.url, etag=got.page.etag, item_ids=kept,
+                                         next_url=got.page.next_url, oldest=got.oldest)
+        landed = _landing(remember, _deactivating(ctx, unwanted))
+        if batch or landed:
+            yield Batch(batch, landed)
+
+
+def _listing_pages(ctx: ExtractContext, cache: http_cache.PageCache) -> Iterator[_Listed]:
+    """Every page a run needs, fetched side by side when it can be.
+
+    A full run reads the whole listing, and page 1's `Link: rel="last"` says how long it is: the
+    other pages are asked for at once, as many in flight as the token's pacer allows. An
+    incremental run stops at the first page that reaches repositories older than the cut-off,
+    which only the page before can tell: it asks for the next page while this one is stored.
+    """
+    first = _fetch_listed(ctx, cache, _listing_url(ctx))
+    later = first.page.following() if ctx.cutoff is None else []
+    if later:
+        workers = ctx.client.pacer.limits.concurrency
+        log.info("the listing has %d more pages; fetching up to %d at a time", len(later), workers)
+        yield first
+        yield from concurrently(functools.partial(_fetch_listed, ctx, cache), later, workers)
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghetl-next-page") as ahead:
-        fetching: Future[_Listed] | None = ahead.submit(_fetch_listed, ctx, cache, _listing_url(ctx))
-        while fetching is not None:
-            got = fetching.result()
-            page = got.page
-            if got.reused is not None:
-                batch = [r for r in got.reused if str(r["id"]) not in seen]
-                seen.update(str(r["id"]) for r in batch)
-                oldest = got.entry.oldest_updated_at if got.entry else None
-                next_url = page.next_url or (got.entry.next_url if got.entry else None)
-                unwanted: list[dict[str, Any]] = []
-            else:
-                batch, unwanted = _keep(ctx, page.items, seen)
-                times = [t for t in (parse_time(r.get("updated_at")) for r in page.items) if t is not None]
-                oldest = min(times, default=None)
-                next_url = page.next_url
-            last = _reached(oldest, ctx) or not next_url
-            fetching = None if last or next_url is None else ahead.submit(_fetch_listed, ctx, cache, next_url)
-            remember = None
-            if got.reused is None and page.etag:
-                kept = [str(r["id"]) for r in page.items if wanted(r, ctx.settings)]
-                remember = functools.partial(cache.put, url=got.url, etag=page.etag, item_ids=kept,
-                                             next_url=page.next_url, oldest=oldest)
-            landed = _landing(remember, _deactivating(ctx, unwanted))
-            if batch or landed:
-                yield Batch(batch, landed)
+        got: _Listed | None = first
+        while got is not None:
+            next_url = got.next_url if not _reached(got.oldest, ctx) else None
+            fetching = ahead.submit(_fetch_listed, ctx, cache, next_url) if next_url is not None else None
+            yield got
+            got = fetching.result() if fetching is not None else None
 
 
 @dataclass
@@ -160,6 +172,18 @@ class _Listed:
     page: Page
     entry: http_cache.CachedPage | None
     reused: list[dict[str, Any]] | None = None
+
+    @property
+    def oldest(self) -> dt.datetime | None:
+        """The oldest update among the page's repositories: where an incremental run may stop."""
+        if self.reused is not None:
+            return self.entry.oldest_updated_at if self.entry else None
+        times = [t for t in (parse_time(r.get("updated_at")) for r in self.page.items) if t is not None]
+        return min(times, default=None)
+
+    @property
+    def next_url(self) -> str | None:
+        return self.page.next_url or (self.entry.next_url if self.reused is not None and self.entry else None)
 
 
 def _fetch_listed(ctx: ExtractContext, cache: http_cache.PageCache, url: str) -> _Listed:
@@ -246,11 +270,9 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     batch: list[dict[str, Any]] = []
     unwanted: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for external_id in missing:
-        try:
-            repo = ctx.client.get_repository(external_id)
-        except GitHubUnavailable as exc:
-            log.warning("repository %s skipped this run: %s", external_id, exc)
+    for external_id, repo in concurrently(functools.partial(_by_id, ctx), missing, ctx.client.pacer.limits.concurrency):
+        if isinstance(repo, GitHubUnavailable):
+            log.warning("repository %s skipped this run: %s", external_id, repo)
             skipped.append(external_id)
             continue
         if repo is None:
@@ -268,6 +290,14 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
         ctx.stats["unavailable"] = ctx.stats.get("unavailable", 0) + len(skipped)
         ctx.warn(f"{len(skipped)} repositories skipped this run, GitHub kept failing on them "
                  f"(ids {', '.join(skipped[:10])}{' …' if len(skipped) > 10 else ''}); the next run tries them again")
+
+
+def _by_id(ctx: ExtractContext, external_id: str) -> tuple[str, dict[str, Any] | GitHubUnavailable | None]:
+    """A repository by id, None when it is gone, or how GitHub kept failing on it."""
+    try:
+        return external_id, ctx.client.get_repository(external_id)
+    except GitHubUnavailable as exc:
+        return external_id, exc
 
 
 def _landing(*actions: Callable[[Connection], None] | None) -> Callable[[Connection], None] | None:
