@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
@@ -41,6 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 PG_ADMIN_URL = os.environ.get("GHETL_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 TOKEN = "ghp_benchmarkToken0000000000000000000000"
+
+
+class Measured(NamedTuple):
+    """One measured run: its wall seconds, its report, the sync's JSON and the most requests the
+    sandbox had in flight at once."""
+
+    wall: float
+    lines: list[str]
+    result: dict[str, Any]
+    max_in_flight: int
 
 
 class Usage(NamedTuple):
@@ -192,16 +203,22 @@ def main() -> None:
 
     walls = []
     for _ in range(args.runs):
-        wall, lines = run_once(args, py_spy)
-        print("\n".join(lines), flush=True)
-        walls.append(wall)
+        measured = run_once(args, py_spy)
+        print("\n".join(measured.lines), flush=True)
+        walls.append(measured.wall)
     if args.runs > 1:
         print(f"wall seconds of {args.runs} runs: min {min(walls):.2f}, median {statistics.median(walls):.2f}, "
               f"max {max(walls):.2f}; {sum(w <= 5 for w in walls)} of {args.runs} within 5 s")
 
 
-def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[str]]:
-    """One measured sync on a fresh database and fresh queues: its wall seconds and its report."""
+def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float = 0.0, jitter_ms: float = 0.0,
+             env_extra: dict[str, str] | None = None,
+             faults: Callable[[Any], None] | None = None) -> Measured:
+    """One measured sync on a fresh database and fresh queues.
+
+    `latency_ms`/`jitter_ms` slow the sandbox to GitHub's pace, `env_extra` goes to the sync and
+    the workers (GHETL_CONCURRENCY), `faults` injects failures into the sandbox after warming.
+    """
     profilers: list[subprocess.Popen[bytes]] = []
 
     def profile(name: str, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
@@ -216,12 +233,14 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
     from ghetl import db, migrate, tenants
     from ghetl.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
+    from ghetl.sandbox.sandbox import Latency
     from tests.support import delete_queues, scratch_database
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     with scratch_database(PG_ADMIN_URL, "ghetl_bench") as url:
         os.environ["GITHUB_TOKEN"] = TOKEN  # the integration is added here, the sync runs with `env`
-        env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix}
+        env = {**os.environ, "GHETL_DATABASE_URL": url, "GHETL_BROKER_URL": AMQP_URL, "GHETL_QUEUE_PREFIX": prefix,
+               **(env_extra or {})}
         env.pop("GHETL_EMBEDDER", None)
         broker = RabbitBroker(AMQP_URL, prefix)
         workers: list[subprocess.Popen[bytes]] = []
@@ -232,6 +251,10 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
             with Sandbox(orgs={"bench": args.repos}, seed=3) as sandbox:
                 if not args.cold_sandbox:
                     warm(sandbox.url)
+                sandbox.latency = Latency(latency_ms / 1000, jitter_ms / 1000)
+                if faults is not None:
+                    faults(sandbox)
+                sandbox.reset_stats()
                 engine = db.engine(url)
                 migrate.init(engine)
                 with engine.begin() as conn:
@@ -295,6 +318,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                 published = sum(_published(log) for log in logs)
                 with lock:
                     run_events = [e for e in events if e.get("run_id") == result["run_id"]]
+                max_in_flight = sandbox.in_flight.most
         finally:
             for proc in workers:
                 if proc.poll() is None:
@@ -332,7 +356,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None) -> tuple[float, list[
                  f"{'cold' if args.cold_sandbox else 'warmed before the run'})")
     for server, seconds in servers.items():
         lines.append(f"  {server:<18} {seconds:.1f} s CPU during the sync (all of the server's processes)")
-    return wall, lines
+    return Measured(wall, lines, result, max_in_flight)
 
 
 def _published(log: Any) -> int:

@@ -51,9 +51,12 @@ class Limits:
         if not 1 <= concurrency <= GITHUB_MAX_CONCURRENCY:
             raise ValueError(f"GHETL_CONCURRENCY={concurrency}: GitHub allows 1 to {GITHUB_MAX_CONCURRENCY} "
                              "requests in flight; set a number in that range")
-        return cls(concurrency,
-                   int(env_float("GHETL_REST_POINTS_PER_MINUTE", cls.rest_per_minute)),
-                   int(env_float("GHETL_GRAPHQL_POINTS_PER_MINUTE", cls.graphql_per_minute)))
+        per_minute = {}
+        for name, default in (("REST", cls.rest_per_minute), ("GRAPHQL", cls.graphql_per_minute)):
+            per_minute[name] = int(env_float(f"GHETL_{name}_POINTS_PER_MINUTE", default))
+            if per_minute[name] < 1:
+                raise ValueError(f"GHETL_{name}_POINTS_PER_MINUTE={per_minute[name]}: set 1 or more points")
+        return cls(concurrency, per_minute["REST"], per_minute["GRAPHQL"])
 
     def scaled(self, credentials: int) -> Limits:
         """The pace of a pool of `credentials` tokens, each of which GitHub limits on its own."""
@@ -69,16 +72,18 @@ class Pacer:
         self._clock = clock
         self._ready = threading.Condition()
         self._in_flight = 0
-        self._allowed = float(limits.concurrency)
+        self._allowed = limits.concurrency
+        self._answers = 0
         self._held_until = 0.0
         self._spent: dict[str, deque[float]] = {"rest": deque(), "graphql": deque()}
+        self._sending = {"rest": 0, "graphql": 0}
         self.most_in_flight = 0
         self.waited_seconds = 0.0
 
     @property
     def concurrency(self) -> int:
         """Requests allowed in flight now: the configured number, or less after a secondary limit."""
-        return max(1, int(self._allowed))
+        return self._allowed
 
     @contextmanager
     def slot(self, api: str, points: int = 1) -> Iterator[None]:
@@ -89,6 +94,10 @@ class Pacer:
         finally:
             with self._ready:
                 self._in_flight -= 1
+                self._sending[api] -= points
+                # Counted from the answer, not from the sending: GitHub saw the request at some
+                # moment in between, so a minute from now is a minute from GitHub's count too.
+                self._spent[api].extend([self._clock()] * points)
                 self._ready.notify_all()
 
     def _acquire(self, api: str, points: int) -> None:
@@ -98,7 +107,7 @@ class Pacer:
                 self._ready.wait(wait)
             self._in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self._in_flight)
-            self._spent[api].extend([self._clock()] * points)
+            self._sending[api] += points
             self.waited_seconds += self._clock() - started
 
     def _wait(self, api: str, points: int) -> float:
@@ -112,15 +121,18 @@ class Pacer:
         while spent and now - spent[0] >= WINDOW_SECONDS:
             spent.popleft()
         budget = self.limits.rest_per_minute if api == "rest" else self.limits.graphql_per_minute
-        if spent and len(spent) + points > budget:
-            return WINDOW_SECONDS - (now - spent[0])
-        return 0.0
+        if len(spent) + self._sending[api] + points <= budget:
+            return 0.0
+        return WINDOW_SECONDS - (now - spent[0]) if spent else 1.0
 
     def answered(self) -> None:
         """An answer that was not a secondary limit: concurrency grows back by one per full round."""
         with self._ready:
-            if self._allowed < self.limits.concurrency:
-                self._allowed = min(float(self.limits.concurrency), self._allowed + 1.0 / self._allowed)
+            if self._allowed >= self.limits.concurrency:
+                return
+            self._answers += 1
+            if self._answers >= self._allowed:
+                self._allowed, self._answers = self._allowed + 1, 0
                 self._ready.notify_all()
 
     def hold(self, seconds: float) -> None:
@@ -129,7 +141,7 @@ class Pacer:
         with self._ready:
             self._held_until = max(self._held_until, self._clock() + seconds)
             before = self.concurrency
-            self._allowed = max(1.0, self._allowed / 2)
+            self._allowed, self._answers = max(1, self._allowed // 2), 0
             self._ready.notify_all()
         log.warning("GitHub's secondary rate limit: every request of this token waits %.1f s, then %d go at once "
                     "instead of %d", seconds, self.concurrency, before)
