@@ -125,7 +125,7 @@ def test_an_installation_token_expiring_mid_run_is_replaced_once(embedded, make_
 
 def test_an_installation_token_refused_mid_run_is_fetched_again_once(embedded, make_sandbox, monkeypatch):
     sb = make_sandbox(orgs={"acme": 600})
-    sb.inject("mutate", path="page=4", action=lambda s: s.revoke_installation_tokens())
+    sb.inject("mutate", path="^/orgs/acme/repos", action=lambda s: s.revoke_installation_tokens())  # page 1
     result = embedded.sync(_app(embedded, sb, monkeypatch), full=True)
     assert result.overall == "FINISHED", result.error
     assert sb.apps.exchanges == 2
