@@ -8,7 +8,7 @@ noise cancels in the ratios:
 1. serial: GHETL_CONCURRENCY=1, every request waits for the one before;
 2. default: the pacer's default concurrency;
 3. storm: the default, with 18 listing pages answering 502 once and 10 answering a secondary
-   limit (`retry-after: 1`) once, among the 101 requests.
+   limit (`retry-after: 1`) once, among the 101 requests (the same shares at other sizes).
 
 Prints each run's figures (bench_scaleout's report), then: wall times, the most requests in
 flight at once, the ratio default / serial (target <= 0.2), and the storm's wall time over the
@@ -26,22 +26,25 @@ from typing import Any
 
 import bench_scaleout
 
-STORM_502 = 18
-STORM_SECONDARY = 10
+STORM_502 = 0.18
+STORM_SECONDARY = 0.10
 RETRY_AFTER = 1
 
 
 def storm(pages: int, seed: int = 5) -> tuple[Any, float]:
-    """What injects the storm into a sandbox, and the seconds of waiting GitHub mandates in it."""
-    chosen = random.Random(seed).sample(range(2, pages + 1), STORM_502 + STORM_SECONDARY)
+    """What injects the storm into a sandbox (18 % of the pages answer 502 once, 10 % a
+    secondary limit once: 18 and 10 of 10 000 repositories' 101 requests), and the seconds of
+    waiting GitHub mandates in it."""
+    failing, limited = max(1, round(pages * STORM_502)), max(1, round(pages * STORM_SECONDARY))
+    chosen = random.Random(seed).sample(range(2, pages + 1), failing + limited)
 
     def inject(sandbox: Any) -> None:
-        for page in chosen[:STORM_502]:
+        for page in chosen[:failing]:
             sandbox.inject("status", path=f"&page={page}$", times=1, status=502)
-        for page in chosen[STORM_502:]:
+        for page in chosen[failing:]:
             sandbox.inject("secondary", path=f"&page={page}$", times=1, retry_after=RETRY_AFTER)
 
-    return inject, float(STORM_SECONDARY * RETRY_AFTER)
+    return inject, float(limited * RETRY_AFTER)
 
 
 def main() -> None:

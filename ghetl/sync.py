@@ -118,6 +118,7 @@ def sync(
 
     stop = threading.Event()
     consumers: _Consumers | None = None
+    extraction: _Extraction | None = None
     unsubscribe: Callable[[], None] | None = None
     ended = False
     try:
@@ -127,14 +128,17 @@ def sync(
         broker.publish_status(events)
         if run_workers:
             consumers = _Consumers(broker, engine, stop, per_stage, embedder)
-        _extract_all(engine, broker, run, job, client, integration, settings, carried)
-        _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers)
+        extraction = _Extraction(engine, broker, run, job, client, integration, settings, carried)
+        _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers, extraction)
+        extraction.join()
         ended = True
         _retention(engine, run)
     except BaseException as exc:
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
         with engine.begin() as conn:
             broker.publish_status(jobs.fail(conn, run, reason))
+        if extraction is not None and not isinstance(exc, KeyboardInterrupt):
+            extraction.join(check=False)  # a step waiting for its parent sees the run end and returns
         raise
     finally:
         client.close()
@@ -172,40 +176,56 @@ def _per_stage(workers: int | tuple[int, int]) -> tuple[int, int]:
     return pair[0], pair[1]
 
 
-def _extract_all(engine: sa.Engine, broker: Broker, run: jobs.Run, job: dict[str, Any], client: GitHubClient,
-                 integration: dict[str, Any], settings: dict[str, Any],
-                 carried: dict[str, list[dict[str, Any]]]) -> None:
-    """Extract every step of the job, each in a thread of its own, and wait for all of them.
+class _Extraction:
+    """Every step of the job extracting, each in a thread of its own.
 
     Concurrently, because a dependent step (pull requests of repositories) works on its
     parent's items as they are transformed: the parent's later pages are still being listed
     while the first items' children are fetched. A step without a parent starts at once too.
-    `carried` are the items each step took over from earlier runs (see carryover.py).
+    `carried` are the items each step took over from earlier runs (see carryover.py). The run
+    is watched meanwhile (`_wait_for_end`): a dependent step waits for its parent's transform,
+    so a run nobody transforms must end from outside the threads.
     """
-    ordered = list(steps.registry().values())
-    failures: list[BaseException] = []
 
-    def extract(step: steps.Step) -> None:
-        try:
-            given_up = carryover.GivenUp()
-            with engine.connect() as conn:
-                retry = carryover.to_refetch(conn, run, step.name, given_up)
-            ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full, {},
-                                       retry_ids=retry, run_id=run.run_id, job_id=run.job_id, step=step.name,
-                                       depends_on=step.depends_on)
-            _extract(engine, broker, run, step, ctx, job, carried[step.name], given_up,
-                     last_step=step is ordered[-1])
-        except BaseException as exc:
-            failures.append(exc)
+    def __init__(self, engine: sa.Engine, broker: Broker, run: jobs.Run, job: dict[str, Any], client: GitHubClient,
+                 integration: dict[str, Any], settings: dict[str, Any],
+                 carried: dict[str, list[dict[str, Any]]]) -> None:
+        self.client = client
+        self.failures: list[BaseException] = []
+        ordered = list(steps.registry().values())
 
-    threads = [threading.Thread(target=extract, args=(step,), name=f"ghetl-extract-{step.name}", daemon=True)
-               for step in ordered]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
+        def extract(step: steps.Step) -> None:
+            try:
+                given_up = carryover.GivenUp()
+                with engine.connect() as conn:
+                    retry = carryover.to_refetch(conn, run, step.name, given_up)
+                ctx = steps.ExtractContext(client, engine, run.tenant_id, integration, settings, run.cutoff, run.full,
+                                           {}, retry_ids=retry, run_id=run.run_id, job_id=run.job_id, step=step.name,
+                                           depends_on=step.depends_on)
+                _extract(engine, broker, run, step, ctx, job, carried[step.name], given_up,
+                         last_step=step is ordered[-1])
+            except BaseException as exc:
+                self.failures.append(exc)
+
+        self._threads = [threading.Thread(target=extract, args=(step,), name=f"ghetl-extract-{step.name}",
+                                          daemon=True) for step in ordered]
+        for thread in self._threads:
+            thread.start()
+
+    def check(self) -> None:
+        """Raise what stopped a step's extraction other than GitHub (which the step records)."""
+        if self.failures:
+            raise self.failures[0]
+
+    def activity(self) -> tuple[int, float]:
+        """Requests sent and seconds waited for GitHub so far: extraction moving, even while it stores nothing."""
+        return self.client.stats.requests, self.client.stats.waited_seconds
+
+    def join(self, check: bool = True) -> None:
+        for thread in self._threads:
+            thread.join()
+        if check:
+            self.check()
 
 
 def _settle(progress: Progress, engine: sa.Engine, run: jobs.Run) -> None:
@@ -400,7 +420,7 @@ class Stalled(TimeoutError):
 
 
 def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remote: Broker | None = None,
-                  consumers: _Consumers | None = None) -> None:
+                  consumers: _Consumers | None = None, extraction: _Extraction | None = None) -> None:
     """Poll the job until its run ended, keeping the heartbeat fresh meanwhile.
 
     A run must never wait for work that nobody can do. With `remote`, the stages run in other
@@ -408,8 +428,9 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
     after GHETL_NO_WORKER_TIMEOUT (10 min) the run ends FAILED saying which worker to start.
     Whatever the cause (a message lost with a purged queue, a failure that could not be
     recorded), a run whose counts have not moved for GHETL_STALL_TIMEOUT (15 min) ends FAILED
-    too; its unfinished items are the next run's work. With `consumers`, they run in this
-    process, and their failure ends the wait.
+    too; its unfinished items are the next run's work (requests to GitHub and waits for its
+    rate limit count as progress). With `consumers`, they run in this process, and their
+    failure ends the wait; likewise a failure of `extraction`, which runs meanwhile.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     no_worker_after = config.env_float("GHETL_NO_WORKER_TIMEOUT", 600.0, minimum=0.1)
@@ -422,14 +443,17 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
             job = jobs.job_by_id(conn, run.job_id)
             counts = jobs.item_counts(conn, run.run_id)
         now = time.monotonic()
+        moved = (counts, extraction.activity() if extraction is not None else None)
         if job["run_id"] != run.run_id or job["status"]["overall"] != "RUNNING":
             return
         if consumers is not None:
             consumers.check()
+        if extraction is not None:
+            extraction.check()
         if deadline is not None and now > deadline:
             raise TimeoutError(f"the job did not finish within {timeout:.0f} s")
-        if counts != progress[0]:
-            progress = (counts, now)
+        if moved != progress[0]:
+            progress = (moved, now)
         elif now - progress[1] > stall_after:
             raise Stalled(f"no progress for {_duration(stall_after)}: {_waiting(counts)}; "
                           "its unfinished items are taken up by the next run")

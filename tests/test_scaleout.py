@@ -236,6 +236,26 @@ def test_sync_repeats_the_no_workers_warning_while_nobody_consumes(
         assert 2 <= warnings.count(f"no workers are consuming {prefix}.{stage}; start one with: ghetl worker all") <= 5
 
 
+def test_a_step_waiting_for_its_parent_ends_with_the_run_when_nobody_transforms(
+    scaleout: Backend, sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pull requests wait for their repositories' transform: without workers it never comes, and
+    the run must end as any run without workers does, not wait in the step's thread forever."""
+    from ghetl.sync import Stalled
+
+    monkeypatch.setenv("GHETL_NO_WORKER_TIMEOUT", "1")
+    tenant = add_tenant(scaleout, sandbox, settings={"pull_requests": True})
+    started = time.monotonic()
+    with pytest.raises(Stalled, match="no transform worker for 1 s; start one with: ghetl worker all"):
+        scaleout.sync(tenant, run_workers=False, timeout=None)
+
+    assert time.monotonic() - started < 30
+    status = scaleout.scalar("SELECT status FROM etl_jobs")
+    assert status["overall"] == "FAILED"
+    assert status["steps"]["github_repositories"]["extraction"] == "finished"
+    assert status["steps"]["github_pull_requests"]["transform"] != "finished"
+
+
 def test_worker_refuses_the_in_process_broker(scaleout: Backend) -> None:
     env = {**os.environ, **scaleout.env, "GHETL_BROKER_URL": "memory://"}
     done = run_worker_all(env)
