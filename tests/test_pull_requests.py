@@ -292,4 +292,5 @@ def test_a_rejected_query_is_a_clear_error_and_never_retried(
     assert result.overall == "FAILED"
     assert "MAX_NODE_LIMIT_EXCEEDED" in (result.error or "")
     assert "bug in ghetl" in (result.error or "")
-    assert len(graphql_calls) == 1
+    # Queries of other repositories may have been in flight alongside; none was sent twice.
+    assert graphql_calls and result.stats["retries"] == 0

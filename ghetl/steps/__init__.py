@@ -38,6 +38,7 @@ import contextlib
 import datetime as dt
 import importlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -215,6 +216,21 @@ class ExtractContext:
     step: str | None = None
     depends_on: str | None = None
     warnings: list[str] = field(default_factory=list)
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to one of the run's stats; a step's requests run in several threads at once."""
+        with self._lock:
+            self.stats[name] = self.stats.get(name, 0) + n
+
+    def first_time(self, seen: set[str], key: str) -> bool:
+        """Whether `key` is new to `seen` (and now in it): an item is fetched at most once per run."""
+        with self._lock:
+            if key in seen:
+                return False
+            seen.add(key)
+            return True
 
     def warn(self, message: str) -> None:
         """Record a gap of this run: logged now, shown in the run's status, and it holds the cut-off."""

@@ -22,6 +22,7 @@ title and body.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Iterable, Iterator
 from itertools import islice
@@ -33,6 +34,7 @@ from sqlalchemy.engine import Connection
 from .. import db
 from ..db import pull_request_comments, pull_request_commits, pull_request_reviews, pull_requests, repositories
 from ..github import QueryTimedOut
+from ..github.fanout import concurrently
 from ..github.graphql import RATE_LIMIT_FIELDS, Result
 from . import Batch, ExtractContext, ParentItem, RowContext
 from .repositories import parse_time
@@ -178,26 +180,37 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
 
 
 def _collect(ctx: ExtractContext, parents: Iterable[ParentItem], seen: set[str]) -> Iterator[Batch]:
-    """Every pull request of these repositories, a batch per query of repositories."""
-    for chunk in batched(parents, REPOSITORIES_PER_QUERY):
-        payloads: list[dict[str, Any]] = []
-        for parent, connection, errors in _first_pages(ctx, list(chunk)):
-            pulls = [(p, errors.get(i, [])) for i, p in enumerate(connection["nodes"]) if p]
-            info = connection["pageInfo"]
-            while info["hasNextPage"]:
-                page = _repository_page(ctx, parent, info["endCursor"])
-                pulls += [(p, []) for p in page["nodes"] if p]
-                info = page["pageInfo"]
-            payloads += _finished(ctx, pulls, seen)
-        ctx.stats["repositories_read"] = ctx.stats.get("repositories_read", 0) + len(chunk)
+    """Every pull request of these repositories, a batch per query of repositories; the queries
+    of different repositories go side by side, as many as the token's pacer allows."""
+    chunks = batched(parents, REPOSITORIES_PER_QUERY)
+    for payloads in concurrently(functools.partial(_read_repositories, ctx, seen=seen), chunks, _workers(ctx)):
         if payloads:
             yield Batch(payloads)
+
+
+def _workers(ctx: ExtractContext) -> int:
+    return int(ctx.client.pacer.limits.concurrency)
+
+
+def _read_repositories(ctx: ExtractContext, chunk: list[ParentItem], seen: set[str]) -> list[dict[str, Any]]:
+    """The complete pull requests of one query's repositories: their first pages, then each one's further pages."""
+    payloads: list[dict[str, Any]] = []
+    for parent, connection, errors in _first_pages(ctx, chunk):
+        pulls = [(p, errors.get(i, [])) for i, p in enumerate(connection["nodes"]) if p]
+        info = connection["pageInfo"]
+        while info["hasNextPage"]:
+            page = _repository_page(ctx, parent, info["endCursor"])
+            pulls += [(p, []) for p in page["nodes"] if p]
+            info = page["pageInfo"]
+        payloads += _finished(ctx, pulls, seen)
+    ctx.count("repositories_read", len(chunk))
+    return payloads
 
 
 def _query(ctx: ExtractContext, document: str, variables: dict[str, Any]) -> Result:
     """One query of this step; the nodes GitHub counted add up in the run's stats."""
     result: Result = ctx.client.graphql(document, variables)
-    ctx.stats["graphql_nodes"] = ctx.stats.get("graphql_nodes", 0) + result.nodes
+    ctx.count("graphql_nodes", result.nodes)
     return result
 
 
@@ -244,19 +257,23 @@ def _repository_page(ctx: ExtractContext, parent: ParentItem, after: str) -> dic
 
 
 def _refetch(ctx: ExtractContext, ids: list[str], seen: set[str]) -> Iterator[Batch]:
-    """These pull requests again, complete, by node id."""
-    for chunk in batched([i for i in ids if i not in seen], PULLS_PER_REFETCH):
-        result = _query(ctx, PULL_REQUESTS, {"ids": list(chunk)})
-        errors = _errors_by_pull(result, ("nodes",))
-        pulls = []
-        for i, (pull_id, node) in enumerate(zip(chunk, result.data.get("nodes") or [], strict=False)):
-            if node:
-                pulls.append((node, errors.get(i, [])))
-            else:
-                log.warning("pull request %s is no longer on GitHub: %s", pull_id, "; ".join(errors.get(i, ["gone"])))
-        payloads = _finished(ctx, pulls, seen)
+    """These pull requests again, complete, by node id, ten to a query and queries side by side."""
+    chunks = batched([i for i in ids if i not in seen], PULLS_PER_REFETCH)
+    for payloads in concurrently(functools.partial(_read_pull_requests, ctx, seen=seen), chunks, _workers(ctx)):
         if payloads:
             yield Batch(payloads)
+
+
+def _read_pull_requests(ctx: ExtractContext, chunk: list[str], seen: set[str]) -> list[dict[str, Any]]:
+    result = _query(ctx, PULL_REQUESTS, {"ids": chunk})
+    errors = _errors_by_pull(result, ("nodes",))
+    pulls = []
+    for i, (pull_id, node) in enumerate(zip(chunk, result.data.get("nodes") or [], strict=False)):
+        if node:
+            pulls.append((node, errors.get(i, [])))
+        else:
+            log.warning("pull request %s is no longer on GitHub: %s", pull_id, "; ".join(errors.get(i, ["gone"])))
+    return _finished(ctx, pulls, seen)
 
 
 def _finished(
@@ -269,9 +286,8 @@ def _finished(
     """
     out = []
     for pull, errors in pulls:
-        if pull["id"] in seen:
+        if not ctx.first_time(seen, pull["id"]):
             continue
-        seen.add(pull["id"])
         try:
             _read_nested(ctx, pull)
         except Incomplete as exc:
@@ -281,7 +297,7 @@ def _finished(
             log.warning("GitHub reported errors inside pull request %s (kept what it returned): %s",
                         pull.get("url"), "; ".join(errors))
         out.append(pull)
-    ctx.stats["pull_requests"] = ctx.stats.get("pull_requests", 0) + len(out)
+    ctx.count("pull_requests", len(out))
     return out
 
 

@@ -278,7 +278,7 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
         if repo is None:
             if ctx.client.authenticated:
                 deactivate(ctx.engine, ctx.tenant_id, ctx.integration["id"], external_id)
-                ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + 1
+                ctx.count("deactivated", 1)
             continue
         (batch if wanted(repo, ctx.settings) else unwanted).append(repo)
         if len(batch) + len(unwanted) >= BATCH:
@@ -287,7 +287,7 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     if batch or unwanted:
         yield Batch(batch, _deactivating(ctx, unwanted))
     if skipped:
-        ctx.stats["unavailable"] = ctx.stats.get("unavailable", 0) + len(skipped)
+        ctx.count("unavailable", len(skipped))
         ctx.warn(f"{len(skipped)} repositories skipped this run, GitHub kept failing on them "
                  f"(ids {', '.join(skipped[:10])}{' …' if len(skipped) > 10 else ''}); the next run tries them again")
 
@@ -337,7 +337,7 @@ def _deactivating(ctx: ExtractContext, payloads: list[dict[str, Any]]) -> Callab
             ).rowcount
         if moved:
             log.info("%d repositories no longer match the integration's settings; marked inactive", moved)
-            ctx.stats["deactivated"] = ctx.stats.get("deactivated", 0) + moved
+            ctx.count("deactivated", moved)
 
     return store
 
