@@ -33,8 +33,8 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
@@ -45,13 +45,14 @@ TOKEN = "ghp_benchmarkToken0000000000000000000000"
 
 
 class Measured(NamedTuple):
-    """One measured run: its wall seconds, its report, the sync's JSON and the most requests the
-    sandbox had in flight at once."""
+    """One measured run: its wall seconds, its report, the sync's JSON, the most requests the
+    sandbox had in flight at once, and each process's peak RSS and CPU."""
 
     wall: float
     lines: list[str]
     result: dict[str, Any]
     max_in_flight: int
+    processes: dict[str, Usage]
 
 
 class Usage(NamedTuple):
@@ -356,7 +357,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float 
                  f"{'cold' if args.cold_sandbox else 'warmed before the run'})")
     for server, seconds in servers.items():
         lines.append(f"  {server:<18} {seconds:.1f} s CPU during the sync (all of the server's processes)")
-    return Measured(wall, lines, result, max_in_flight)
+    processes = {"sync": sync_usage, **{f"worker {n}": usage for n, (_, usage) in enumerate(worker_usage, 1)}}
+    return Measured(wall, lines, result, max_in_flight, processes)
 
 
 def _published(log: Any) -> int:
