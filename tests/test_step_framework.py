@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, jobs, steps
-from ghetl.steps import Batch, ExtractContext, RowContext
+from ghetl import db, http_cache, jobs, steps
+from ghetl.steps import Batch, ExtractContext, RowContext, collect
+from ghetl.steps.repositories import parse_time
 
 from .conftest import Backend, add_tenant
 from .test_embeddings import vectors_by_model
@@ -48,9 +49,15 @@ KEYS = ("tenant_id", "integration_id", "external_id")
 
 
 def extract_repos(ctx: ExtractContext) -> Iterator[Batch]:
-    """The owner's listing, page by page (the parent)."""
-    for page in ctx.client.paginate(ctx.client.url(f"/orgs/{ctx.integration['owner']}/repos", {"per_page": 50})):
-        yield Batch(page.items)
+    """The owner's listing through the shared collector (the parent): conditional pages, side by side."""
+    cache = http_cache.PageCache(ctx.engine, ctx.tenant_id, ctx.integration["id"], "toy_repos", "toy")
+    url = ctx.client.url(f"/orgs/{ctx.integration['owner']}/repos",
+                         {"sort": "updated", "direction": "desc", "per_page": 50})
+    for got in collect.listing(ctx, cache, url, lambda repo: parse_time(repo["updated_at"])):
+        items = got.page.items if got.reused is None else got.reused
+        landed = got.landing(cache, [str(r["id"]) for r in items])
+        if items or landed:
+            yield Batch(items, landed)
 
 
 def repo_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
@@ -59,10 +66,10 @@ def repo_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
 
 
 def extract_details(ctx: ExtractContext) -> Iterator[Batch]:
-    """One request per parent item, made as soon as that parent's row is stored (the child)."""
-    for parent in ctx.parents():
-        _, body = ctx.client.get(ctx.client.url(f"/repos/{parent.payload['full_name']}"))
-        yield Batch([body])
+    """One request per parent item, made as soon as that parent's row is stored (the child),
+    through the shared collector's fetch by id."""
+    names = (parent.payload["full_name"] for parent in ctx.parents())
+    yield from collect.by_id(ctx, names, lambda chunk: Batch([ctx.client.get(ctx.client.url(f"/repos/{chunk[0]}"))[1]]))
 
 
 def detail_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
@@ -131,6 +138,31 @@ def test_a_two_step_job_of_a_test_module_runs_to_true_completion(
     assert again.overall == "FINISHED", again.error
     assert dict(backend.rows("SELECT table_name, count(*) FROM embeddings WHERE model = :m GROUP BY table_name",
                              m=other.model)) == {"toy_repos": 230, "toy_details": 230}
+
+
+def test_the_shared_collector_gives_a_new_entity_conditional_pages(
+    backend: Backend, make_sandbox: Any, token: str, toy_job: dict[str, steps.Step]
+) -> None:
+    sandbox = make_sandbox(orgs={"acme": 230}, seed=5)
+    tenant = add_tenant(backend, sandbox)
+    assert backend.sync(tenant).overall == "FINISHED"
+    sandbox.reset_stats()
+
+    full = backend.sync(tenant, full=True)
+
+    listing = [(r.query.get("page", "1"), r.status) for r in sandbox.requests if r.path.endswith("/repos")]
+    assert sorted(listing) == [("1", 304), ("2", 304), ("3", 304), ("4", 304), ("5", 304)]
+    assert full.counts["toy_repos"]["extracted"] == 230  # the stored payloads of the 304 pages
+    sandbox.reset_stats()
+
+    incremental = backend.sync(tenant)
+
+    assert [(r.path.endswith("/repos"), r.status) for r in sandbox.requests] == [(True, 304)]
+    assert incremental.counts == {"toy_repos": _none(), "toy_details": _none()}
+
+
+def _none() -> dict[str, int]:
+    return {"extracted": 0, "transformed": 0, "embedded": 0, "failed": 0}
 
 
 def test_a_child_item_keeps_its_parent_key_through_every_stage(

@@ -25,7 +25,6 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,7 +35,7 @@ from ..db import pull_request_comments, pull_request_commits, pull_request_revie
 from ..github import QueryTimedOut
 from ..github.fanout import concurrently
 from ..github.graphql import RATE_LIMIT_FIELDS, Result
-from . import Batch, ExtractContext, ParentItem, RowContext
+from . import Batch, ExtractContext, ParentItem, RowContext, collect
 from .repositories import parse_time
 
 log = logging.getLogger(__name__)
@@ -141,14 +140,6 @@ def parent_key(payload: dict[str, Any]) -> str:
     return str(payload["repository"]["databaseId"])
 
 
-def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Lists of `size` items (Python 3.11 has no itertools.batched); lazy, so a parent's items
-    are worked on as they come."""
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
 # ----- collector ------------------------------------------------------------------------------
 
 class Incomplete(Exception):
@@ -182,14 +173,10 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
 def _collect(ctx: ExtractContext, parents: Iterable[ParentItem], seen: set[str]) -> Iterator[Batch]:
     """Every pull request of these repositories, a batch per query of repositories; the queries
     of different repositories go side by side, as many as the token's pacer allows."""
-    chunks = batched(parents, REPOSITORIES_PER_QUERY)
-    for payloads in concurrently(functools.partial(_read_repositories, ctx, seen=seen), chunks, _workers(ctx)):
+    chunks = collect.batched(parents, REPOSITORIES_PER_QUERY)
+    for payloads in concurrently(functools.partial(_read_repositories, ctx, seen=seen), chunks, collect.workers(ctx)):
         if payloads:
             yield Batch(payloads)
-
-
-def _workers(ctx: ExtractContext) -> int:
-    return int(ctx.client.pacer.limits.concurrency)
 
 
 def _read_repositories(ctx: ExtractContext, chunk: list[ParentItem], seen: set[str]) -> list[dict[str, Any]]:
@@ -197,11 +184,8 @@ def _read_repositories(ctx: ExtractContext, chunk: list[ParentItem], seen: set[s
     payloads: list[dict[str, Any]] = []
     for parent, connection, errors in _first_pages(ctx, chunk):
         pulls = [(p, errors.get(i, [])) for i, p in enumerate(connection["nodes"]) if p]
-        info = connection["pageInfo"]
-        while info["hasNextPage"]:
-            page = _repository_page(ctx, parent, info["endCursor"])
-            pulls += [(p, []) for p in page["nodes"] if p]
-            info = page["pageInfo"]
+        further = {"nodes": [], "pageInfo": connection["pageInfo"]}
+        pulls += [(p, []) for p in collect.to_end(further, functools.partial(_repository_page, ctx, parent))]
         payloads += _finished(ctx, pulls, seen)
     ctx.count("repositories_read", len(chunk))
     return payloads
@@ -258,8 +242,8 @@ def _repository_page(ctx: ExtractContext, parent: ParentItem, after: str) -> dic
 
 def _refetch(ctx: ExtractContext, ids: list[str], seen: set[str]) -> Iterator[Batch]:
     """These pull requests again, complete, by node id, ten to a query and queries side by side."""
-    chunks = batched([i for i in ids if i not in seen], PULLS_PER_REFETCH)
-    for payloads in concurrently(functools.partial(_read_pull_requests, ctx, seen=seen), chunks, _workers(ctx)):
+    fetch = functools.partial(_read_pull_requests, ctx, seen=seen)
+    for payloads in collect.by_id(ctx, [i for i in ids if i not in seen], fetch, PULLS_PER_REFETCH):
         if payloads:
             yield Batch(payloads)
 
@@ -314,17 +298,16 @@ def _to_end(
 ) -> dict[str, Any]:
     if first is None:
         return {"totalCount": 0, "nodes": []}
-    nodes = [n for n in first["nodes"] if n]
-    info = first["pageInfo"]
-    while info["hasNextPage"]:
-        result = _query(ctx, document, {"id": node_id, "after": info["endCursor"]})
+
+    def page_after(cursor: str) -> dict[str, Any]:
+        result = _query(ctx, document, {"id": node_id, "after": cursor})
         page = (result.data.get("node") or {}).get(field)
         if page is None:
             error = result.errors[0].get("message") if result.errors else "no data"
-            raise Incomplete(f"its {field} stopped after {len(nodes)} of {first['totalCount']}: {error}")
-        nodes += [n for n in page["nodes"] if n]
-        info = page["pageInfo"]
-    return {"totalCount": first["totalCount"], "nodes": nodes}
+            raise Incomplete(f"its {field} stopped before the end of {first['totalCount']}: {error}")
+        return dict(page)
+
+    return {"totalCount": first["totalCount"], "nodes": collect.to_end(first, page_after)}
 
 
 def _errors_by_pull(result: Result, prefix: tuple[str | int, ...]) -> dict[int, list[str]]:
@@ -390,7 +373,7 @@ def _stored_versions(conn: Connection, ctx: ExtractContext, ids: list[str]) -> d
     """GitHub's updatedAt of the pull requests stored: the cut-off's overlap finds some of them
     again, and a pull request not changed since needs no refetch."""
     found: dict[str, dt.datetime] = {}
-    for chunk in batched(ids, 500):
+    for chunk in collect.batched(ids, 500):
         found.update(conn.execute(sa.select(pull_requests.c.external_id, pull_requests.c.gh_updated_at).where(
             pull_requests.c.tenant_id == ctx.tenant_id, pull_requests.c.integration_id == ctx.integration["id"],
             pull_requests.c.external_id.in_(chunk), pull_requests.c.gh_updated_at.is_not(None))).all())

@@ -2,7 +2,8 @@
 
 Collector: list the owner's repositories (or search them when `repository_filter` is set),
 newest update first, each listing page conditional on the ETag it had last time, stop paging
-at the incremental cut-off, then re-fetch by id the known repositories that were not listed.
+at the incremental cut-off, then re-fetch by id the known repositories that were not listed;
+the listing and the refetch are `collect`'s, shared with other entities.
 Extractor/convertor: map a payload to a `repositories` row. Embedding: the text that stands
 for the repository.
 """
@@ -15,8 +16,6 @@ import functools
 import hashlib
 import logging
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,9 +24,8 @@ from sqlalchemy.engine import Connection
 
 from .. import db, http_cache, tenants
 from ..db import repositories
-from ..github import GitHubUnavailable, Page
-from ..github.fanout import concurrently
-from . import Batch, ExtractContext, RowContext
+from ..github import GitHubUnavailable
+from . import Batch, ExtractContext, RowContext, collect
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,7 @@ def _keep(
 
 
 def _older(repo: dict[str, Any], cutoff: dt.datetime | None) -> bool:
-    updated = parse_time(repo.get("updated_at"))
+    updated = _updated(repo)
     return cutoff is not None and updated is not None and updated < cutoff
 
 
@@ -122,87 +120,21 @@ def _listed(ctx: ExtractContext, seen: set[str]) -> Iterator[Batch]:
     once per run whichever page brings it first.
     """
     cache = _cache(ctx)
-    for got in _listing_pages(ctx, cache):
+    for got in collect.listing(ctx, cache, _listing_url(ctx), _updated):
         if got.reused is not None:
             batch = [r for r in got.reused if str(r["id"]) not in seen]
             seen.update(str(r["id"]) for r in batch)
             unwanted: list[dict[str, Any]] = []
         else:
             batch, unwanted = _keep(ctx, got.page.items, seen)
-        remember = None
-        if got.reused is None and got.page.etag:
-            kept = [str(r["id"]) for r in got.page.items if wanted(r, ctx.settings)]
-            remember = functools.partial(cache.put, url=got.url, etag=got.page.etag, item_ids=kept,
-                                         next_url=got.page.next_url, oldest=got.oldest)
+        remember = got.landing(cache, [str(r["id"]) for r in got.page.items if wanted(r, ctx.settings)])
         landed = _landing(remember, _deactivating(ctx, unwanted))
         if batch or landed:
             yield Batch(batch, landed)
 
 
-def _listing_pages(ctx: ExtractContext, cache: http_cache.PageCache) -> Iterator[_Listed]:
-    """Every page a run needs, fetched side by side when it can be.
-
-    A full run reads the whole listing, and page 1's `Link: rel="last"` says how long it is: the
-    other pages are asked for at once, as many in flight as the token's pacer allows. An
-    incremental run stops at the first page that reaches repositories older than the cut-off,
-    which only the page before can tell: it asks for the next page while this one is stored.
-    """
-    first = _fetch_listed(ctx, cache, _listing_url(ctx))
-    later = first.page.following() if ctx.cutoff is None else []
-    if later:
-        workers = ctx.client.pacer.limits.concurrency
-        log.info("the listing has %d more pages; fetching up to %d at a time", len(later), workers)
-        yield first
-        yield from concurrently(functools.partial(_fetch_listed, ctx, cache), later, workers)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghetl-next-page") as ahead:
-        got: _Listed | None = first
-        while got is not None:
-            next_url = got.next_url if not _reached(got.oldest, ctx) else None
-            fetching = ahead.submit(_fetch_listed, ctx, cache, next_url) if next_url is not None else None
-            yield got
-            got = fetching.result() if fetching is not None else None
-
-
-@dataclass
-class _Listed:
-    """One listing page as fetched: the page, its cache entry, and for a 304 the stored payloads."""
-
-    url: str
-    page: Page
-    entry: http_cache.CachedPage | None
-    reused: list[dict[str, Any]] | None = None
-
-    @property
-    def oldest(self) -> dt.datetime | None:
-        """The oldest update among the page's repositories: where an incremental run may stop."""
-        if self.reused is not None:
-            return self.entry.oldest_updated_at if self.entry else None
-        times = [t for t in (parse_time(r.get("updated_at")) for r in self.page.items) if t is not None]
-        return min(times, default=None)
-
-    @property
-    def next_url(self) -> str | None:
-        return self.page.next_url or (self.entry.next_url if self.reused is not None and self.entry else None)
-
-
-def _fetch_listed(ctx: ExtractContext, cache: http_cache.PageCache, url: str) -> _Listed:
-    entry = cache.get(url)
-    page = ctx.client.page(url, etag=entry.etag if entry else None)
-    if page.not_modified and entry is not None:
-        reused = [] if not ctx.full else cache.payloads(entry.item_ids)
-        if reused is not None:
-            return _Listed(url, page, entry, reused)
-        log.info("stored payloads for %s are missing; fetching the page again", url)
-        page = ctx.client.page(url)
-    return _Listed(url, page, entry)
-
-
-def _reached(oldest: dt.datetime | None, ctx: ExtractContext) -> bool:
-    if ctx.cutoff is None or oldest is None or oldest >= ctx.cutoff:
-        return False
-    log.info("listing reached repositories unchanged since %s; stopped paging", ctx.cutoff.isoformat())
-    return True
+def _updated(repo: dict[str, Any]) -> dt.datetime | None:
+    return parse_time(repo.get("updated_at"))
 
 
 def _cache(ctx: ExtractContext) -> http_cache.PageCache:
@@ -270,7 +202,7 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     batch: list[dict[str, Any]] = []
     unwanted: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for external_id, repo in concurrently(functools.partial(_by_id, ctx), missing, ctx.client.pacer.limits.concurrency):
+    for external_id, repo in collect.by_id(ctx, missing, functools.partial(_by_id, ctx)):
         if isinstance(repo, GitHubUnavailable):
             log.warning("repository %s skipped this run: %s", external_id, repo)
             skipped.append(external_id)
@@ -292,8 +224,9 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
                  f"(ids {', '.join(skipped[:10])}{' …' if len(skipped) > 10 else ''}); the next run tries them again")
 
 
-def _by_id(ctx: ExtractContext, external_id: str) -> tuple[str, dict[str, Any] | GitHubUnavailable | None]:
+def _by_id(ctx: ExtractContext, ids: list[str]) -> tuple[str, dict[str, Any] | GitHubUnavailable | None]:
     """A repository by id, None when it is gone, or how GitHub kept failing on it."""
+    external_id, = ids
     try:
         return external_id, ctx.client.get_repository(external_id)
     except GitHubUnavailable as exc:
