@@ -4,9 +4,9 @@ a WebSocket client of the status server receiving it.
 A publisher process (standing in for `ghetl worker`: the same `RabbitBroker.publish_status`)
 sends `--events` stage events at `--rate` a second, each stamped with the wall clock when it is
 handed to the broker; the status server runs in this process on its own RabbitMQ subscription,
-and a client reads its stream. State changes (a circle turning `finished`) go out at once and
-are what the latency is measured on; interleaved `running` progress events show the coalescing
-(GHETL_STATUS_PROGRESS_INTERVAL): how many of them reach the client.
+and a client reads its stream. State changes (the transform circle turning `finished`) go out
+at once and are what the latency is measured on; interleaved progress events of the extraction
+circle show the coalescing (GHETL_STATUS_PROGRESS_INTERVAL): how many of them reach the client.
 Prints p50, p95, p99 and max of the latency in ms (target: p95 <= 50 ms), events sent and
 received, and the progress events coalesced away.
 
@@ -43,8 +43,8 @@ broker = RabbitBroker(url, prefix)
 broker.declare()
 time.sleep(0.5)
 for i in range(events):
-    status = "finished" if i % 2 else "running"
-    event = stage_event(tenant_id, 1, "bench-run", "github_repositories", "transform", status, processed=i)
+    stage, status = ("transform", "finished") if i % 2 else ("extraction", "running")
+    event = stage_event(tenant_id, 1, "bench-run", "github_repositories", stage, status, processed=i)
     event["sent_at"] = time.time()
     broker.publish_status([event])
     time.sleep(1 / rate)
