@@ -11,7 +11,12 @@ How to add an entity (pull requests, issues, releases, ...):
      step iterates `ctx.parents()`, which yields the parent step's items of this run as soon
      as each one is transformed (its row exists), and ends when the parent's transform stage
      has ended; `ctx.wait_for_parent()` waits for that end when the step needs the parent's
-     whole table instead;
+     whole table instead. `collect` has what collectors share: `collect.listing` (a REST
+     listing, each page conditional on its ETag, side by side on a full run, stopping at the
+     cut-off on an incremental one; `Listed.landing` remembers a page as its items land),
+     `collect.by_id` (known items again by id, chunks side by side) and `collect.to_end` (a
+     GraphQL connection by cursor to its end); requests through `ctx.client` are paced per
+     token whichever thread sends them, and `ctx.count`/`ctx.first_time` are safe from any;
    - `key(payload) -> str` (optional; default `str(payload["id"])`): the payload's GitHub id;
    - `parent_key(payload) -> str` (dependent steps): the parent's external id, which is stored
      with the raw payload and reaches `to_row` as `ctx["parent_external_id"]`;
