@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "include_forks": True,
     "include_archived": True,
     "visibility": "all",
-    "pull_requests": False,
+    "pull_requests": True,
 }
 
 AUTH_KEY = "auth"

@@ -175,7 +175,13 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
 
 def add_tenant(backend: Backend, sandbox: Sandbox, *, name: str = "acme-corp", owner: str = "acme",
                settings: Any = None, token_env: str = "GITHUB_TOKEN") -> str:
-    """A tenant with one integration pointing at the sandbox; returns the tenant's name."""
+    """A tenant with one integration pointing at the sandbox; returns the tenant's name.
+
+    Repositories only, unless `settings` asks for pull requests: they cost seconds per sync, and
+    the tests of pull requests turn them on.
+    """
+    if settings is None or isinstance(settings, dict):
+        settings = {"pull_requests": False, **(settings or {})}
     with backend.engine.begin() as conn:
         tenants.add_tenant(conn, name)
         tenants.add_integration(conn, name, owner, api_url=sandbox.url, token_env=token_env,
@@ -190,11 +196,17 @@ def tenant(backend: Backend, sandbox: Sandbox, token: str) -> str:
 
 @pytest.fixture
 def cli(tmp_path):
-    """Run `ghetl` as a separate process on a SQLite file of the test's and memory://."""
+    """Run `ghetl` as a separate process on a SQLite file of the test's and memory://.
+
+    `integration add` without `--settings` adds a repositories-only integration, as `add_tenant`
+    does, unless the test passes `pull_requests=True` to keep the default (pull requests on).
+    """
     env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "GHETL_BROKER_URL": "memory://",
            "GITHUB_TOKEN": TOKEN}
 
-    def run(*args, **extra_env):
+    def run(*args, pull_requests=False, **extra_env):
+        if args[:2] == ("integration", "add") and "--settings" not in args and not pull_requests:
+            args = (*args, "--settings", '{"pull_requests": false}')
         return subprocess.run([sys.executable, "-m", "ghetl", *args], env={**env, **extra_env},
                               capture_output=True, text=True, timeout=120)
 

@@ -41,6 +41,7 @@ PRIVATE_KEY, PUBLIC_KEY = _keypair()
 def _add(embedded, sandbox, token_env: str, **kwargs) -> str:
     with embedded.engine.begin() as conn:
         tenants.add_tenant(conn, "acme-corp")
+        kwargs.setdefault("settings", {"pull_requests": False})
         tenants.add_integration(conn, "acme-corp", "acme", api_url=sandbox.url, token_env=token_env, **kwargs)
     return "acme-corp"
 
@@ -197,9 +198,9 @@ def test_plain_http_to_another_machine_is_refused_unless_allowed_and_then_warned
     cli("init")
     cli("tenant", "add", "t1")
     add = ("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", "http://ghe.example.com/api/v3")
-    line = one_line_error(cli(*add))
+    line = one_line_error(cli(*add, pull_requests=True))
     assert "plain http:// to another machine" in line and "--allow-insecure-http" in line
-    assert cli(*add, "--allow-insecure-http").returncode == 0
+    assert cli(*add, "--allow-insecure-http", pull_requests=True).returncode == 0
     listed = cli("integration", "list").stdout
     assert "over plain http (allowed)" in listed
     row = json.loads(cli("integration", "list", "--json").stdout)[0]

@@ -36,7 +36,8 @@ def test_setup_sync_and_summary(cli, sandbox):
     added = cli("tenant", "add", "acme-corp")
     assert added.returncode == 0 and added.stdout.strip().isdigit()
     assert "status-stream key" in added.stderr
-    integration = cli("integration", "add", "--tenant", "acme-corp", "--owner", "acme", "--api-url", sandbox.url)
+    integration = cli("integration", "add", "--tenant", "acme-corp", "--owner", "acme", "--api-url", sandbox.url,
+                      pull_requests=True)  # the defaults: repositories and their pull requests
     assert integration.returncode == 0 and integration.stdout.strip().isdigit()
 
     result = cli("sync", "--tenant", "acme-corp", "--json")
@@ -45,7 +46,11 @@ def test_setup_sync_and_summary(cli, sandbox):
     summary = json.loads(result.stdout)
     assert summary["overall"] == "FINISHED"
     assert summary["counts"]["github_repositories"]["embedded"] == 500
-    assert summary["requests"] == 6 and summary["rate_limit_points"] == 6
+    pulls = sum(len(sandbox.pull_requests(r["id"])) for r in sandbox.repos("acme"))
+    assert summary["counts"]["github_pull_requests"] == {"extracted": pulls, "transformed": pulls, "embedded": pulls,
+                                                          "failed": 0}
+    stats = summary["stats"]
+    assert summary["requests"] == 6 + stats["graphql_requests"] and summary["rate_limit_points"] == 6
     assert TOKEN not in result.stdout + result.stderr
     jobs = json.loads(cli("jobs", "--json").stdout)
     assert [j["status"]["overall"] for j in jobs] == ["FINISHED"]

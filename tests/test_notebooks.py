@@ -105,7 +105,8 @@ def test_sync_notebook_syncs_an_existing_tenant_in_full(kernel_env, embedded, ma
     kernel_env.setenv("GLOBEX_GITHUB_TOKEN", TOKEN)
     with embedded.engine.begin() as conn:
         tenants.add_tenant(conn, "globex-corp")
-        tenants.add_integration(conn, "globex-corp", "globex", api_url=sandbox.url, token_env="GLOBEX_GITHUB_TOKEN")
+        tenants.add_integration(conn, "globex-corp", "globex", api_url=sandbox.url, token_env="GLOBEX_GITHUB_TOKEN",
+                                settings={"pull_requests": False})
     first = embedded.sync("globex-corp")
     sandbox.touch(sandbox.repos("globex")[0]["id"], description="touched")
 
@@ -137,7 +138,8 @@ def test_sync_notebook_on_postgresql_and_rabbitmq(kernel_env, backend, make_sand
     sandbox = make_sandbox(orgs={"umbrella": 60}, seed=8)
     with backend.engine.begin() as conn:
         _, key = tenants.add_tenant(conn, "umbrella-corp")
-        tenants.add_integration(conn, "umbrella-corp", "umbrella", api_url=sandbox.url)
+        tenants.add_integration(conn, "umbrella-corp", "umbrella", api_url=sandbox.url,
+                                settings={"pull_requests": False})
     kernel_env.setenv("GHETL_QUEUE_PREFIX", backend.env["GHETL_QUEUE_PREFIX"])
     kernel_env.setenv("GITHUB_TOKEN", TOKEN)
     kernel_env.setenv("GHETL_STATUS_KEY", key)

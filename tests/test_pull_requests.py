@@ -20,7 +20,7 @@ from ghetl.steps import pull_requests as step
 from .conftest import Backend, add_tenant
 
 ORG = {"acme": 20}
-SEED = 4
+SEED = 22
 PR_COLUMNS = ("database_id", "number", "title", "body", "url", "state", "is_draft", "author_login",
               "merged_by_login", "base_ref", "head_ref", "merge_commit_sha", "additions", "deletions",
               "changed_files", "commits_total", "reviews_total", "comments_total", "review_decision",

@@ -211,11 +211,11 @@ def _count(rng: random.Random, heavy: float, small: tuple[int, int], large: tupl
 
 def _pull_count(rng: random.Random) -> int:
     roll = rng.random()
-    if roll < 0.88:
+    if roll < 0.9:
         return rng.randint(0, 5)
-    if roll < 0.97:
-        return rng.randint(6, 60)
-    return rng.randint(120, 420)
+    if roll < 0.99:
+        return rng.randint(6, 40)
+    return rng.randint(101, 300)
 
 
 def _oid(rng: random.Random) -> str:
