@@ -47,8 +47,8 @@ if ghetl tenant list | cut -f2 | grep -qx acme-corp; then
 else
     echo "== ghetl tenant add acme-corp"
     ghetl tenant add acme-corp
-    echo "== ghetl integration add --tenant acme-corp --owner acme --settings '{\"pull_requests\": true}'"
-    ghetl integration add --tenant acme-corp --owner acme --settings '{"pull_requests": true}'
+    echo "== ghetl integration add --tenant acme-corp --owner acme"
+    ghetl integration add --tenant acme-corp --owner acme
 fi
 echo "== ghetl sync --tenant acme-corp"
 ghetl sync --tenant acme-corp
