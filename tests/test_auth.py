@@ -255,7 +255,7 @@ def test_leak_scan_a_full_run_leaves_no_secret_anywhere(embedded, make_sandbox, 
         sb.add_app(99, PUBLIC_KEY, 77)
         monkeypatch.setenv("GHETL_APP_KEY_APP", PRIVATE_KEY)
         tenants.add_integration(conn, "app-corp", "acme", api_url=sb.url, app_id="99", installation_id="77",
-                                app_key_env="GHETL_APP_KEY_APP")
+                                app_key_env="GHETL_APP_KEY_APP", settings={"pull_requests": False})
     second = embedded.sync("app-corp", full=True, on_event=events.append)
     assert (first.overall, second.overall) == ("FINISHED", "FINISHED"), (first.error, second.error)
 

@@ -627,7 +627,8 @@ def test_a_settings_change_fetches_cached_pages_in_full_again(backend, small, to
     forks = {str(r["id"]) for r in small.repos("acme") if r["fork"]}
     assert forks and not forks & set(repo_rows(backend))
     with backend.engine.begin() as conn:
-        tenants.update_settings(conn, tenants.get_integration(conn, tenants.get_tenant(conn, tenant)["id"])["id"], {})
+        integration = tenants.get_integration(conn, tenants.get_tenant(conn, tenant)["id"])["id"]
+        tenants.update_settings(conn, integration, {"pull_requests": False})
     small.reset_stats()
 
     result = backend.sync(tenant, full=True)

@@ -21,10 +21,11 @@ DISABLED_INTEGRATION = ("ghetl: error: integration 1 of tenant acme-corp is disa
 DISABLED_TENANT = "ghetl: error: tenant acme-corp is disabled; enable it with: ghetl tenant enable acme-corp"
 
 
-def setup_tenant(cli, url: str, *settings: str) -> None:
+def setup_tenant(cli, url: str, *settings: str, pull_requests: bool = False) -> None:
     cli("init")
     cli("tenant", "add", "acme-corp")
-    added = cli("integration", "add", "--tenant", "acme-corp", "--owner", "acme", "--api-url", url, *settings)
+    added = cli("integration", "add", "--tenant", "acme-corp", "--owner", "acme", "--api-url", url, *settings,
+                pull_requests=pull_requests)
     assert added.stdout.strip() == "1", added.stderr
 
 
@@ -38,7 +39,7 @@ def test_integration_list_names_the_token_variable_never_the_token(cli, make_san
     setup_tenant(cli, sb.url, "--settings", '{"include_forks": false}')
     cli("tenant", "add", "globex-inc")
     cli("integration", "add", "--tenant", "globex-inc", "--owner", "globex", "--api-url", sb.url,
-        "--token-env", "GLOBEX_GITHUB_TOKEN", GLOBEX_GITHUB_TOKEN=TOKEN)
+        "--token-env", "GLOBEX_GITHUB_TOKEN", pull_requests=True, GLOBEX_GITHUB_TOKEN=TOKEN)  # never synced here
     assert cli("sync", "--tenant", "acme-corp", "--quiet").returncode == 0
 
     every = json.loads(cli("integration", "list", "--json").stdout)
@@ -164,7 +165,7 @@ def test_a_settings_change_says_what_changed_and_makes_the_next_sync_full(cli, t
 def test_settings_are_not_changed_under_a_running_job(cli, tmp_path):
     """The run's end would set last_sync_date for the old settings, and the next run would miss
     what the new ones add."""
-    setup_tenant(cli, "http://127.0.0.1:9")
+    setup_tenant(cli, "http://127.0.0.1:9", pull_requests=True)  # the defaults, stored as {}
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'cli.db'}")
     with engine.begin() as conn:
         jobs.start(conn, jobs.list_jobs(conn)[0], full=True)
