@@ -220,7 +220,7 @@ def test_repositories_that_stop_matching_the_settings_leave_the_active_set(
     assert active_ids(backend) == kept
 
     with backend.engine.begin() as conn:
-        tenants.update_settings(conn, 1, {"include_archived": False, "include_forks": False})
+        tenants.update_settings(conn, 1, {"include_archived": False, "include_forks": False, "pull_requests": False})
     third = backend.sync(tenant)
 
     assert third.full
