@@ -130,7 +130,8 @@ def test_an_installation_token_refused_mid_run_is_fetched_again_once(embedded, m
     result = embedded.sync(_app(embedded, sb, monkeypatch), full=True)
     assert result.overall == "FINISHED", result.error
     assert sb.apps.exchanges == 2
-    refused = [(r.path, r.query.get("page")) for r in sb.requests if r.status == 401]  # in flight with the revoked token
+    # The requests in flight with the revoked token:
+    refused = [(r.path, r.query.get("page")) for r in sb.requests if r.status == 401]
     assert refused and len(refused) == len(set(refused))  # each refused once, then sent with the new token
 
 
