@@ -67,9 +67,13 @@ def repo_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:
 
 def extract_details(ctx: ExtractContext) -> Iterator[Batch]:
     """One request per parent item, made as soon as that parent's row is stored (the child),
-    through the shared collector's fetch by id."""
+    through the shared collector's chunks side by side."""
     names = (parent.payload["full_name"] for parent in ctx.parents())
-    yield from collect.by_id(ctx, names, lambda chunk: Batch([ctx.client.get(ctx.client.url(f"/repos/{chunk[0]}"))[1]]))
+
+    def fetch(chunk: list[str]) -> Batch:
+        return Batch([ctx.client.get(ctx.client.url(f"/repos/{chunk[0]}"))[1]])
+
+    yield from collect.in_chunks(ctx, names, fetch)
 
 
 def detail_row(payload: dict[str, Any], ctx: RowContext) -> dict[str, Any]:

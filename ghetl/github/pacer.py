@@ -78,7 +78,6 @@ class Pacer:
         self._spent: dict[str, deque[float]] = {"rest": deque(), "graphql": deque()}
         self._sending = {"rest": 0, "graphql": 0}
         self.most_in_flight = 0
-        self.waited_seconds = 0.0
 
     @property
     def concurrency(self) -> int:
@@ -101,14 +100,12 @@ class Pacer:
                 self._ready.notify_all()
 
     def _acquire(self, api: str, points: int) -> None:
-        started = self._clock()
         with self._ready:
             while (wait := self._wait(api, points)) > 0:
                 self._ready.wait(wait)
             self._in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self._in_flight)
             self._sending[api] += points
-            self.waited_seconds += self._clock() - started
 
     def _wait(self, api: str, points: int) -> float:
         """Seconds until this request may go (0: now); called with the lock held."""

@@ -14,7 +14,7 @@ How to add an entity (pull requests, issues, releases, ...):
      whole table instead. `collect` has what collectors share: `collect.listing` (a REST
      listing, each page conditional on its ETag, side by side on a full run, stopping at the
      cut-off on an incremental one; `Listed.landing` remembers a page as its items land),
-     `collect.by_id` (known items again by id, chunks side by side) and `collect.to_end` (a
+     `collect.in_chunks` (ids or parent items in chunks, the chunks side by side) and `collect.to_end` (a
      GraphQL connection by cursor to its end); requests through `ctx.client` are paced per
      token whichever thread sends them, and `ctx.count`/`ctx.first_time` are safe from any;
    - `key(payload) -> str` (optional; default `str(payload["id"])`): the payload's GitHub id;

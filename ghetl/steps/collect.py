@@ -6,8 +6,9 @@
   `Link: rel="last"` and asks for the others side by side; an incremental run stops at the
   first page that reaches items older than the cut-off, which only that page can tell, so it
   stays one page ahead.
-- `by_id`: known items fetched again by id, in chunks (one id per REST request, many per GraphQL
-  `nodes(ids:)` query), the chunks side by side.
+- `in_chunks`: items worked on in chunks, the chunks side by side: known items fetched again
+  by id (one id per REST request, many per GraphQL `nodes(ids:)` query), or a parent step's
+  items, several per query.
 - `to_end`: a GraphQL connection read to its end by cursor (keyset paging).
 
 Side by side means as many requests in flight as the token's pacer allows (`GHETL_CONCURRENCY`).
@@ -120,11 +121,12 @@ def _reached(oldest: dt.datetime | None, ctx: ExtractContext) -> bool:
     return True
 
 
-# ----- by id ----------------------------------------------------------------------------------
+# ----- in chunks -------------------------------------------------------------------------------
 
-def by_id(ctx: ExtractContext, ids: Iterable[str], fetch: Callable[[list[str]], R], size: int = 1) -> Iterator[R]:
-    """`fetch` of each chunk of `size` ids, in the order they finish, the chunks side by side."""
-    yield from concurrently(fetch, batched(ids, size), workers(ctx))
+def in_chunks(ctx: ExtractContext, items: Iterable[T], fetch: Callable[[list[T]], R], size: int = 1) -> Iterator[R]:
+    """`fetch` of each chunk of `size` items (ids, parent items), in the order they finish, the
+    chunks side by side."""
+    yield from concurrently(fetch, batched(items, size), workers(ctx))
 
 
 # ----- GraphQL connections by cursor ----------------------------------------------------------

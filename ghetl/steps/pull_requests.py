@@ -33,7 +33,6 @@ from sqlalchemy.engine import Connection
 from .. import db
 from ..db import pull_request_comments, pull_request_commits, pull_request_reviews, pull_requests, repositories
 from ..github import QueryTimedOut
-from ..github.fanout import concurrently
 from ..github.graphql import RATE_LIMIT_FIELDS, Result
 from . import Batch, ExtractContext, ParentItem, RowContext, collect
 from .repositories import parse_time
@@ -173,8 +172,8 @@ def extract(ctx: ExtractContext) -> Iterator[Batch]:
 def _collect(ctx: ExtractContext, parents: Iterable[ParentItem], seen: set[str]) -> Iterator[Batch]:
     """Every pull request of these repositories, a batch per query of repositories; the queries
     of different repositories go side by side, as many as the token's pacer allows."""
-    chunks = collect.batched(parents, REPOSITORIES_PER_QUERY)
-    for payloads in concurrently(functools.partial(_read_repositories, ctx, seen=seen), chunks, collect.workers(ctx)):
+    fetch = functools.partial(_read_repositories, ctx, seen=seen)
+    for payloads in collect.in_chunks(ctx, parents, fetch, REPOSITORIES_PER_QUERY):
         if payloads:
             yield Batch(payloads)
 
@@ -243,7 +242,7 @@ def _repository_page(ctx: ExtractContext, parent: ParentItem, after: str) -> dic
 def _refetch(ctx: ExtractContext, ids: list[str], seen: set[str]) -> Iterator[Batch]:
     """These pull requests again, complete, by node id, ten to a query and queries side by side."""
     fetch = functools.partial(_read_pull_requests, ctx, seen=seen)
-    for payloads in collect.by_id(ctx, [i for i in ids if i not in seen], fetch, PULLS_PER_REFETCH):
+    for payloads in collect.in_chunks(ctx, [i for i in ids if i not in seen], fetch, PULLS_PER_REFETCH):
         if payloads:
             yield Batch(payloads)
 

@@ -202,7 +202,7 @@ def _refetch_unlisted(ctx: ExtractContext, listed: set[str]) -> Iterator[Batch]:
     batch: list[dict[str, Any]] = []
     unwanted: list[dict[str, Any]] = []
     skipped: list[str] = []
-    for external_id, repo in collect.by_id(ctx, missing, functools.partial(_by_id, ctx)):
+    for external_id, repo in collect.in_chunks(ctx, missing, functools.partial(_by_id, ctx)):
         if isinstance(repo, GitHubUnavailable):
             log.warning("repository %s skipped this run: %s", external_id, repo)
             skipped.append(external_id)
