@@ -217,7 +217,7 @@ class Handler(BaseHTTPRequestHandler):
             self._respond(sb, call, self._secondary_reply(403, 1, rid), bucket, rid, {**record, "resource": resource})
             return
         if call.method == "POST" and path in graphql_paths(sb.prefix):
-            self._graphql(sb, call, token, body, rid, record)
+            self._graphql(sb, call, token, app, body, rid, record)
             return
         if self._injected_fault(sb, call, rid, record, REST_FAULTS, self._fault):
             return
@@ -240,14 +240,15 @@ class Handler(BaseHTTPRequestHandler):
         reply = route.handler(sb, call, *groups) if route else Reply(404, errors.not_found())
         self._respond(sb, call, reply, bucket, rid, {**record, "charged": True})
 
-    def _graphql(self, sb: Sandbox, call: Call, token: str | None, body: bytes, rid: str, record: dict) -> None:
+    def _graphql(self, sb: Sandbox, call: Call, token: str | None, app: tuple[bool, str] | None, body: bytes,
+                 rid: str, record: dict) -> None:
         """POST /graphql: faults, then a token (GraphQL has no anonymous access), then the secondary limit."""
         from . import graphql  # graphql-core is loaded by the first GraphQL request, never for REST
 
         record = {**record, "resource": "graphql"}
         if self._injected_fault(sb, call, rid, record, GRAPHQL_FAULTS, self._graphql_fault):
             return
-        if not token or self._refused(sb, token, sb.apps.caller(token)):
+        if not token or self._refused(sb, token, app):
             bucket = sb.limits.peek(caller_key(None, call.client_ip), "core", False)
             payload = graphql.bad_credentials() if token is not None else graphql.unauthenticated()
             self._respond(sb, call, Reply(401, payload), bucket, rid, {**record, "authenticated": False})
