@@ -19,6 +19,7 @@ machine's speed moves between runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -214,11 +215,15 @@ def main() -> None:
 
 def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float = 0.0, jitter_ms: float = 0.0,
              env_extra: dict[str, str] | None = None,
-             faults: Callable[[Any], None] | None = None) -> Measured:
+             faults: Callable[[Any], None] | None = None,
+             alongside: Callable[[str, dict[str, str]], contextlib.AbstractContextManager[Any]] | None = None,
+             ) -> Measured:
     """One measured sync on a fresh database and fresh queues.
 
     `latency_ms`/`jitter_ms` slow the sandbox to GitHub's pace, `env_extra` goes to the sync and
     the workers (GHETL_CONCURRENCY), `faults` injects failures into the sandbox after warming.
+    `alongside(database_url, env)` is entered once the workers consume and left when the sync
+    has ended: what else runs during the sync (a status server and its clients).
     """
     profilers: list[subprocess.Popen[bytes]] = []
 
@@ -248,6 +253,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float 
         logs: list[Any] = []
         events: list[dict[str, Any]] = []
         lock = threading.Lock()
+        around = contextlib.ExitStack()
         try:
             with Sandbox(orgs={"bench": args.repos}, seed=3) as sandbox:
                 if not args.cold_sandbox:
@@ -285,6 +291,8 @@ def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float 
                         raise SystemExit("the workers did not start consuming within a minute")
                     time.sleep(0.1)
 
+                if alongside is not None:
+                    around.enter_context(alongside(url, env))
                 speed_before = python_speed()
                 servers_before = server_cpu()
                 own_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -308,6 +316,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float 
                 speed_after = python_speed()
                 time.sleep(0.3)
                 unsubscribe()
+                around.close()
 
                 for profiler in profilers:
                     profiler.send_signal(signal.SIGINT)
@@ -321,6 +330,7 @@ def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float 
                     run_events = [e for e in events if e.get("run_id") == result["run_id"]]
                 max_in_flight = sandbox.in_flight.most
         finally:
+            around.close()
             for proc in workers:
                 if proc.poll() is None:
                     proc.kill()

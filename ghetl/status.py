@@ -19,7 +19,7 @@ from .records import Stage, StageStatus
 
 log = logging.getLogger(__name__)
 
-_KEYS = re.compile(r"(key=|bearer\s+)[^\s&'\"]+", re.IGNORECASE)
+_KEYS = re.compile(r"(key=|bearer\s+|ghetl\.key\.)[^\s&,'\"]+", re.IGNORECASE)
 
 
 class _HideKeys(logging.Filter):

@@ -4,8 +4,11 @@ Protocol
 --------
 Connect to ``ws://HOST:PORT/?tenant=NAME_OR_ID[&job=JOB_ID]`` and present the tenant's
 status-stream key (``ghetl tenant add`` prints it, ``ghetl tenant key NAME`` issues a new one)
-either as the header ``Authorization: Bearer KEY`` or, for browsers that cannot set headers, as
-the query parameter ``key=KEY``. A refused connection is closed right after the handshake with
+as the header ``Authorization: Bearer KEY``. Browsers cannot set that header; they offer the
+subprotocols ``ghetl.status`` and ``ghetl.key.KEY`` instead (``new WebSocket(url, ["ghetl.status",
+"ghetl.key." + key])``), and the server answers with ``ghetl.status`` alone, so the key is never
+echoed back. The query parameter ``key=KEY`` works too, but lands in proxies' access logs.
+A refused connection is closed right after the handshake with
 one of these codes and a reason saying what to fix:
 
 =====  ==============================================================
@@ -71,7 +74,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +84,7 @@ import sqlalchemy as sa
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
+from websockets.typing import Subprotocol
 
 from . import jobs, tenants
 from .broker import Broker
@@ -91,6 +95,8 @@ from .logs import redact
 from .status import PROTOCOL_LOG, STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
+SUBPROTOCOL = Subprotocol("ghetl.status")
+KEY_SUBPROTOCOL = "ghetl.key."
 REVOKED = "key revoked: a new key was issued (ghetl tenant key NAME); reconnect with it"
 
 DEFAULT_PORT = 8765
@@ -387,8 +393,16 @@ def _parse_request(request: Request) -> tuple[str, int | None, str | None]:
     if job is not None and not tenants.is_id(job):
         raise Refused(4400, f"job must be a job id (a number), got '{job[:40]}'")
     auth = request.headers.get("Authorization", "")
-    key = auth[7:].strip() if auth.lower().startswith("bearer ") else query.get("key")
+    offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
+    in_protocol = next((p[len(KEY_SUBPROTOCOL):] for p in offered if p.startswith(KEY_SUBPROTOCOL)), None)
+    key = auth[7:].strip() if auth.lower().startswith("bearer ") else in_protocol or query.get("key")
     return tenant, int(job) if job is not None else None, key or None
+
+
+def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """`ghetl.status` when the client offers it (a browser passing its key as a subprotocol),
+    else none: a client that sends its key in a header or the query offers no subprotocol."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
 
 
 class StatusServer:
@@ -490,7 +504,7 @@ class StatusServer:
             server = await serve(
                 self._handle, self.host, self.port,
                 ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_size=self.limits.message_bytes,
-                logger=PROTOCOL_LOG,
+                logger=PROTOCOL_LOG, select_subprotocol=_select_subprotocol,
             )
         except OSError as exc:
             fix = "choose another --port" if exc.errno == errno.EADDRINUSE else "check --host"
@@ -603,7 +617,8 @@ class StatusServer:
     def _authorise(self, request: Request) -> tuple[dict[str, Any], int | None, str]:
         name, job_id, key = _parse_request(request)
         if key is None:
-            raise Refused(4401, "missing key: send 'Authorization: Bearer KEY' or ?key=KEY (ghetl tenant key NAME)")
+            raise Refused(4401, "missing key: send 'Authorization: Bearer KEY', the subprotocol ghetl.key.KEY "
+                                "or ?key=KEY (ghetl tenant key NAME)")
         with self.engine.connect() as conn:
             try:
                 tenant = tenants.get_tenant(conn, name)

@@ -88,8 +88,20 @@ def test_a_job_filter_and_a_query_key_work_too(backend, sandbox, tenant, server)
     assert [j["job_id"] for j in snapshot["jobs"]] == [job_id] and snapshot["job_id"] == job_id
 
 
-def _close_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    with connect(url, additional_headers=headers or {}) as ws, pytest.raises(ConnectionClosed) as closed:
+def test_a_browser_passes_its_key_as_a_subprotocol_and_it_is_never_echoed(backend, sandbox, tenant, server):
+    key = stream_key(backend, tenant)
+    with connect(stream_url(server.url, tenant), subprotocols=["ghetl.status", f"ghetl.key.{key}"]) as ws:
+        snapshot = json.loads(ws.recv(timeout=10))
+        assert ws.subprotocol == "ghetl.status" and key not in str(ws.response.headers)
+    assert snapshot["type"] == "snapshot" and snapshot["tenant"] == tenant
+    code, reason = _close_of(stream_url(server.url, tenant), subprotocols=["ghetl.status", f"ghetl.key.{key}x"])
+    assert code == 4403 and "wrong key" in reason
+
+
+def _close_of(url: str, headers: dict[str, str] | None = None,
+              subprotocols: list[str] | None = None) -> tuple[int, str]:
+    with (connect(url, additional_headers=headers or {}, subprotocols=subprotocols) as ws,
+          pytest.raises(ConnectionClosed) as closed):
         ws.recv(timeout=10)
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
@@ -444,7 +456,9 @@ def test_stream_keys_never_reach_the_logs(embedded, sandbox, token, caplog):
         with connect(stream_url(server.url, tenant, key=key)) as ws:
             ws.recv(timeout=10)
         assert _close_of(stream_url(server.url, tenant, key=key + "x"))[0] == 4403
+        assert _close_of(stream_url(server.url, tenant), subprotocols=["ghetl.status", f"ghetl.key.{key}x"])[0] == 4403
     assert "GET /?tenant=" in caplog.text and "Authorization: Bearer ***" in caplog.text
+    assert "ghetl.status, ghetl.key.***" in caplog.text
     assert key not in caplog.text
 
 
