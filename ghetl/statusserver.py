@@ -67,6 +67,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import errno
+import functools
 import hmac
 import json
 import logging
@@ -131,6 +132,14 @@ def _json_default(value: Any) -> str:
 
 def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, default=_json_default, separators=(",", ":"))
+
+
+class Outbound(dict[str, Any]):
+    """An event as the server relays it: encoded once, however many of its tenant's clients send it."""
+
+    @functools.cached_property
+    def text(self) -> str:
+        return encode(self)
 
 
 def snapshot(engine: sa.Engine, tenant: dict[str, Any], job_id: int | None, reason: str) -> dict[str, Any]:
@@ -437,6 +446,8 @@ class StatusServer:
         self.poll_interval = poll_interval
         self.check_interval = check_interval
         self._clients: dict[Subscription, ServerConnection] = {}
+        # The same subscriptions by tenant: an event is offered to its tenant's clients only.
+        self._by_tenant: dict[int, set[Subscription]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -557,10 +568,11 @@ class StatusServer:
         if problem:
             log.warning("dropped a malformed status event (%s): %.200r", problem, event)
             return
-        if event.get("error"):
-            event = {**event, "error": redact(str(event["error"]))}
-        for subscription in self._clients:
-            subscription.offer(event)
+        outbound = Outbound(event)
+        if outbound.get("error"):
+            outbound["error"] = redact(str(outbound["error"]))
+        for subscription in self._by_tenant.get(outbound["tenant_id"], ()):
+            subscription.offer(outbound)
 
     async def _handle(self, ws: ServerConnection) -> None:
         try:
@@ -577,6 +589,7 @@ class StatusServer:
         subscription = Subscription(tenant["id"], job_id, self.queue_size, tenants.hash_key(key),
                                     self.limits.progress_interval)
         self._clients[subscription] = ws
+        self._by_tenant.setdefault(subscription.tenant_id, set()).add(subscription)
         sender = asyncio.create_task(self._send(ws, subscription, tenant))
         log.debug("status client connected for tenant %s (%d connected)", tenant["name"], len(self._clients))
         snapshots = Window(self.limits.snapshots_per_minute, 60.0)
@@ -594,6 +607,10 @@ class StatusServer:
             pass
         finally:
             self._clients.pop(subscription, None)
+            theirs = self._by_tenant.get(subscription.tenant_id, set())
+            theirs.discard(subscription)
+            if not theirs:
+                self._by_tenant.pop(subscription.tenant_id, None)
             subscription.close()
             sender.cancel()
             log.debug("status client of tenant %s left", tenant["name"])
@@ -609,7 +626,7 @@ class StatusServer:
         """Refuse a connection beyond the server's or the tenant's share, before it is subscribed."""
         if len(self._clients) >= self.limits.connections:
             raise Refused(1013, f"the status server holds its {self.limits.connections} connections; try again later")
-        theirs = sum(s.tenant_id == tenant["id"] for s in self._clients)
+        theirs = len(self._by_tenant.get(tenant["id"], ()))
         if theirs >= self.limits.per_tenant:
             raise Refused(1013, f"tenant '{tenant['name'][:40]}' has {theirs} status connections, the most allowed; "
                                 "close one first")
@@ -643,7 +660,7 @@ class StatusServer:
                     guard.reset(snap)
                     await ws.send(encode(snap))
                 elif guard.accept(item):
-                    await ws.send(encode(item))
+                    await ws.send(item.text if isinstance(item, Outbound) else encode(item))
                     subscription.delivered += 1
                 item = await subscription.queue.get()
         except ConnectionClosed:
