@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import bench_scaleout
+import psutil
 from bench_scaleout import AMQP_URL, PeakRss, Usage, wait4
 
 
@@ -111,6 +112,9 @@ def _load(url: str, env: dict[str, str], args: argparse.Namespace, figures: dict
         if publisher.is_alive():
             publisher.join(10)
         if clients is not None:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(clients.pid).cpu_times()
+                figures["clients_cpu"] = times.user + times.system
             if clients.poll() is None:
                 clients.send_signal(signal.SIGINT)
             out, _ = clients.communicate(timeout=120)
@@ -170,6 +174,7 @@ async def _clients(plan: dict[str, Any]) -> dict[str, Any]:
     connected = 0
     all_connected = asyncio.Event()
     results: list[dict[str, Any]] = []
+    sockets: list[Any] = []
 
     async def client(tenant_id: int, name: str, key: str) -> None:
         nonlocal connected
@@ -180,16 +185,10 @@ async def _clients(plan: dict[str, Any]) -> dict[str, Any]:
         try:
             async with connect(f"{plan['url']}/?tenant={name}", additional_headers={"Authorization": f"Bearer {key}"},
                                max_queue=None) as ws:
-                reader = asyncio.ensure_future(ws.recv())
-                waiter = asyncio.ensure_future(stop.wait())
-                while True:
-                    done, _ = await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    if reader not in done:
-                        reader.cancel()
-                        break
+                sockets.append(ws)
+                async for text in ws:
                     arrived = time.time()
-                    message = json.loads(reader.result())
-                    reader = asyncio.ensure_future(ws.recv())
+                    message = json.loads(text)
                     if message["type"] == "snapshot":
                         mine["snapshots"] += 1
                         if mine["snapshots"] == 1:
@@ -220,6 +219,7 @@ async def _clients(plan: dict[str, Any]) -> dict[str, Any]:
     await all_connected.wait()
     print("ready", flush=True)
     await stop.wait()
+    await asyncio.gather(*(ws.close() for ws in sockets))
     await asyncio.gather(*tasks)
     return {"clients": results}
 
@@ -253,6 +253,7 @@ def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     print(f"  all state changes  {_percentiles(every)} (target p95 <= 50)")
     print(f"  wrong tenant       {sum(c['wrong_tenant'] for c in clients)} events (target 0)")
     print(f"  status server      {server} (target RSS <= 300 MB)")
+    print(f"  client process     {figures.get('clients_cpu', 0):.1f} s CPU ({len(clients)} clients, this machine)")
     errors = [line for line in figures.get("server_log", "").splitlines() if "ERROR" in line or "Traceback" in line]
     if errors:
         print(f"  server errors      {len(errors)}, first: {errors[0][:200]}")
