@@ -8,6 +8,7 @@ commit or a stale state shows up as a difference.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import pytest
@@ -75,11 +76,47 @@ def _with_pull_requests(backend: Backend, sb: Sandbox) -> str:
     return add_tenant(backend, sb, settings={"pull_requests": True})
 
 
+def _threads(pulls: dict[str, dict[str, Any]], columns: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Review comments by pull request and thread (threads with comments: the sandbox has no empty one)."""
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for external_id, pull in pulls.items():
+        threads = found.setdefault(external_id, {})
+        for comment in pull["comments"]:
+            if comment["kind"] == "review":
+                threads.setdefault(comment["thread_external_id"], []).append(
+                    {k: _seconds(comment[k]) for k in columns})
+        for comments in threads.values():
+            comments.sort(key=lambda c: c["external_id"])
+    return found
+
+
+def _recording_queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any], Any]]:
+    """Every query the step sends, with its variables and result, from every thread of the run."""
+    calls: list[tuple[str, dict[str, Any], Any]] = []
+    original = step._query
+
+    def recording(ctx: Any, document: str, variables: dict[str, Any]) -> Any:
+        result = original(ctx, document, variables)
+        calls.append((document, variables, result))
+        return result
+
+    monkeypatch.setattr(step, "_query", recording)
+    return calls
+
+
+def _follow_ups(total: int, first: int, page: int) -> int:
+    """Requests that read a connection of `total` nodes past a first page of `first`."""
+    return math.ceil(max(0, total - first) / page)
+
+
 def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Backend, prs_sandbox: Sandbox,
-                                                                     token: str) -> None:
+                                                                     token: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     sb = prs_sandbox
     tenant = _with_pull_requests(backend, sb)
     truth = _truth(sb)
+    columns = next(list(c) for p in truth.values() for c in p["comments"] if c["kind"] == "review")
+    threads = _threads(truth, columns)
     # The organisation needs every kind of follow-up, or this test would prove less than it says.
     per_repo = [len(sb.pull_requests(r["id"])) for r in sb.repos("acme")]
     assert max(per_repo) > step.PULLS_FIRST + step.PULLS_PAGE
@@ -87,12 +124,19 @@ def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Back
     assert max(len(p["reviews"]) for p in truth.values()) > step.NESTED_FIRST
     assert any(p["author_login"] is None for p in truth.values())
     assert any(r["submitted_at"] is None for p in truth.values() for r in p["reviews"])
+    many_threads = {pull for pull, ts in threads.items() if len(ts) > step.THREADS_FIRST}
+    long_threads = {thread: len(cs) for ts in threads.values() for thread, cs in ts.items()
+                    if len(cs) > step.THREAD_COMMENTS_FIRST}
+    assert many_threads and long_threads
+    calls = _recording_queries(monkeypatch)
 
     result = backend.sync(tenant, workers=(4, 2))
 
     assert result.overall == "FINISHED"
     assert result.counts["github_pull_requests"] == {"extracted": len(truth), "transformed": len(truth),
                                                       "embedded": len(truth), "failed": 0}
+    stored = _stored(backend)
+    assert _threads(stored, columns) == threads
     assert_same_as_github(backend, sb)
     with backend.engine.connect() as conn:
         status = conn.execute(sa.text("select status from etl_jobs")).scalar_one()
@@ -104,6 +148,21 @@ def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Back
         "embedding": "finished"}
     assert linked == len(truth)
     assert result.stats["graphql_requests"] < len(per_repo) + sum(n > step.PULLS_FIRST for n in per_repo) * 20
+    # Each overflowing thread connection was read on by follow-ups, and nothing else was: the
+    # threads of the pull requests with more than a first page of them, the comments of the long
+    # threads (wherever their thread was met), each follow-up costing what GitHub would charge.
+    thread_pages = [(v["id"], r) for d, v, r in calls if d == step.REST["reviewThreads"]]
+    comment_pages = [(v["id"], r) for d, v, r in calls if d == step.THREAD_COMMENTS]
+    assert sorted(i for i, _ in thread_pages) == sorted(
+        p for p in many_threads for _ in range(_follow_ups(len(threads[p]), step.THREADS_FIRST, step.THREADS_PAGE)))
+    assert sorted(i for i, _ in comment_pages) == sorted(
+        t for t, n in long_threads.items() for _ in range(_follow_ups(n, step.THREAD_COMMENTS_FIRST, step.REST_PAGE)))
+    # GitHub: 1 request for the threads and 1 per thread for their comments, /100, rounded: 1 point;
+    # nodes 50 threads + 50 x 20 comments.
+    assert {(r.cost, r.nodes) for _, r in thread_pages} == {
+        (1, step.THREADS_PAGE + step.THREADS_PAGE * step.THREAD_COMMENTS_FIRST)}
+    assert {(r.cost, r.nodes) for _, r in comment_pages} == {(1, step.REST_PAGE)}
+    assert result.stats["graphql_points"] == sum(r.cost for _, _, r in calls)
 
 
 def test_incremental_after_changes_matches_github_and_no_change_costs_one_point(

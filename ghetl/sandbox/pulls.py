@@ -3,8 +3,11 @@
 A repository's pull requests are generated on first access from a seed derived from the sandbox
 seed and the repository id, so the sandbox starts as fast as before and the same repository has
 the same pull requests on every run.  Most repositories have 0-5 pull requests and a few have
-hundreds; a few pull requests have more than 100 commits, comments or reviews, so that a client
-must page nested connections.  Authors are drawn from a per-owner pool of people and bots;
+hundreds; a few pull requests have more than 100 commits, comments or reviews, and a few have
+6-30 review threads or a thread of 21-60 comments, so that a client must page nested
+connections (threads included).  The busy threads come from a second random stream per
+repository, so the rest of a repository's pull requests is the same with or without them (but for
+database ids, which follow the moments).  Authors are drawn from a per-owner pool of people and bots;
 about one in thirty is a deleted account (``author: null`` in GraphQL, GitHub's ghost).
 """
 
@@ -218,6 +221,15 @@ def _pull_count(rng: random.Random) -> int:
     return rng.randint(101, 300)
 
 
+# A pull request with a submitted review has 0-3 review threads, of 1-5 comments; one in fifty of
+# them gets 6-30 threads (most of one or two comments: inline remarks of one review), and one
+# thread in a hundred is a discussion of 21-60 comments.
+MANY_THREADS = 0.02
+MANY_THREADS_RANGE = (6, 30)
+LONG_THREAD = 0.01
+LONG_THREAD_RANGE = (21, 60)
+
+
 def _oid(rng: random.Random) -> str:
     return hashlib.sha1(rng.getrandbits(64).to_bytes(8, "big")).hexdigest()
 
@@ -252,12 +264,13 @@ def generate_pulls(repo: Repo, seed: int, people: list[Person], now: datetime) -
     starts = sorted(repo.created_at + timedelta(seconds=int(span * rng.random())) for _ in range(_pull_count(rng)))
     ids = _id_makers()
     phrases = [p for key in repo.themes for p in THEMES[key].phrases] or ["the build"]
-    return [_pull(rng, repo, number, created, end, people, ids, phrases)
+    busy = random.Random(f"{seed}:threads:{repo.id}")
+    return [_pull(rng, busy, repo, number, created, end, people, ids, phrases)
             for number, created in enumerate(starts, start=1)]
 
 
-def _pull(rng: random.Random, repo: Repo, number: int, created: datetime, end: datetime, people: list[Person],
-          ids: dict[str, _Ids], phrases: list[str]) -> PullRequest:
+def _pull(rng: random.Random, busy: random.Random, repo: Repo, number: int, created: datetime, end: datetime,
+          people: list[Person], ids: dict[str, _Ids], phrases: list[str]) -> PullRequest:
     author = _pick(rng, people)
     title = f"{rng.choice(VERBS)} {rng.choice(phrases)}"
     roll = rng.random()
@@ -278,7 +291,7 @@ def _pull(rng: random.Random, repo: Repo, number: int, created: datetime, end: d
     pr.changed_files = min(3000, max(1, len(pr.commits) // 2 + rng.randint(0, 8)))
     pr.reviews = _reviews(rng, pr, _count(rng, 0.015, (0, 4), (101, 140)), last, people, ids["review"])
     pr.comments = _comments(rng, _count(rng, 0.02, (0, 6), (101, 180)), created, last, people, ids["comment"])
-    pr.threads = _threads(rng, pr, last, people, ids["thread"], ids["comment"])
+    pr.threads = _threads(rng, busy, pr, last, people, ids["thread"], ids["comment"])
     moments = [created, *(c.committed_at for c in pr.commits), *(r.updated_at for r in pr.reviews),
                *(c.updated_at for c in pr.comments), *(c.updated_at for c in pr.review_comments)]
     pr.updated_at = max([*moments, closed or created])
@@ -336,27 +349,49 @@ def _comments(rng: random.Random, count: int, start: datetime, stop: datetime, p
     return comments
 
 
-def _threads(rng: random.Random, pr: PullRequest, stop: datetime, people: list[Person], ids: _Ids,
-             comment_ids: _Ids) -> list[ReviewThread]:
-    """Inline threads on submitted reviews: a first comment, then replies to it."""
+def _threads(rng: random.Random, busy: random.Random, pr: PullRequest, stop: datetime, people: list[Person],
+             ids: _Ids, comment_ids: _Ids) -> list[ReviewThread]:
+    """Inline threads on submitted reviews: a first comment, then replies to it.
+
+    `rng` draws the ordinary threads, `busy` whether this pull request has many threads and
+    which threads are long discussions, and everything of those extra threads and replies.
+    """
     submitted = [r for r in pr.reviews if r.submitted_at is not None]
+    if not submitted:
+        return []
+    ordinary = rng.randint(0, 3)
+    total = max(ordinary, busy.randint(*MANY_THREADS_RANGE)) if busy.random() < MANY_THREADS else ordinary
     threads = []
-    for _ in range(rng.randint(0, 3) if submitted else 0):
-        review = rng.choice(submitted)
+    for n in range(total):
+        draw = rng if n < ordinary else busy
+        review = draw.choice(submitted)
         start = review.submitted_at or pr.created_at
-        thread = ReviewThread(ids.at(start), rng.choice(FILES), rng.choice((None, *range(1, 400))),
-                              rng.random() < 0.4, rng.random() < 0.15)
-        moments = sorted(_between(rng, start, max(stop, start + timedelta(minutes=1)))
-                         for _ in range(rng.randint(0, 4)))
-        first = None
-        for moment in [start, *moments]:
-            comment = ReviewComment(comment_ids.at(moment), _pick(rng, people), rng.choice(COMMENT_BODIES),
-                                    thread.path, thread.line, moment, moment, review.id,
-                                    None if first is None else first.id)
-            first = first or comment
-            thread.comments.append(comment)
+        thread = ReviewThread(ids.at(start), draw.choice(FILES), draw.choice((None, *range(1, 400))),
+                              draw.random() < 0.4, draw.random() < 0.15)
+        later = max(stop, start + timedelta(minutes=1))
+        moments = sorted(_between(draw, start, later)
+                         for _ in range(draw.randint(0, 4) if n < ordinary else draw.randint(0, 1)))
+        first = _thread_comments(draw, thread, review, [start, *moments], people, comment_ids, None)
+        if busy.random() < LONG_THREAD:
+            # The rest of a long discussion, after what the thread's own draw gave it.
+            begun = thread.comments[-1].created_at
+            more = sorted(_between(busy, begun, max(later, begun + timedelta(minutes=1)))
+                          for _ in range(busy.randint(*LONG_THREAD_RANGE) - len(thread.comments)))
+            _thread_comments(busy, thread, review, more, people, comment_ids, first)
         threads.append(thread)
     return threads
+
+
+def _thread_comments(rng: random.Random, thread: ReviewThread, review: Review, moments: list[datetime],
+                     people: list[Person], comment_ids: _Ids, first: ReviewComment | None) -> ReviewComment | None:
+    """Comments at these moments appended to the thread, each a reply to its first; returns that first."""
+    for moment in moments:
+        comment = ReviewComment(comment_ids.at(moment), _pick(rng, people), rng.choice(COMMENT_BODIES),
+                                thread.path, thread.line, moment, moment, review.id,
+                                None if first is None else first.id)
+        first = first or comment
+        thread.comments.append(comment)
+    return first
 
 
 # ----- the store ----------------------------------------------------------------------------

@@ -58,6 +58,10 @@ SEARCH_CAP = 1000
 # below them (their comments), so they stay few per page.
 NESTED_FIRST = 50
 THREADS_FIRST = 5
+THREAD_COMMENTS_FIRST = 20
+# Follow-up pages: 100 nodes, GitHub's most; 50 threads, each with its first comments, a page.
+REST_PAGE = 100
+THREADS_PAGE = 50
 STATES = ("OPEN", "CLOSED", "MERGED")
 REVIEW_STATES = ("APPROVED", "CHANGES_REQUESTED", "COMMENTED", "DISMISSED", "PENDING")
 EMBED_BODY_CHARS = 2000
@@ -71,8 +75,8 @@ REVIEW = "fragment Review on PullRequestReview { id state body submittedAt autho
 ISSUE_COMMENT = "fragment IssueComment on IssueComment { id body createdAt updatedAt author { login } }"
 REVIEW_COMMENT = ("fragment ReviewComment on PullRequestReviewComment { id body createdAt updatedAt path line "
                   "author { login } pullRequestReview { id } replyTo { id } }")
-THREAD = (f"fragment Thread on PullRequestReviewThread {{ id isResolved comments(first: 20) {{ {_PAGE} "
-          "nodes { ...ReviewComment } } }")
+THREAD = (f"fragment Thread on PullRequestReviewThread {{ id isResolved comments(first: {THREAD_COMMENTS_FIRST}) "
+          f"{{ {_PAGE} nodes {{ ...ReviewComment }} }} }}")
 PULL_REQUEST = f"""fragment PullRequest on PullRequest {{
   id databaseId number title body url state isDraft createdAt updatedAt closedAt mergedAt
   additions deletions changedFiles reviewDecision baseRefName headRefName
@@ -116,12 +120,12 @@ def _rest_of(owner: str, field: str, size: int, fragment: str, *more: str) -> st
 
 
 REST = {
-    "commits": _rest_of("PullRequest", "commits", 100, COMMIT),
-    "reviews": _rest_of("PullRequest", "reviews", 100, REVIEW),
-    "comments": _rest_of("PullRequest", "comments", 100, ISSUE_COMMENT),
-    "reviewThreads": _rest_of("PullRequest", "reviewThreads", 50, THREAD, REVIEW_COMMENT),
+    "commits": _rest_of("PullRequest", "commits", REST_PAGE, COMMIT),
+    "reviews": _rest_of("PullRequest", "reviews", REST_PAGE, REVIEW),
+    "comments": _rest_of("PullRequest", "comments", REST_PAGE, ISSUE_COMMENT),
+    "reviewThreads": _rest_of("PullRequest", "reviewThreads", THREADS_PAGE, THREAD, REVIEW_COMMENT),
 }
-THREAD_COMMENTS = _rest_of("PullRequestReviewThread", "comments", 100, REVIEW_COMMENT)
+THREAD_COMMENTS = _rest_of("PullRequestReviewThread", "comments", REST_PAGE, REVIEW_COMMENT)
 
 SEARCH = f"""query ChangedPullRequests($q: String!, $after: String) {{
   {RATE_LIMIT_FIELDS}
