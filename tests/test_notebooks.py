@@ -7,6 +7,7 @@ Kernels are started from this interpreter's `python3` kernelspec, which Jupyter 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import stat
@@ -273,3 +274,41 @@ def test_search_notebook_with_the_hash_embedder(kernel_env, make_sandbox, tmp_pa
     assert "embedder: hash" in chosen
     assert "note: the hash embedder matches shared words, not meaning; for search by meaning install MiniLM" in chosen
     assert images(nb) == 1
+
+
+def test_metrics_notebook_reports_only_the_pull_requests_since_and_in_the_repositories_asked(
+        kernel_env, embedded, make_sandbox, token, tmp_path):
+    sandbox = make_sandbox(orgs={"acme": 20}, seed=22)
+    tenant = add_tenant(embedded, sandbox, settings={"pull_requests": True})
+    assert embedded.sync(tenant).overall == "FINISHED"
+    every = frames.pull_requests(tenant, engine=embedded.engine)
+    # The hyphenated names (most of the repositories, not the busiest), and pull requests since the
+    # median date of theirs.
+    repository = "acme/*-*"
+    matched = every[[fnmatch.fnmatchcase(n, repository) for n in every["repository"]]]
+    since = matched["gh_created_at"].sort_values().iloc[len(matched) // 2].strftime("%Y-%m-%d")
+    pulls = frames.pull_requests(tenant, since=since, repository=repository, engine=embedded.engine)
+    reviews = frames.pull_request_reviews(tenant, since=since, repository=repository, engine=embedded.engine)
+    assert 0 < len(pulls) < len(matched) < len(every)
+    assert 1 < pulls["repository"].nunique() < every["repository"].nunique()
+
+    out = tmp_path / "metrics.ipynb"
+    nb = run_notebook("pull_request_metrics.ipynb", out, tenant=tenant, database_url=embedded.database_url,
+                      since=since, repository=repository)
+
+    merged, open_ = int((pulls["state"] == "MERGED").sum()), int((pulls["state"] == "OPEN").sum())
+    assert merged > 0
+    assert (f"{len(pulls)} pull requests in {pulls['repository'].nunique()} repositories, {merged} merged, "
+            f"{open_} open") in text(cell_outputs(nb, "frames.pull_requests("))
+    others = reviews[~reviews["self_review"]].assign(reviewer=reviews["author_login"].fillna("(deleted user)"))
+    said = text(cell_outputs(nb, "frames.pull_request_reviews("))
+    assert (f"{len(reviews)} submitted reviews, {len(others)} of other people's pull requests, "
+            f"by {others['reviewer'].nunique()} reviewers") in said
+    # The review-load table: a pull request is its repository and number (numbers repeat across repositories).
+    load = {name: (len(rows), rows[["repository", "number"]].drop_duplicates().shape[0],
+                   int((rows["state"] == "APPROVED").sum())) for name, rows in others.groupby("reviewer")}
+    shown = {m[1]: tuple(map(int, m.groups()[1:]))
+             for m in re.finditer(r"^(\S.*?)\s+(\d+)\s+(\d+)\s+(\d+)$", said, re.M)}
+    assert shown and all(load[name] == counts for name, counts in shown.items())
+    assert images(nb) == 4
+    assert "found: integration" in text(cell_outputs(nb, "ensure_tenant"))
