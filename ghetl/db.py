@@ -17,6 +17,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from . import config, logs, records
 
@@ -459,6 +461,36 @@ def dialect_insert(dialect: str, table: sa.Table) -> Any:
     """The INSERT of the dialect (a name, as `conn.dialect.name`), which is the one that has ON CONFLICT."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return insert(table)
+
+
+class Unindexed(sa.ColumnElement[Any]):
+    """A column that SQLite's planner must not look up by index (`+column`); the column itself
+    on other dialects.
+
+    For `id IN (100 ids) AND run_id = :run`, SQLite, which keeps no statistics, prefers the
+    index on `run_id` to a hundred rowid lookups, and then reads every row of the run: at
+    100 000 repositories each of the 2 000 status moves of a run read them all, and the
+    statement took 15 ms instead of 3 (a seventh of the embedded run's time, growing with N²).
+    Wrapping the run's column leaves the rowids as the only way in.
+    """
+
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]  # noqa: RUF012  (SQLAlchemy's own shape)
+
+    def __init__(self, column: sa.ColumnElement[Any]) -> None:
+        self.column = column
+        self.type = column.type
+
+
+@compiles(Unindexed)
+def _unindexed(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    text: str = compiler.process(element.column, **kw)
+    return text
+
+
+@compiles(Unindexed, "sqlite")
+def _unindexed_sqlite(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return f"+{compiler.process(element.column, **kw)}"
 
 
 def insert(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> list[int]:

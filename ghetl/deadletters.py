@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 from . import broker as broker_mod
 from . import jobs
 from .broker import Broker, MemoryBroker, Outcome, PoisonMessage
-from .db import dead_letters, raw_extraction_data, tenants
+from .db import Unindexed, dead_letters, raw_extraction_data, tenants
 from .logs import first_line, redact
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _reopen(conn: Connection, stage: str, message: dict[str, Any]) -> list[int]:
                                    later.c.id > raw.c.id)
     reopened = list(conn.execute(
         raw.update()
-        .where(raw.c.id.in_(ids), raw.c.run_id == message["run_id"], raw.c.status == "failed",
+        .where(raw.c.id.in_(ids), Unindexed(raw.c.run_id) == message["run_id"], raw.c.status == "failed",
                raw.c.failed_stage == stage, ~superseded)
         .values(status=REOPENED_STATUS[stage], failed_stage=None, error_message=None)
         .returning(raw.c.id)

@@ -25,8 +25,8 @@ import sqlalchemy as sa
 from . import broker as broker_mod
 from . import deadletters, embeddings, jobs, steps
 from .broker import Broker, Outcome, PoisonMessage
+from .db import Unindexed, etl_jobs, raw_extraction_data, upsert, utcnow
 from .db import embeddings as embeddings_table
-from .db import etl_jobs, raw_extraction_data, upsert, utcnow
 from .logs import first_line, redact
 from .records import ItemStatus, QueueStage, is_queue_stage
 
@@ -48,7 +48,7 @@ _RAW_BATCH = sa.select(
 _MOVE = (
     raw_extraction_data.update()
     .where(raw_extraction_data.c.id.in_(sa.bindparam("ids", expanding=True)),
-           raw_extraction_data.c.run_id == sa.bindparam("run"),
+           Unindexed(raw_extraction_data.c.run_id) == sa.bindparam("run"),  # by the ids: see Unindexed
            raw_extraction_data.c.status == sa.bindparam("from_status"))
     .values(status=sa.bindparam("to_status"))
 )
