@@ -104,6 +104,11 @@ def _recording_queries(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[
     return calls
 
 
+def _points(requests: int) -> int:
+    """GitHub's cost of a query that needs `requests` requests to fill its connections."""
+    return max(1, int(requests / 100 + 0.5))
+
+
 def _follow_ups(total: int, first: int, page: int) -> int:
     """Requests that read a connection of `total` nodes past a first page of `first`."""
     return math.ceil(max(0, total - first) / page)
@@ -150,18 +155,25 @@ def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Back
     assert result.stats["graphql_requests"] < len(per_repo) + sum(n > step.PULLS_FIRST for n in per_repo) * 20
     # Each overflowing thread connection was read on by follow-ups, and nothing else was: the
     # threads of the pull requests with more than a first page of them, the comments of the long
-    # threads (wherever their thread was met), each follow-up costing what GitHub would charge.
-    thread_pages = [(v["id"], r) for d, v, r in calls if d == step.REST["reviewThreads"]]
-    comment_pages = [(v["id"], r) for d, v, r in calls if d == step.THREAD_COMMENTS]
-    assert sorted(i for i, _ in thread_pages) == sorted(
+    # threads (wherever their thread was met), several connections to a query (aliases n0, n1, ...),
+    # each query costing what GitHub would charge for it.
+    kinds = {document: key for key, document in step.REST.items()}
+    follow_ups = [(*kinds[d], v, r) for d, v, r in calls if d in kinds]
+    thread_pages = [(n, v, r) for kind, n, v, r in follow_ups if kind == "reviewThreads"]
+    comment_pages = [(n, v, r) for kind, n, v, r in follow_ups if kind == "threadComments"]
+    assert sorted(v[f"id{i}"] for n, v, _ in thread_pages for i in range(n)) == sorted(
         p for p in many_threads for _ in range(_follow_ups(len(threads[p]), step.THREADS_FIRST, step.THREADS_PAGE)))
-    assert sorted(i for i, _ in comment_pages) == sorted(
+    assert sorted(v[f"id{i}"] for n, v, _ in comment_pages for i in range(n)) == sorted(
         t for t, n in long_threads.items() for _ in range(_follow_ups(n, step.THREAD_COMMENTS_FIRST, step.REST_PAGE)))
-    # GitHub: 1 request for the threads and 1 per thread for their comments, /100, rounded: 1 point;
-    # nodes 50 threads + 50 x 20 comments.
-    assert {(r.cost, r.nodes) for _, r in thread_pages} == {
-        (1, step.THREADS_PAGE + step.THREADS_PAGE * step.THREAD_COMMENTS_FIRST)}
-    assert {(r.cost, r.nodes) for _, r in comment_pages} == {(1, step.REST_PAGE)}
+    # GitHub: per slot, 1 request for the threads and 1 per thread for their comments; a query
+    # costs its requests / 100, rounded, at least 1; nodes per slot 50 threads + 50 x 20 comments.
+    assert [(r.cost, r.nodes) for n, _, r in thread_pages] == [
+        (_points(n * (1 + step.THREADS_PAGE)), n * (step.THREADS_PAGE + step.THREADS_PAGE * step.THREAD_COMMENTS_FIRST))
+        for n, _, _ in thread_pages]
+    assert [(r.cost, r.nodes) for n, _, r in comment_pages] == [(1, n * step.REST_PAGE) for n, _, _ in comment_pages]
+    # Follow-ups of different pull requests share queries: fewer queries than connection pages.
+    assert all(n <= step.SLOTS_PER_QUERY[kind] for kind, n, _, _ in follow_ups)
+    assert len(follow_ups) < sum(n for _, n, _, _ in follow_ups)
     assert result.stats["graphql_points"] == sum(r.cost for _, _, r in calls)
 
 
@@ -221,6 +233,72 @@ def test_repository_deleted_before_its_pull_requests_are_read_fails_alone(
     assert any(gone["full_name"] in w and "NOT_FOUND" in w for w in result.warnings)
     others = [p for r in sb.repos("acme") for p in sb.pull_requests(r["id"])]
     assert result.counts["github_pull_requests"]["transformed"] == len(others)
+
+
+def _first_batched_follow_up(document: str) -> tuple[str, int] | None:
+    kind = next((key for key, d in step.REST.items() if d == document), None)
+    return kind if kind is not None and kind[1] >= 2 else None
+
+
+def test_a_follow_up_github_answers_no_page_for_fails_its_pull_request_alone(
+        embedded: Backend, prs_sandbox: Sandbox, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    original = step._query
+    spoilt: list[str] = []
+
+    def one_slot_not_found(ctx: Any, document: str, variables: dict[str, Any]) -> Any:
+        """The second slot of the first batched follow-up asks for a node GitHub cannot resolve."""
+        if not spoilt and _first_batched_follow_up(document):
+            spoilt.append(variables["id1"])
+            variables = {**variables, "id1": "PR_kwDOgone000000001"}
+        return original(ctx, document, variables)
+
+    monkeypatch.setattr(step, "_query", one_slot_not_found)
+    result = embedded.sync(tenant)
+
+    truth, stored = _truth(sb), _stored(embedded)
+    assert result.overall == "FINISHED" and spoilt
+    assert result.counts["github_pull_requests"]["failed"] == 1
+    assert set(stored) == set(truth) - set(spoilt)
+    with embedded.engine.connect() as conn:
+        error = conn.execute(sa.text("select error_message from raw_extraction_data where status = 'failed'")
+                             ).scalar_one()
+    assert "read incompletely" in error and "stopped before the end of" in error
+    assert "Could not resolve to a node" in error
+
+    monkeypatch.setattr(step, "_query", original)
+    assert embedded.sync(tenant).overall == "FINISHED"
+    assert_same_as_github(embedded, sb)
+
+
+def test_a_follow_up_batch_that_times_out_is_asked_again_in_halves(
+        embedded: Backend, prs_sandbox: Sandbox, token: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ghetl.github import QueryTimedOut
+
+    sb = prs_sandbox
+    tenant = _with_pull_requests(embedded, sb)
+    calls = _recording_queries(monkeypatch)
+    recording = step._query
+    timed_out: list[tuple[tuple[str, int], dict[str, Any]]] = []
+
+    def first_batch_times_out(ctx: Any, document: str, variables: dict[str, Any]) -> Any:
+        kind = _first_batched_follow_up(document)
+        if not timed_out and kind:
+            timed_out.append((kind, variables))
+            raise QueryTimedOut("GitHub timed out on a GraphQL query (timedout)")
+        return recording(ctx, document, variables)
+
+    monkeypatch.setattr(step, "_query", first_batch_times_out)
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED" and timed_out
+    assert_same_as_github(embedded, sb)
+    (kind, n), variables = timed_out[0]
+    wanted = [(variables[f"id{i}"], variables[f"after{i}"]) for i in range(n)]
+    smaller = {step.REST[kind, m] for m in range(1, n)}
+    asked = [[(v[f"id{i}"], v[f"after{i}"]) for i in range(len(v) // 2)] for d, v, _ in calls if d in smaller]
+    assert wanted[: n // 2] in asked and wanted[n // 2:] in asked
 
 
 def test_bad_pull_requests_fail_alone(embedded: Backend, make_sandbox: Any, token: str) -> None:

@@ -459,6 +459,20 @@ def test_cost_node_count_and_remaining_follow_the_documented_rules(fresh):
     assert timedelta(minutes=59) < reset - datetime.now(UTC) <= timedelta(hours=1, seconds=1)
 
 
+def test_aliases_are_each_counted_for_cost_and_node_limit(fresh):
+    def threads(aliases: int) -> str:
+        return "{ rateLimit { cost nodeCount } " + " ".join(
+            f'n{i}: node(id: "PR_none{i}") {{ ... on PullRequest {{ reviewThreads(first: 50) {{ nodes {{ '
+            f'comments(first: 20) {{ nodes {{ id }} }} }} }} }} }}' for i in range(aliases)) + " }"
+
+    # per alias 1 request for the threads + 50 for their comments; 50 + 50 x 20 nodes
+    assert post(fresh, threads(10)).json()["data"]["rateLimit"] == {"cost": 5, "nodeCount": 10 * 1050}
+    assert post(fresh, threads(2)).json()["data"]["rateLimit"] == {"cost": 1, "nodeCount": 2 * 1050}
+    refused = post(fresh, threads(480)).json()
+    assert refused["errors"][0]["type"] == "MAX_NODE_LIMIT_EXCEEDED"
+    assert "requesting up to 504,000 possible nodes" in refused["errors"][0]["message"]
+
+
 def test_spent_bucket_answers_rate_limited_with_200(fresh):
     fresh.set_rate_limit("graphql", remaining=0)
     reply = post(fresh, "{ viewer { login } }")

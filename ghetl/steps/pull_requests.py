@@ -25,6 +25,7 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,21 +112,37 @@ PULL_REQUESTS = f"""query PullRequestsById($ids: [ID!]!) {{
 {_PULL_REQUEST_FRAGMENTS}"""
 
 
-def _rest_of(owner: str, field: str, size: int, fragment: str, *more: str) -> str:
-    """The follow-up that reads one nested connection past its first page."""
-    spread = fragment.split()[1]
-    return (f"query Rest($id: ID!, $after: String) {{ {RATE_LIMIT_FIELDS} node(id: $id) {{ ... on {owner} {{ "
-            f"{field}(first: {size}, after: $after) {{ pageInfo {{ hasNextPage endCursor }} nodes {{ ...{spread} }} }} "
-            f"}} }} }}\n" + "\n".join((fragment, *more)))
-
-
-REST = {
-    "commits": _rest_of("PullRequest", "commits", REST_PAGE, COMMIT),
-    "reviews": _rest_of("PullRequest", "reviews", REST_PAGE, REVIEW),
-    "comments": _rest_of("PullRequest", "comments", REST_PAGE, ISSUE_COMMENT),
-    "reviewThreads": _rest_of("PullRequest", "reviewThreads", THREADS_PAGE, THREAD, REVIEW_COMMENT),
+# A follow-up query reads the next page of up to so many connections at once, one aliased
+# `node(id:)` per connection (`n0`, `n1`, ...), each with its own id and cursor. GitHub charges a
+# query the connections it could fill over 100, at least 1 point: 20 pages of 100 commits cost 1
+# point (2 000 nodes), where one query each cost 20; a page of threads is 51 connections (the
+# threads and each one's comments), so 10 of them cost 5 points and 10 500 nodes, far under the
+# 500 000-node limit. A batch GitHub times out on is asked again in halves.
+FOLLOW_UPS = {
+    # kind: (type of the node, its connection, page size, fragments)
+    "commits": ("PullRequest", "commits", REST_PAGE, (COMMIT,)),
+    "reviews": ("PullRequest", "reviews", REST_PAGE, (REVIEW,)),
+    "comments": ("PullRequest", "comments", REST_PAGE, (ISSUE_COMMENT,)),
+    "reviewThreads": ("PullRequest", "reviewThreads", THREADS_PAGE, (THREAD, REVIEW_COMMENT)),
+    "threadComments": ("PullRequestReviewThread", "comments", REST_PAGE, (REVIEW_COMMENT,)),
 }
-THREAD_COMMENTS = _rest_of("PullRequestReviewThread", "comments", REST_PAGE, REVIEW_COMMENT)
+SLOTS_PER_QUERY = {"commits": 20, "reviews": 20, "comments": 20, "reviewThreads": 10, "threadComments": 20}
+
+
+def _rest_of(kind: str, slots: int) -> str:
+    """The follow-up that reads the next page of `slots` connections of one kind; its text
+    depends on the kind and the count only, the ids and cursors are variables."""
+    owner, field, size, fragments = FOLLOW_UPS[kind]
+    spread = fragments[0].split()[1]
+    variables = ", ".join(f"$id{i}: ID!, $after{i}: String" for i in range(slots))
+    aliases = "\n  ".join(
+        f"n{i}: node(id: $id{i}) {{ ... on {owner} {{ {field}(first: {size}, after: $after{i}) "
+        f"{{ pageInfo {{ hasNextPage endCursor }} nodes {{ ...{spread} }} }} }} }}" for i in range(slots))
+    name = f"RestOf{slots}{kind[0].upper()}{kind[1:]}"
+    return f"query {name}({variables}) {{\n  {RATE_LIMIT_FIELDS}\n  {aliases}\n}}\n" + "\n".join(fragments)
+
+
+REST = {(kind, slots): _rest_of(kind, slots) for kind in FOLLOW_UPS for slots in range(1, SLOTS_PER_QUERY[kind] + 1)}
 
 SEARCH = f"""query ChangedPullRequests($q: String!, $after: String) {{
   {RATE_LIMIT_FIELDS}
@@ -184,12 +201,12 @@ def _collect(ctx: ExtractContext, parents: Iterable[ParentItem], seen: set[str])
 
 def _read_repositories(ctx: ExtractContext, chunk: list[ParentItem], seen: set[str]) -> list[dict[str, Any]]:
     """The complete pull requests of one query's repositories: their first pages, then each one's further pages."""
-    payloads: list[dict[str, Any]] = []
+    pulls: list[tuple[dict[str, Any], list[str]]] = []
     for parent, connection, errors in _first_pages(ctx, chunk):
-        pulls = [(p, errors.get(i, [])) for i, p in enumerate(connection["nodes"]) if p]
+        pulls += [(p, errors.get(i, [])) for i, p in enumerate(connection["nodes"]) if p]
         further = {"nodes": [], "pageInfo": connection["pageInfo"]}
         pulls += [(p, []) for p in collect.to_end(further, functools.partial(_repository_page, ctx, parent))]
-        payloads += _finished(ctx, pulls, seen)
+    payloads = _finished(ctx, pulls, seen)
     ctx.count("repositories_read", len(chunk))
     return payloads
 
@@ -275,42 +292,101 @@ def _finished(
     for pull, errors in pulls:
         if not ctx.first_time(seen, pull["id"]):
             continue
-        try:
-            _read_nested(ctx, pull)
-        except Incomplete as exc:
-            pull["incomplete"] = str(exc)
         if errors:
-            pull["errors"] = errors
-            log.warning("GitHub reported errors inside pull request %s (kept what it returned): %s",
-                        pull.get("url"), "; ".join(errors))
+            pull["errors"] = list(errors)
         out.append(pull)
+    _read_nested(ctx, out)
+    for pull in out:
+        if pull.get("errors"):
+            log.warning("GitHub reported errors inside pull request %s (kept what it returned): %s",
+                        pull.get("url"), "; ".join(pull["errors"]))
     ctx.count("pull_requests", len(out))
     return out
 
 
-def _read_nested(ctx: ExtractContext, pull: dict[str, Any]) -> None:
-    """Complete every nested connection in place (only those that overflow cost a request)."""
-    for field in ("commits", "reviews", "comments", "reviewThreads"):
-        pull[field] = _to_end(ctx, REST[field], pull["id"], field, pull.get(field))
-    for thread in pull["reviewThreads"]["nodes"]:
-        thread["comments"] = _to_end(ctx, THREAD_COMMENTS, thread["id"], "comments", thread.get("comments"))
+PULL_CONNECTIONS = ("commits", "reviews", "comments", "reviewThreads")
 
 
-def _to_end(
-    ctx: ExtractContext, document: str, node_id: str, field: str, first: dict[str, Any] | None
-) -> dict[str, Any]:
+@dataclass
+class _Open:
+    """A nested connection of a pull request still being read: its nodes so far and the cursor
+    of its next page (None once read to the end)."""
+
+    pull: dict[str, Any]
+    kind: str
+    node_id: str
+    connection: dict[str, Any]
+    after: str | None
+
+
+def _read_nested(ctx: ExtractContext, pulls: list[dict[str, Any]]) -> None:
+    """Complete every nested connection of these pull requests in place. Only those that overflow
+    cost a request, and those of all the pull requests are asked for together, several to a
+    query (`REST`), round after round until none has a next page; then the same for the
+    comments of their review threads, those the follow-ups found included."""
+    opened = [_opened(pull, field, pull["id"], pull, field) for pull in pulls for field in PULL_CONNECTIONS]
+    _to_end(ctx, [o for o in opened if o is not None])
+    threads = [_opened(pull, "threadComments", thread["id"], thread, "comments")
+               for pull in pulls if not pull.get("incomplete") for thread in pull["reviewThreads"]["nodes"]]
+    _to_end(ctx, [o for o in threads if o is not None])
+
+
+def _opened(pull: dict[str, Any], kind: str, node_id: str, owner: dict[str, Any], field: str) -> _Open | None:
+    """`owner[field]` as the nodes read so far (null nodes left out); an `_Open` if it has more."""
+    first = owner.get(field)
     if first is None:
-        return {"totalCount": 0, "nodes": []}
+        owner[field] = {"totalCount": 0, "nodes": []}
+        return None
+    owner[field] = {"totalCount": first["totalCount"], "nodes": [n for n in first["nodes"] if n]}
+    info = first["pageInfo"]
+    return _Open(pull, kind, node_id, owner[field], info["endCursor"]) if info["hasNextPage"] else None
 
-    def page_after(cursor: str) -> dict[str, Any]:
-        result = _query(ctx, document, {"id": node_id, "after": cursor})
-        page = (result.data.get("node") or {}).get(field)
+
+def _to_end(ctx: ExtractContext, opened: list[_Open]) -> None:
+    """Read these connections to their end: each round asks for the next page of every one still
+    open, up to `SLOTS_PER_QUERY` of a kind per query. A pull request found incomplete is not
+    read on."""
+    while opened := [o for o in opened if o.after is not None and not o.pull.get("incomplete")]:
+        for kind in FOLLOW_UPS:
+            for batch in collect.batched((o for o in opened if o.kind == kind), SLOTS_PER_QUERY[kind]):
+                _follow_up(ctx, kind, batch)
+
+
+def _follow_up(ctx: ExtractContext, kind: str, batch: list[_Open]) -> None:
+    """The next page of each connection of `batch`, in one query; one GitHub times out on is asked
+    again in halves. A slot GitHub gives no page for marks its pull request incomplete, with the
+    reason; errors beside a page are kept on the pull request with the page."""
+    variables: dict[str, Any] = {}
+    for i, item in enumerate(batch):
+        variables.update({f"id{i}": item.node_id, f"after{i}": item.after})
+    try:
+        result = _query(ctx, REST[kind, len(batch)], variables)
+    except QueryTimedOut:
+        if len(batch) == 1:
+            raise
+        half = len(batch) // 2
+        _follow_up(ctx, kind, batch[:half])
+        _follow_up(ctx, kind, batch[half:])
+        return
+    field = FOLLOW_UPS[kind][1]
+    for i, item in enumerate(batch):
+        alias = f"n{i}"
+        page = (result.data.get(alias) or {}).get(field)
+        slot_errors = [e for e in result.errors if tuple(e.get("path") or ())[:1] == (alias,)]
+        item.after = None
         if page is None:
-            error = result.errors[0].get("message") if result.errors else "no data"
-            raise Incomplete(f"its {field} stopped before the end of {first['totalCount']}: {error}")
-        return dict(page)
-
-    return {"totalCount": first["totalCount"], "nodes": collect.to_end(first, page_after)}
+            error = slot_errors[0].get("message") if slot_errors else "no data"
+            if not item.pull.get("incomplete"):
+                item.pull["incomplete"] = (f"its {field} stopped before the end of "
+                                           f"{item.connection['totalCount']}: {error}")
+            continue
+        item.connection["nodes"] += [n for n in page["nodes"] if n]
+        if page["pageInfo"]["hasNextPage"]:
+            item.after = page["pageInfo"]["endCursor"]
+        if slot_errors:
+            item.pull.setdefault("errors", []).extend(
+                f"{'.'.join(map(str, [item.node_id, *(e.get('path') or ())[1:]]))}: {e.get('message')}"
+                for e in slot_errors)
 
 
 def _errors_by_pull(result: Result, prefix: tuple[str | int, ...]) -> dict[int, list[str]]:
