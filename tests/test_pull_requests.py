@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from typing import Any
 
 import pytest
@@ -109,6 +110,17 @@ def _points(requests: int) -> int:
     return max(1, int(requests / 100 + 0.5))
 
 
+def _slots(variables: dict[str, Any]) -> list[dict[str, Any]]:
+    """A follow-up's variables by slot (n0, n1, ...): its id and each open connection's first and cursor."""
+    found: dict[int, dict[str, Any]] = {}
+    for name, value in variables.items():
+        match = re.fullmatch(r"([A-Za-z]+?)(\d+)", name)
+        assert match, name
+        found.setdefault(int(match[2]), {})[match[1]] = value
+    assert sorted(found) == list(range(len(found)))
+    return [found[i] for i in sorted(found)]
+
+
 def _follow_ups(total: int, first: int, page: int) -> int:
     """Requests that read a connection of `total` nodes past a first page of `first`."""
     return math.ceil(max(0, total - first) / page)
@@ -153,27 +165,46 @@ def test_full_sync_stores_every_pull_request_with_all_nested_pages(backend: Back
         "embedding": "finished"}
     assert linked == len(truth)
     assert result.stats["graphql_requests"] < len(per_repo) + sum(n > step.PULLS_FIRST for n in per_repo) * 20
-    # Each overflowing thread connection was read on by follow-ups, and nothing else was: the
-    # threads of the pull requests with more than a first page of them, the comments of the long
-    # threads (wherever their thread was met), several connections to a query (aliases n0, n1, ...),
-    # each query costing what GitHub would charge for it.
-    kinds = {document: key for key, document in step.REST.items()}
-    follow_ups = [(*kinds[d], v, r) for d, v, r in calls if d in kinds]
-    thread_pages = [(n, v, r) for kind, n, v, r in follow_ups if kind == "reviewThreads"]
-    comment_pages = [(n, v, r) for kind, n, v, r in follow_ups if kind == "threadComments"]
-    assert sorted(v[f"id{i}"] for n, v, _ in thread_pages for i in range(n)) == sorted(
-        p for p in many_threads for _ in range(_follow_ups(len(threads[p]), step.THREADS_FIRST, step.THREADS_PAGE)))
-    assert sorted(v[f"id{i}"] for n, v, _ in comment_pages for i in range(n)) == sorted(
-        t for t, n in long_threads.items() for _ in range(_follow_ups(n, step.THREAD_COMMENTS_FIRST, step.REST_PAGE)))
-    # GitHub: per slot, 1 request for the threads and 1 per thread for their comments; a query
-    # costs its requests / 100, rounded, at least 1; nodes per slot 50 threads + 50 x 20 comments.
-    assert [(r.cost, r.nodes) for n, _, r in thread_pages] == [
-        (_points(n * (1 + step.THREADS_PAGE)), n * (step.THREADS_PAGE + step.THREADS_PAGE * step.THREAD_COMMENTS_FIRST))
-        for n, _, _ in thread_pages]
-    assert [(r.cost, r.nodes) for n, _, r in comment_pages] == [(1, n * step.REST_PAGE) for n, _, _ in comment_pages]
-    # Follow-ups of different pull requests share queries: fewer queries than connection pages.
-    assert all(n <= step.SLOTS_PER_QUERY[kind] for kind, n, _, _ in follow_ups)
-    assert len(follow_ups) < sum(n for _, n, _, _ in follow_ups)
+    # Each overflowing connection was read on by follow-ups, and nothing else was: the commits,
+    # reviews, comments and threads of the pull requests with more than a first page of them, the
+    # comments of the long threads (wherever their thread was met), every open connection of a
+    # node in one slot (aliases n0, n1, ...) with its own first and cursor, several slots to a
+    # query, each query costing what GitHub would charge for it.
+    rest = set(step.REST.values())
+    assert all(d == step.REST[len(_slots(v))] for d, v, _ in calls if d in rest)
+    follow_ups = [(_slots(v), r) for d, v, r in calls if d in rest]
+    asked = {kind: sorted(slot["id"] for slots, _ in follow_ups for slot in slots if kind in slot)
+             for kind in step.FOLLOW_UPS}
+    issue_comments = {p: sum(c["kind"] == "issue" for c in pull["comments"]) for p, pull in truth.items()}
+    assert asked == {
+        "commits": sorted(p for p, pull in truth.items()
+                          for _ in range(_follow_ups(len(pull["commits"]), step.NESTED_FIRST, step.REST_PAGE))),
+        "reviews": sorted(p for p, pull in truth.items()
+                          for _ in range(_follow_ups(len(pull["reviews"]), step.NESTED_FIRST, step.REST_PAGE))),
+        "comments": sorted(p for p, n in issue_comments.items()
+                           for _ in range(_follow_ups(n, step.NESTED_FIRST, step.REST_PAGE))),
+        "reviewThreads": sorted(p for p in many_threads
+                                for _ in range(_follow_ups(len(threads[p]), step.THREADS_FIRST, step.THREADS_PAGE))),
+        "threadComments": sorted(t for t, n in long_threads.items()
+                                 for _ in range(_follow_ups(n, step.THREAD_COMMENTS_FIRST, step.REST_PAGE))),
+    }
+    assert all(slot[kind] == step.FOLLOW_UPS[kind][2] for slots, _ in follow_ups for slot in slots
+               for kind in step.FOLLOW_UPS if kind in slot)
+    # GitHub: per slot, 1 request for each of its 5 connections (those of 0 nodes too) and, when it
+    # asks for a page of threads, 1 per thread for their comments; a query costs its requests / 100,
+    # rounded, at least 1. Nodes: the connections' firsts, and 20 comments per thread asked for.
+    thread_slots = [sum("reviewThreads" in slot for slot in slots) for slots, _ in follow_ups]
+    assert [(r.cost, r.nodes) for _, r in follow_ups] == [
+        (_points(5 * len(slots) + t * step.THREADS_PAGE),
+         sum(v for slot in slots for k, v in slot.items() if k in step.FOLLOW_UPS)
+         + t * step.THREADS_PAGE * step.THREAD_COMMENTS_FIRST)
+        for (slots, _), t in zip(follow_ups, thread_slots, strict=True)]
+    # Follow-ups of different pull requests and of different kinds share queries: fewer queries
+    # than connection pages, and some query reads commits beside another kind.
+    assert all(len(slots) <= step.SLOTS_PER_QUERY for slots, _ in follow_ups)
+    assert all(len({slot["id"] for slot in slots}) == len(slots) for slots, _ in follow_ups)
+    assert len(follow_ups) < sum(len(asked[kind]) for kind in asked)
+    assert any({"commits"} < {k for slot in slots for k in slot if k in step.FOLLOW_UPS} for slots, _ in follow_ups)
     assert result.stats["graphql_points"] == sum(r.cost for _, _, r in calls)
 
 
@@ -235,9 +266,12 @@ def test_repository_deleted_before_its_pull_requests_are_read_fails_alone(
     assert result.counts["github_pull_requests"]["transformed"] == len(others)
 
 
-def _first_batched_follow_up(document: str) -> tuple[str, int] | None:
-    kind = next((key for key, d in step.REST.items() if d == document), None)
-    return kind if kind is not None and kind[1] >= 2 else None
+def _first_batched_follow_up(document: str, variables: dict[str, Any]) -> int | None:
+    """The slot count of a follow-up of several slots, one of them past the first a pull request's."""
+    slots = next((n for n, d in step.REST.items() if d == document), None)
+    if slots is None or slots < 2 or not any(s["id"].startswith("PR_") for s in _slots(variables)[1:]):
+        return None
+    return slots
 
 
 def test_a_follow_up_github_answers_no_page_for_fails_its_pull_request_alone(
@@ -248,10 +282,12 @@ def test_a_follow_up_github_answers_no_page_for_fails_its_pull_request_alone(
     spoilt: list[str] = []
 
     def one_slot_not_found(ctx: Any, document: str, variables: dict[str, Any]) -> Any:
-        """The second slot of the first batched follow-up asks for a node GitHub cannot resolve."""
-        if not spoilt and _first_batched_follow_up(document):
-            spoilt.append(variables["id1"])
-            variables = {**variables, "id1": "PR_kwDOgone000000001"}
+        """A pull request's slot (past the first) of the first batched follow-up asks for a node GitHub
+        cannot resolve."""
+        if not spoilt and _first_batched_follow_up(document, variables):
+            i = next(i for i, s in enumerate(_slots(variables)) if i and s["id"].startswith("PR_"))
+            spoilt.append(variables[f"id{i}"])
+            variables = {**variables, f"id{i}": "PR_kwDOgone000000001"}
         return original(ctx, document, variables)
 
     monkeypatch.setattr(step, "_query", one_slot_not_found)
@@ -280,12 +316,12 @@ def test_a_follow_up_batch_that_times_out_is_asked_again_in_halves(
     tenant = _with_pull_requests(embedded, sb)
     calls = _recording_queries(monkeypatch)
     recording = step._query
-    timed_out: list[tuple[tuple[str, int], dict[str, Any]]] = []
+    timed_out: list[tuple[int, dict[str, Any]]] = []
 
     def first_batch_times_out(ctx: Any, document: str, variables: dict[str, Any]) -> Any:
-        kind = _first_batched_follow_up(document)
-        if not timed_out and kind:
-            timed_out.append((kind, variables))
+        slots = _first_batched_follow_up(document, variables)
+        if not timed_out and slots:
+            timed_out.append((slots, variables))
             raise QueryTimedOut("GitHub timed out on a GraphQL query (timedout)")
         return recording(ctx, document, variables)
 
@@ -294,10 +330,10 @@ def test_a_follow_up_batch_that_times_out_is_asked_again_in_halves(
 
     assert result.overall == "FINISHED" and timed_out
     assert_same_as_github(embedded, sb)
-    (kind, n), variables = timed_out[0]
-    wanted = [(variables[f"id{i}"], variables[f"after{i}"]) for i in range(n)]
-    smaller = {step.REST[kind, m] for m in range(1, n)}
-    asked = [[(v[f"id{i}"], v[f"after{i}"]) for i in range(len(v) // 2)] for d, v, _ in calls if d in smaller]
+    n, variables = timed_out[0]
+    wanted = _slots(variables)
+    smaller = {step.REST[m] for m in range(1, n)}
+    asked = [_slots(v) for d, v, _ in calls if d in smaller]
     assert wanted[: n // 2] in asked and wanted[n // 2:] in asked
 
 

@@ -473,6 +473,37 @@ def test_aliases_are_each_counted_for_cost_and_node_limit(fresh):
     assert "requesting up to 504,000 possible nodes" in refused["errors"][0]["message"]
 
 
+def test_first_0_is_an_empty_page_that_fills_and_charges_nothing_below_it(fresh):
+    """As on GitHub: no nodes, hasNextPage still says whether the connection has any, and the
+    connections under one of 0 nodes are requested 0 times (a variable's default counts too)."""
+    pulls = [p for r in fresh.store.repos_of("acme") for p in fresh.pull_requests(r.id)]
+    busy = next(p for p in pulls if p["commits"])
+    query = """query($id: ID!, $threads: Int = 0, $after: String) { rateLimit { cost nodeCount }
+      node(id: $id) { ... on PullRequest {
+        commits(first: 0) { totalCount pageInfo { hasNextPage endCursor } nodes { id } }
+        reviewThreads(first: $threads, after: $after) { pageInfo { hasNextPage endCursor }
+          nodes { comments(first: 20) { nodes { id } } } } } } }"""
+    found = data(fresh, query, {"id": busy["external_id"]})
+    commits = found["node"]["commits"]
+    assert commits == {"totalCount": len(busy["commits"]), "nodes": [],
+                       "pageInfo": {"hasNextPage": True, "endCursor": None}}
+    threads = {c["thread_external_id"] for c in busy["comments"] if c["kind"] == "review"}
+    assert found["node"]["reviewThreads"] == {"nodes": [], "pageInfo": {"hasNextPage": bool(threads),
+                                                                         "endCursor": None}}
+    # 2 requests (commits, reviewThreads), 0 for the threads' comments; 0 nodes
+    assert found["rateLimit"] == {"cost": 1, "nodeCount": 0}
+    wide = "{ rateLimit { cost nodeCount } " + " ".join(
+        f'n{i}: node(id: "PR_none{i}") {{ ... on PullRequest {{ reviewThreads(first: 0) {{ nodes {{ '
+        f'comments(first: 20) {{ nodes {{ id }} }} }} }} }} }}' for i in range(200)) + " }"
+    # 200 requests, where threads of 50 would be 200 x 51
+    assert post(fresh, wide).json()["data"]["rateLimit"] == {"cost": 2, "nodeCount": 0}
+    without = next(p for p in pulls if not p["commits"] or not any(c["kind"] == "review" for c in p["comments"]))
+    empty = data(fresh, query, {"id": without["external_id"]})["node"]
+    has_threads = any(c["kind"] == "review" for c in without["comments"])
+    assert (empty["commits"]["pageInfo"]["hasNextPage"], empty["reviewThreads"]["pageInfo"]["hasNextPage"]) == (
+        bool(without["commits"]), has_threads)
+
+
 def test_spent_bucket_answers_rate_limited_with_200(fresh):
     fresh.set_rate_limit("graphql", remaining=0)
     reply = post(fresh, "{ viewer { login } }")

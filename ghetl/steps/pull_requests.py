@@ -1,7 +1,7 @@
 """The `github_pull_requests` step: pull requests with their commits, reviews and comments, over GraphQL.
 
 Collector. A full run reads the pull requests of each repository this run stored, as soon as the
-repositories step has stored it: ten repositories per query (`nodes(ids:)` with the REST
+repositories step has stored it: twenty repositories per query (`nodes(ids:)` with the REST
 payload's node id, so a rename between listing and fetch does not matter), each with its ten
 most recently updated pull requests and the first page of every nested connection; a repository
 with more pull requests is paged on its own, a nested connection that overflows is read to its
@@ -49,7 +49,7 @@ TABLES = (pull_requests, pull_request_commits, pull_request_reviews, pull_reques
 EMBED_COLUMNS = ("title", "body")
 KEY = ("tenant_id", "integration_id", "external_id")
 
-REPOSITORIES_PER_QUERY = 10
+REPOSITORIES_PER_QUERY = 20
 PULLS_FIRST = 10
 PULLS_PAGE = 25
 PULLS_PER_REFETCH = 10
@@ -112,37 +112,46 @@ PULL_REQUESTS = f"""query PullRequestsById($ids: [ID!]!) {{
 {_PULL_REQUEST_FRAGMENTS}"""
 
 
-# A follow-up query reads the next page of up to so many connections at once, one aliased
-# `node(id:)` per connection (`n0`, `n1`, ...), each with its own id and cursor. GitHub charges a
-# query the connections it could fill over 100, at least 1 point: 20 pages of 100 commits cost 1
-# point (2 000 nodes), where one query each cost 20; a page of threads is 51 connections (the
-# threads and each one's comments), so 10 of them cost 5 points and 10 500 nodes, far under the
-# 500 000-node limit. A batch GitHub times out on is asked again in halves.
+# A follow-up query reads the next page of every connection still open of up to so many nodes at
+# once: one aliased `node(id:)` slot per pull request (`n0`, `n1`, ...) selecting all four of its
+# connections, and per review thread its comments, each connection with its own `first` and
+# cursor in variables; `first` is 0 (the default) for a connection already read, and GitHub
+# neither fills nor charges what lies below a connection of 0 nodes. GitHub charges a query the
+# connections it could fill over 100, at least 1 point: a slot is 5 connections, plus 1 per thread
+# for their comments when it asks for a page of threads, so 20 slots cost 1 point (2 000 nodes at
+# most without threads) and 20 slots all reading threads 11 points and 29 000 nodes, far under
+# the 500 000-node limit. A batch GitHub times out on is asked again in halves.
 FOLLOW_UPS = {
-    # kind: (type of the node, its connection, page size, fragments)
-    "commits": ("PullRequest", "commits", REST_PAGE, (COMMIT,)),
-    "reviews": ("PullRequest", "reviews", REST_PAGE, (REVIEW,)),
-    "comments": ("PullRequest", "comments", REST_PAGE, (ISSUE_COMMENT,)),
-    "reviewThreads": ("PullRequest", "reviewThreads", THREADS_PAGE, (THREAD, REVIEW_COMMENT)),
-    "threadComments": ("PullRequestReviewThread", "comments", REST_PAGE, (REVIEW_COMMENT,)),
+    # kind (the field's name in the answer): (type of the node, its connection, page size, fragment)
+    "commits": ("PullRequest", "commits", REST_PAGE, "Commit"),
+    "reviews": ("PullRequest", "reviews", REST_PAGE, "Review"),
+    "comments": ("PullRequest", "comments", REST_PAGE, "IssueComment"),
+    "reviewThreads": ("PullRequest", "reviewThreads", THREADS_PAGE, "Thread"),
+    "threadComments": ("PullRequestReviewThread", "comments", REST_PAGE, "ReviewComment"),
 }
-SLOTS_PER_QUERY = {"commits": 20, "reviews": 20, "comments": 20, "reviewThreads": 10, "threadComments": 20}
+SLOTS_PER_QUERY = 20
 
 
-def _rest_of(kind: str, slots: int) -> str:
-    """The follow-up that reads the next page of `slots` connections of one kind; its text
-    depends on the kind and the count only, the ids and cursors are variables."""
-    owner, field, size, fragments = FOLLOW_UPS[kind]
-    spread = fragments[0].split()[1]
-    variables = ", ".join(f"$id{i}: ID!, $after{i}: String" for i in range(slots))
+def _rest_of(slots: int) -> str:
+    """The follow-up that reads the next page of the open connections of `slots` nodes; its text
+    depends on the count only, the ids, page sizes and cursors are variables."""
+    variables = ", ".join(f"$id{i}: ID!, " + ", ".join(f"${kind}{i}: Int = 0, ${kind}After{i}: String"
+                                                       for kind in FOLLOW_UPS) for i in range(slots))
+
+    def selections(owner: str, i: int) -> str:
+        return " ".join(f"{kind}: {field}(first: ${kind}{i}, after: ${kind}After{i}) "
+                        f"{{ pageInfo {{ hasNextPage endCursor }} nodes {{ ...{spread} }} }}"
+                        for kind, (of, field, _, spread) in FOLLOW_UPS.items() if of == owner)
+
+    owners = dict.fromkeys(of for of, *_ in FOLLOW_UPS.values())
     aliases = "\n  ".join(
-        f"n{i}: node(id: $id{i}) {{ ... on {owner} {{ {field}(first: {size}, after: $after{i}) "
-        f"{{ pageInfo {{ hasNextPage endCursor }} nodes {{ ...{spread} }} }} }} }}" for i in range(slots))
-    name = f"RestOf{slots}{kind[0].upper()}{kind[1:]}"
-    return f"query {name}({variables}) {{\n  {RATE_LIMIT_FIELDS}\n  {aliases}\n}}\n" + "\n".join(fragments)
+        f"n{i}: node(id: $id{i}) {{ " + " ".join(f"... on {owner} {{ {selections(owner, i)} }}" for owner in owners)
+        + " }" for i in range(slots))
+    fragments = "\n".join((COMMIT, REVIEW, ISSUE_COMMENT, THREAD, REVIEW_COMMENT))
+    return f"query RestOf{slots}({variables}) {{\n  {RATE_LIMIT_FIELDS}\n  {aliases}\n}}\n{fragments}"
 
 
-REST = {(kind, slots): _rest_of(kind, slots) for kind in FOLLOW_UPS for slots in range(1, SLOTS_PER_QUERY[kind] + 1)}
+REST = {slots: _rest_of(slots) for slots in range(1, SLOTS_PER_QUERY + 1)}
 
 SEARCH = f"""query ChangedPullRequests($q: String!, $after: String) {{
   {RATE_LIMIT_FIELDS}
@@ -321,14 +330,14 @@ class _Open:
 
 def _read_nested(ctx: ExtractContext, pulls: list[dict[str, Any]]) -> None:
     """Complete every nested connection of these pull requests in place. Only those that overflow
-    cost a request, and those of all the pull requests are asked for together, several to a
-    query (`REST`), round after round until none has a next page; then the same for the
-    comments of their review threads, those the follow-ups found included."""
+    cost a request, and those of all the pull requests are asked for together, every open
+    connection of a pull request (and the comments of each of its threads) in one slot, several
+    slots to a query (`REST`), round after round until none has a next page; the comments of the
+    threads a follow-up finds are read on from the next round."""
     opened = [_opened(pull, field, pull["id"], pull, field) for pull in pulls for field in PULL_CONNECTIONS]
+    opened += [_opened(pull, "threadComments", thread["id"], thread, "comments")
+               for pull in pulls for thread in pull["reviewThreads"]["nodes"]]
     _to_end(ctx, [o for o in opened if o is not None])
-    threads = [_opened(pull, "threadComments", thread["id"], thread, "comments")
-               for pull in pulls if not pull.get("incomplete") for thread in pull["reviewThreads"]["nodes"]]
-    _to_end(ctx, [o for o in threads if o is not None])
 
 
 def _opened(pull: dict[str, Any], kind: str, node_id: str, owner: dict[str, Any], field: str) -> _Open | None:
@@ -344,49 +353,64 @@ def _opened(pull: dict[str, Any], kind: str, node_id: str, owner: dict[str, Any]
 
 def _to_end(ctx: ExtractContext, opened: list[_Open]) -> None:
     """Read these connections to their end: each round asks for the next page of every one still
-    open, up to `SLOTS_PER_QUERY` of a kind per query. A pull request found incomplete is not
-    read on."""
+    open, the connections of a node in one slot, up to `SLOTS_PER_QUERY` slots per query. A pull
+    request found incomplete is not read on."""
     while opened := [o for o in opened if o.after is not None and not o.pull.get("incomplete")]:
-        for kind in FOLLOW_UPS:
-            for batch in collect.batched((o for o in opened if o.kind == kind), SLOTS_PER_QUERY[kind]):
-                _follow_up(ctx, kind, batch)
+        slots: dict[str, list[_Open]] = {}
+        for item in opened:
+            slots.setdefault(item.node_id, []).append(item)
+        found: list[_Open] = []
+        for batch in collect.batched(list(slots.values()), SLOTS_PER_QUERY):
+            found += _follow_up(ctx, batch)
+        opened += found
 
 
-def _follow_up(ctx: ExtractContext, kind: str, batch: list[_Open]) -> None:
-    """The next page of each connection of `batch`, in one query; one GitHub times out on is asked
-    again in halves. A slot GitHub gives no page for marks its pull request incomplete, with the
-    reason; errors beside a page are kept on the pull request with the page."""
+def _follow_up(ctx: ExtractContext, batch: list[list[_Open]]) -> list[_Open]:
+    """The next page of each open connection of the nodes of `batch`, in one query; one GitHub
+    times out on is asked again in halves. A connection GitHub gives no page for marks its pull
+    request incomplete, with the reason; errors beside a page are kept on the pull request with
+    the page. Returns the comments still to read of the threads these pages brought."""
     variables: dict[str, Any] = {}
-    for i, item in enumerate(batch):
-        variables.update({f"id{i}": item.node_id, f"after{i}": item.after})
+    for i, slot in enumerate(batch):
+        variables[f"id{i}"] = slot[0].node_id
+        for item in slot:
+            variables.update({f"{item.kind}{i}": FOLLOW_UPS[item.kind][2], f"{item.kind}After{i}": item.after})
     try:
-        result = _query(ctx, REST[kind, len(batch)], variables)
+        result = _query(ctx, REST[len(batch)], variables)
     except QueryTimedOut:
         if len(batch) == 1:
             raise
         half = len(batch) // 2
-        _follow_up(ctx, kind, batch[:half])
-        _follow_up(ctx, kind, batch[half:])
-        return
-    field = FOLLOW_UPS[kind][1]
-    for i, item in enumerate(batch):
+        return _follow_up(ctx, batch[:half]) + _follow_up(ctx, batch[half:])
+    found: list[_Open] = []
+    for i, slot in enumerate(batch):
         alias = f"n{i}"
-        page = (result.data.get(alias) or {}).get(field)
-        slot_errors = [e for e in result.errors if tuple(e.get("path") or ())[:1] == (alias,)]
-        item.after = None
-        if page is None:
-            error = slot_errors[0].get("message") if slot_errors else "no data"
-            if not item.pull.get("incomplete"):
-                item.pull["incomplete"] = (f"its {field} stopped before the end of "
-                                           f"{item.connection['totalCount']}: {error}")
-            continue
-        item.connection["nodes"] += [n for n in page["nodes"] if n]
-        if page["pageInfo"]["hasNextPage"]:
-            item.after = page["pageInfo"]["endCursor"]
-        if slot_errors:
-            item.pull.setdefault("errors", []).extend(
-                f"{'.'.join(map(str, [item.node_id, *(e.get('path') or ())[1:]]))}: {e.get('message')}"
-                for e in slot_errors)
+        node = result.data.get(alias) or {}
+        paths = [(tuple(e.get("path") or ()), e) for e in result.errors]
+        whole = [e for path, e in paths if path == (alias,)]
+        for position, item in enumerate(slot):
+            page = node.get(item.kind)
+            mine = [e for path, e in paths if path[:2] == (alias, item.kind)]
+            item.after = None
+            if page is None:
+                error = (mine + whole)[0].get("message") if mine + whole else "no data"
+                if not item.pull.get("incomplete"):
+                    item.pull["incomplete"] = (f"its {FOLLOW_UPS[item.kind][1]} stopped before the end of "
+                                               f"{item.connection['totalCount']}: {error}")
+                continue
+            new = [n for n in page["nodes"] if n]
+            item.connection["nodes"] += new
+            if page["pageInfo"]["hasNextPage"]:
+                item.after = page["pageInfo"]["endCursor"]
+            if item.kind == "reviewThreads":
+                found += [o for thread in new
+                          if (o := _opened(item.pull, "threadComments", thread["id"], thread, "comments"))]
+            kept = mine + (whole if position == 0 else [])
+            if kept:
+                item.pull.setdefault("errors", []).extend(
+                    f"{'.'.join(map(str, [item.node_id, *(e.get('path') or ())[1:]]))}: {e.get('message')}"
+                    for e in kept)
+    return found
 
 
 def _errors_by_pull(result: Result, prefix: tuple[str | int, ...]) -> dict[int, list[str]]:
