@@ -191,6 +191,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 def _gaps(stats_or_status: dict[str, Any]) -> list[str]:
     """The run's warnings and its given-up items, one line each, as `sync` and `jobs` show them."""
     lines = [f"warning: {w}" for w in stats_or_status.get("warnings", [])]
+    lines += [f"note: {n}" for n in stats_or_status.get("notes", [])]
     for step, given_up in stats_or_status.get("given_up", {}).items():
         lines.append(f"given up: {given_up['count']} {step} items no run tries again "
                      f"(e.g. {'; '.join(given_up['examples'][:2])})")

@@ -242,7 +242,7 @@ def stage_running(conn: Connection, run_id: str, job_id: int, step: str, stage: 
 
 def extraction_done(
     conn: Connection, run: Run, step: str, total: int, stats: dict[str, Any], error: str | None,
-    warnings: list[str] | None = None, given_up: dict[str, Any] | None = None,
+    warnings: list[str] | None = None, given_up: dict[str, Any] | None = None, notes: list[str] | None = None,
 ) -> list[Event]:
     """Record how many items the step has in this run; until then its later stages cannot finish.
 
@@ -252,7 +252,8 @@ def extraction_done(
     `warnings` are the step's gaps: the run still finishes, shows them in the job's status, and
     does not move `last_sync_date` past them. `given_up` (count and examples) are the step's
     items that no run will try again (see carryover.py): shown the same way, but they do not
-    hold `last_sync_date`, which would otherwise never move again.
+    hold `last_sync_date`, which would otherwise never move again. `notes` are GitHub's own limits
+    met (data kept as complete as GitHub gives it): shown like warnings, not holding it either.
     `error` is redacted here, as in `fail`: the run's error becomes the job's, which `ghetl
     jobs`, the status stream and notebooks show, so no caller has to remember to.
     """
@@ -265,6 +266,8 @@ def extraction_done(
     values: dict[str, Any] = {"totals": {**row["totals"], step: total}, "stats": {**row["stats"], **stats}}
     if warnings:
         values["stats"]["warnings"] = [*row["stats"].get("warnings", []), *(redact(w) for w in warnings)]
+    if notes:
+        values["stats"]["notes"] = [*row["stats"].get("notes", []), *(redact(n) for n in notes)]
     if given_up:
         values["stats"]["given_up"] = {**row["stats"].get("given_up", {}),
                                        step: {**given_up, "examples": [redact(e) for e in given_up["examples"]]}}
@@ -272,7 +275,7 @@ def extraction_done(
         values["error_message"] = redact(error)
     conn.execute(etl_job_runs.update().where(etl_job_runs.c.run_id == run.run_id).values(**values))
     job["status"] = copy.deepcopy(job["status"])
-    for key in ("warnings", "given_up"):
+    for key in ("warnings", "notes", "given_up"):
         if key in values["stats"]:
             job["status"][key] = values["stats"][key]
     events: list[Event] = []

@@ -370,7 +370,7 @@ def _extract(
     stats = {**ctx.client.stats.as_dict(), **ctx.stats}
     with engine.begin() as conn:
         broker.publish_status(jobs.extraction_done(conn, run, step.name, total, stats, error, ctx.warnings,
-                                                   given_up.as_dict() if given_up.count else None))
+                                                   given_up.as_dict() if given_up.count else None, ctx.notes))
     if held:
         held[-1].update(last_item=True, last_job_item=last_step)
         broker.publish("transform", [{**envelope, "items": held}])

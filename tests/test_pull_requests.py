@@ -467,3 +467,30 @@ def test_a_rejected_query_is_a_clear_error_and_never_retried(
     assert "bug in ghetl" in (result.error or "")
     # Queries of other repositories may have been in flight alongside; none was sent twice.
     assert graphql_calls and result.stats["retries"] == 0
+
+
+def test_a_pull_request_past_githubs_250_commits_keeps_250_with_a_note(
+        embedded: Backend, make_sandbox: Any, token: str) -> None:
+    from ghetl.sandbox import control
+
+    sb = make_sandbox(orgs={"acme": 4}, seed=SEED)
+    tenant = _with_pull_requests(embedded, sb)
+    control.run_op(sb, "set_pull_commits_cap", {"cap": 250})
+    repo = sb.repos("acme")[0]
+    big = sb.add_pull_request(repo["id"], "a very long branch", commits=260)
+
+    result = embedded.sync(tenant)
+
+    assert result.overall == "FINISHED"
+    assert result.counts["github_pull_requests"]["failed"] == 0
+    assert result.warnings == []
+    name = f"{repo['full_name']}#{big['number']}"
+    assert result.stats["notes"] == [f"{name}: GitHub lists at most 250 of its 260 commits; 250 stored"]
+    stored = assert_same_as_github(embedded, sb)[big["external_id"]]
+    assert stored["commits_total"] == 260 and len(stored["commits"]) == 250
+    with embedded.engine.connect() as conn:
+        pk = conn.execute(sa.select(pull_requests.c.id).where(pull_requests.c.external_id == big["external_id"])
+                          ).scalar_one()
+        rows = conn.execute(sa.select(sa.func.count()).select_from(pull_request_commits)
+                            .where(pull_request_commits.c.pull_request_id == pk)).scalar_one()
+    assert rows == 250

@@ -7,7 +7,8 @@ Bodies mirror the Python calls: ``POST /_sandbox/touch {"repo": "acme/x", "descr
 Pull requests: ``GET /_sandbox/pull_requests?repo=acme/x`` (ground truth), ``POST /_sandbox/touch_pull_request
 {"repo": "acme/x", "number": 3, "title": "..."}``, likewise add_pull_request (title), comment_pull_request
 (number, body), review_pull_request (number, state), delete_pull_request_comment (number, external_id)
-and force_push_pull_request (number, commits). GitHub Apps: ``POST /_sandbox/add_app {"app_id": 1, "public_key":
+and force_push_pull_request (number, commits); ``set_pull_commits_cap {"cap": 250}`` lists at most that many
+commits per pull request (``null``: all). GitHub Apps: ``POST /_sandbox/add_app {"app_id": 1, "public_key":
 "-----BEGIN PUBLIC KEY-----...", "installation_id": 2}`` and ``POST /_sandbox/revoke_installation_tokens``.
 Control requests are free, never faulted and not recorded in ``requests``.
 """
@@ -131,6 +132,7 @@ WRITES: dict[str, Callable[[Sandbox, dict[str, Any]], Any]] = {
     "add_app": lambda sb, a: _ok(sb.add_app, a.pop("app_id"), a.pop("public_key"), int(a.pop("installation_id")), **a),
     "revoke_installation_tokens": lambda sb, a: {"revoked": sb.revoke_installation_tokens()},
     "touch_pull_request": lambda sb, a: _jsonable(sb.touch_pull_request(_ref(a), int(a.pop("number")), **a)),
+    "set_pull_commits_cap": lambda sb, a: _ok(sb.set_pull_commits_cap, a.get("cap")),
     "add_pull_request": lambda sb, a: _jsonable(sb.add_pull_request(_ref(a), **a)),
     "comment_pull_request": lambda sb, a: _jsonable(sb.comment_pull_request(_ref(a), int(a.pop("number")), **a)),
     "review_pull_request": lambda sb, a: _jsonable(sb.review_pull_request(_ref(a), int(a.pop("number")), **a)),

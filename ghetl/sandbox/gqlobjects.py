@@ -21,7 +21,7 @@ from graphql import FieldNode, FragmentSpreadNode, GraphQLError, GraphQLResolveI
 from .data import Owner, Repo
 from .limits import Bucket
 from .nodeids import cursor, node_id, parse_cursor
-from .pulls import Commit, IssueComment, Person, PullRequest, Review, ReviewComment, ReviewThread
+from .pulls import Commit, IssueComment, Person, PullRequest, Review, ReviewComment, ReviewThread, served_commits
 from .shapes import iso
 
 if TYPE_CHECKING:
@@ -100,13 +100,14 @@ def check_page_arguments(info: GraphQLResolveInfo, args: dict[str, Any]) -> None
 
 
 def connection(info: GraphQLResolveInfo, args: dict[str, Any], items: Sequence[Any], key: Callable[[Any], list],
-               render: Callable[[Any], dict], descending: bool = False) -> dict[str, Any]:
-    """One page of ``items`` (already in connection order) as a Relay connection with keyset cursors."""
+               render: Callable[[Any], dict], descending: bool = False, total: int | None = None) -> dict[str, Any]:
+    """One page of ``items`` (already in connection order) as a Relay connection with keyset cursors;
+    ``total`` is its ``totalCount`` when that counts more than the connection lists."""
     check_page_arguments(info, args)
     keys = [key(item) for item in items]
     start = _position(keys, args["after"], descending, True) if args.get("after") else 0
     end = _position(keys, args["before"], descending, False) if args.get("before") else len(items)
-    return page(items, args, start, end, lambda i: cursor(keys[i]), render)
+    return page(items, args, start, end, lambda i: cursor(keys[i]), render, total)
 
 
 def invalid_cursor(raw: str) -> GraphQLError:
@@ -114,7 +115,7 @@ def invalid_cursor(raw: str) -> GraphQLError:
 
 
 def page(items: Sequence[Any], args: dict[str, Any], start: int, end: int, cursor_at: Callable[[int], str],
-         render: Callable[[Any], dict]) -> dict[str, Any]:
+         render: Callable[[Any], dict], total: int | None = None) -> dict[str, Any]:
     """The items between the cursors (``start`` to ``end``), cut to ``first`` or ``last``."""
     end = max(start, min(end, len(items)))
     if args.get("first") is not None:
@@ -123,7 +124,7 @@ def page(items: Sequence[Any], args: dict[str, Any], start: int, end: int, curso
         start = max(start, end - args["last"])
     shown = range(start, end)
     return {
-        "totalCount": len(items),
+        "totalCount": len(items) if total is None else total,
         "pageInfo": {"hasNextPage": end < len(items), "hasPreviousPage": start > 0,
                      "startCursor": cursor_at(start) if shown else None,
                      "endCursor": cursor_at(end - 1) if shown else None},
@@ -249,8 +250,8 @@ def pull_request(sb: Sandbox, repo: Repo, pull: PullRequest) -> dict[str, Any]:
         "updatedAt": iso(pull.updated_at), "closedAt": iso(pull.closed_at), "mergedAt": iso(pull.merged_at),
         "repository": lambda info: repository(sb, repo),
         "commits": lambda info, **args: connection(
-            info, args, list(enumerate(pull.commits, start=1)), lambda pair: [pair[0]],
-            lambda pair: pull_request_commit(sb, repo, pull, *pair)),
+            info, args, list(enumerate(served_commits(pull, sb.pull_store.commit_cap), start=1)),
+            lambda pair: [pair[0]], lambda pair: pull_request_commit(sb, repo, pull, *pair), total=len(pull.commits)),
         "reviews": lambda info, **args: connection(
             info, args, [r for r in pull.reviews if _review_matches(r, args)], _by_id,
             lambda r: review(sb, repo, pull, r)),

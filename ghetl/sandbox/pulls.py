@@ -405,6 +405,12 @@ class PullStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        # At most this many of a pull request's commits in PullRequest.commits (None: all of them),
+        # totalCount still the real number. REST's "list commits on a pull request" is documented
+        # to stop at 250; GraphQL's connection is not documented to, and projects that meet the
+        # REST cap (dcoapp/app#310, linuxfoundation/easycla#4801) move to GraphQL to read past
+        # it, so the sandbox serves all by default and `set_pull_commits_cap` turns a cap on.
+        self.commit_cap: int | None = None
         self._pulls: dict[int, list[PullRequest]] = {}
         self._people: dict[str, list[Person]] = {}
         self._ids = _id_makers()
@@ -565,8 +571,15 @@ def _login(person: Person | None) -> str | None:
     return None if person is None else person.login
 
 
-def ground_truth(pull: PullRequest, url: str) -> dict[str, Any]:
-    """A pull request as the Phase 4 tables should hold it (column names of DESIGN.md), with children."""
+def served_commits(pull: PullRequest, cap: int | None) -> list[Commit]:
+    """The commits PullRequest.commits lists, oldest first: the first ``cap`` if there is a cap."""
+    return pull.commits if cap is None else pull.commits[:cap]
+
+
+def ground_truth(pull: PullRequest, url: str, commit_cap: int | None = None) -> dict[str, Any]:
+    """A pull request as the Phase 4 tables should hold it (column names of DESIGN.md), with children:
+    the commits GitHub lists (see ``PullStore.commit_cap``), ``commits_total`` all of them."""
+    served = served_commits(pull, commit_cap)
     author = _login(pull.author)
     by_others = [r.submitted_at for r in pull.reviews
                  if r.submitted_at is not None and (r.author is None or r.author.login != author)]
@@ -581,13 +594,13 @@ def ground_truth(pull: PullRequest, url: str) -> dict[str, Any]:
         "comments_total": len(pull.comments), "review_decision": pull.review_decision,
         "gh_created_at": pull.created_at, "gh_updated_at": pull.updated_at, "closed_at": pull.closed_at,
         "merged_at": pull.merged_at,
-        "first_commit_at": min((c.authored_at for c in pull.commits), default=None),
+        "first_commit_at": min((c.authored_at for c in served), default=None),
         "first_review_at": min(by_others, default=None),
         "first_approval_at": min(approvals, default=None),
         "commits": [{"sha": c.oid, "message_headline": c.message.split("\n", 1)[0], "author_name": c.author_name,
                      "author_email": c.author_email, "author_login": _login(c.author), "authored_at": c.authored_at,
                      "committer_name": c.committer_name, "committed_at": c.committed_at, "additions": c.additions,
-                     "deletions": c.deletions} for c in pull.commits],
+                     "deletions": c.deletions} for c in served],
         "reviews": [{"external_id": review_ids[r.id], "state": r.state, "author_login": _login(r.author),
                      "body": r.body, "submitted_at": r.submitted_at, "commit_sha": r.commit_oid}
                     for r in pull.reviews],

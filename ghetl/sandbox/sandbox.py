@@ -150,14 +150,15 @@ class Sandbox:
         pulls = self.pull_store.of(repo)
         with self.store.lock:
             web = f"{self.store.site.web}/{repo.full_name}/pull"
-            return [ground_truth(p, f"{web}/{p.number}") for p in pulls]
+            return [ground_truth(p, f"{web}/{p.number}", self.pull_store.commit_cap) for p in pulls]
 
     def pull_request(self, id_or_full_name: int | str, number: int) -> dict[str, Any]:
         """Ground truth of one pull request (the shape of an item of ``pull_requests``)."""
         repo = self.store.resolve(id_or_full_name)
         pull = self.pull_store.get(repo, number)
         with self.store.lock:
-            return ground_truth(pull, f"{self.store.site.web}/{repo.full_name}/pull/{number}")
+            return ground_truth(pull, f"{self.store.site.web}/{repo.full_name}/pull/{number}",
+                                self.pull_store.commit_cap)
 
     def pull_request_counts(self, id_or_full_name: int | str) -> dict[str, int]:
         """Totals for one repository: pull_requests, commits, reviews, comments, review_comments."""
@@ -171,6 +172,11 @@ class Sandbox:
         """Set updatedAt to now and apply changes (title, body, is_draft, state=OPEN|CLOSED|MERGED)."""
         self.pull_store.touch(self.store.resolve(id_or_full_name), number, **changes)
         return self.pull_request(id_or_full_name, number)
+
+    def set_pull_commits_cap(self, cap: int | None) -> None:
+        """List at most ``cap`` commits per pull request in PullRequest.commits (None: all)."""
+        with self.store.lock:
+            self.pull_store.commit_cap = cap
 
     def add_pull_request(self, id_or_full_name: int | str, title: str, author: str | None = None, body: str = "",
                          commits: int = 1) -> dict[str, Any]:

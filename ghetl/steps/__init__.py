@@ -221,6 +221,7 @@ class ExtractContext:
     step: str | None = None
     depends_on: str | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -241,6 +242,14 @@ class ExtractContext:
         """Record a gap of this run: logged now, shown in the run's status, and it holds the cut-off."""
         log.warning("%s", message)
         self.warnings.append(message)
+
+    def note(self, message: str) -> None:
+        """Record a limit of GitHub's that no later run gets past (e.g. the 250 commits it lists of a
+        pull request): logged now and shown in the run's status like a warning, but it does not
+        hold the cut-off, which would otherwise never move again."""
+        log.warning("%s", message)
+        with self._lock:
+            self.notes.append(message)
 
     def parents(self) -> Iterator[ParentItem]:
         """The parent step's items of this run, each as soon as its transform has stored its row.

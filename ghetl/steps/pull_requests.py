@@ -27,6 +27,7 @@ import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -306,11 +307,30 @@ def _finished(
         out.append(pull)
     _read_nested(ctx, out)
     for pull in out:
+        _note_commit_cap(ctx, pull)
         if pull.get("errors"):
             log.warning("GitHub reported errors inside pull request %s (kept what it returned): %s",
                         pull.get("url"), "; ".join(pull["errors"]))
     ctx.count("pull_requests", len(out))
     return out
+
+
+COMMITS_CAP = 250  # REST lists at most 250 commits of a pull request; GitHub may stop there
+
+
+def _note_commit_cap(ctx: ExtractContext, pull: dict[str, Any]) -> None:
+    """A commits connection read to its end with fewer than its totalCount (above 250): GitHub
+    lists no more, so what it gave is kept, the item is not failed, and the reason is kept on
+    the item (`notes` in its raw payload) and on the run (`ctx.note`, not holding the cut-off)."""
+    commits = pull.get("commits") or {}
+    stored, total = len(commits.get("nodes") or []), commits.get("totalCount") or 0
+    if pull.get("incomplete") or total <= COMMITS_CAP or stored >= total:
+        return
+    where = urlsplit(pull.get("url") or "").path.strip("/").split("/")
+    name = f"{where[0]}/{where[1]}#{pull.get('number')}" if len(where) >= 2 else str(pull.get("id"))
+    message = f"{name}: GitHub lists at most {stored} of its {total} commits; {stored} stored"
+    pull.setdefault("notes", []).append(message)
+    ctx.note(message)
 
 
 PULL_CONNECTIONS = ("commits", "reviews", "comments", "reviewThreads")
