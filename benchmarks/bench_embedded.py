@@ -26,6 +26,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str) -> None:
+    """Return once `proc` listens on `port`; stop the benchmark if it exits or takes over a minute."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} exited {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{name} did not listen within a minute")
+
+
 @contextlib.contextmanager
 def sandbox_process(repos: int, extra: list[str] | None = None) -> Iterator[str]:
     """The sandbox in a process of its own; `extra` are more `ghetl sandbox` options (latency)."""
@@ -35,14 +47,7 @@ def sandbox_process(repos: int, extra: list[str] | None = None) -> Iterator[str]
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            time.sleep(0.1)
-        else:
-            raise SystemExit("the sandbox did not start")
+        wait_for_port(port, proc, "the sandbox")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -30,7 +30,6 @@ import contextlib
 import datetime as dt
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 
 import bench_scaleout
 import psutil
+from bench_embedded import free_port, wait_for_port
 from bench_scaleout import AMQP_URL, PeakRss, Usage, wait4
 
 
@@ -81,7 +81,7 @@ def _load(url: str, env: dict[str, str], args: argparse.Namespace, figures: dict
             plan.append((tenant_id, f"other{n:02d}", key))
     engine.dispose()
 
-    port = _free_port()
+    port = free_port()
     server_log = tempfile.TemporaryFile()  # noqa: SIM115  (closed below)
     server = subprocess.Popen([sys.executable, "-m", "ghetl", "status-server", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=server_log)
@@ -90,7 +90,7 @@ def _load(url: str, env: dict[str, str], args: argparse.Namespace, figures: dict
     stop = threading.Event()
     publisher = threading.Thread(target=_publish_others, args=(env, plan[1:], args.other_rate, stop), daemon=True)
     try:
-        _wait_for_port(port, server)
+        wait_for_port(port, server, "ghetl status-server")
         clients = subprocess.Popen(
             [sys.executable, __file__, "--clients-process"], env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -146,23 +146,6 @@ def _publish_others(env: dict[str, str], others: list[tuple[int, str, str]], rat
             time.sleep(2 / rate)
     finally:
         broker.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"ghetl status-server exited {server.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise SystemExit("ghetl status-server did not listen within a minute")
 
 
 async def _clients(plan: dict[str, Any]) -> dict[str, Any]:
