@@ -29,7 +29,9 @@ def test_every_command_has_help(cli, command):
     assert "usage: ghetl" in result.stdout
 
 
-def test_setup_sync_and_summary(cli, sandbox):
+def test_setup_sync_and_summary(cli, make_sandbox):
+    # 150 repositories: two listing pages, and pull requests for each (the default steps), kept small for speed
+    sandbox = make_sandbox(orgs={"acme": 150}, users={"octocat": 12}, seed=11)
     assert cli("init").returncode == 0
     again = cli("init")
     assert again.returncode == 0 and "schema ready" in again.stdout
@@ -45,12 +47,12 @@ def test_setup_sync_and_summary(cli, sandbox):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["overall"] == "FINISHED"
-    assert summary["counts"]["github_repositories"]["embedded"] == 500
+    assert summary["counts"]["github_repositories"]["embedded"] == 150
     pulls = sum(len(sandbox.pull_requests(r["id"])) for r in sandbox.repos("acme"))
     assert summary["counts"]["github_pull_requests"] == {"extracted": pulls, "transformed": pulls, "embedded": pulls,
                                                           "failed": 0}
     stats = summary["stats"]
-    assert summary["requests"] == 6 + stats["graphql_requests"] and summary["rate_limit_points"] == 6
+    assert summary["requests"] == 3 + stats["graphql_requests"] and summary["rate_limit_points"] == 3
     assert TOKEN not in result.stdout + result.stderr
     jobs = json.loads(cli("jobs", "--json").stdout)
     assert [j["status"]["overall"] for j in jobs] == ["FINISHED"]
