@@ -568,6 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the exit codes of Ctrl-C and SIGTERM
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (cron, systemd, `timeout`) raised in the main thread as Ctrl-C raises
     KeyboardInterrupt, so that it takes the same way out: a sync then marks its job FAILED
@@ -586,10 +589,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except Terminated:
         print("ghetl: interrupted (SIGTERM)", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return INTERRUPTED[1]
     except KeyboardInterrupt:
         print("ghetl: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return INTERRUPTED[0]
     except EXPECTED_ERRORS as exc:
         if args.verbose:
             log.exception("failed")
@@ -614,7 +617,24 @@ def run() -> None:
     gc.freeze()
     code = main()
     gc.freeze()
+    if code in INTERRUPTED:
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    """End an interrupted command without waiting for its requests still in flight.
+
+    At exit the interpreter joins the threads of every thread pool, and a listing's pages go
+    side by side in one: a stopped sync would wait for GitHub to answer each page in hand,
+    retries and rate-limit waits included (a page that took 20 s held the exit for 20 s). The
+    command has recorded its end by now (a sync marks its job FAILED "interrupted", and its
+    broker is closed), so what is left to do is to flush the output.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _error(message: str) -> int:

@@ -18,7 +18,7 @@ import httpx
 import sqlalchemy as sa
 
 from . import broker as broker_mod
-from . import carryover, config, db, http_cache, jobs, steps, tenants
+from . import carryover, config, db, http_cache, interrupts, jobs, steps, tenants
 from . import settings as settings_mod
 from .broker import Broker, MemoryBroker
 from .db import raw_extraction_data, utcnow
@@ -111,47 +111,49 @@ def sync(
     per_stage = _per_stage(workers)
     embedder = _check_consumers(per_stage) if run_workers else None
     broker.declare()
-    with engine.begin() as conn:
-        run, events = jobs.start(conn, job, full=full, anonymous=creds.anonymous,
-                                 settings=http_cache.fingerprint(settings))
-        carried = {name: carryover.adopt(conn, run, name) for name in steps.registry()}
-
-    stop = threading.Event()
-    consumers: _Consumers | None = None
-    extraction: _Extraction | None = None
-    unsubscribe: Callable[[], None] | None = None
-    ended = False
-    try:
-        log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"],
-                 run.run_id)
-        unsubscribe = _listen(broker, run.run_id, progress, on_event)
-        broker.publish_status(events)
-        if run_workers:
-            consumers = _Consumers(broker, engine, stop, per_stage, embedder)
-        extraction = _Extraction(engine, broker, run, job, client, integration, settings, carried)
-        _wait_for_end(engine, run, timeout, None if run_workers else broker, consumers, extraction)
-        extraction.join()
-        ended = True
-        _retention(engine, run)
-    except BaseException as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+    with interrupts.deferred() as interrupt:
         with engine.begin() as conn:
-            broker.publish_status(jobs.fail(conn, run, reason))
-        if extraction is not None and not isinstance(exc, KeyboardInterrupt):
-            extraction.join(check=False)  # a step waiting for its parent sees the run end and returns
-        raise
-    finally:
-        client.close()
-        creds.close()
-        stop.set()
-        if consumers is not None:
-            consumers.join()
-        if unsubscribe is not None:
-            unsubscribe()
-        if ended and progress is not None:
-            _settle(progress, engine, run)
-        if own_broker:
-            broker.close()  # RabbitMQ: what was handed to the publisher is written before the process ends
+            run, events = jobs.start(conn, job, full=full, anonymous=creds.anonymous,
+                                     settings=http_cache.fingerprint(settings))
+            carried = {name: carryover.adopt(conn, run, name) for name in steps.registry()}
+
+        stop = threading.Event()
+        consumers: _Consumers | None = None
+        extraction: _Extraction | None = None
+        unsubscribe: Callable[[], None] | None = None
+        ended = False
+        try:
+            log.info("%s sync of %s started (run %s)", "full" if run.full else "incremental", integration["owner"],
+                     run.run_id)
+            unsubscribe = _listen(broker, run.run_id, progress, on_event)
+            broker.publish_status(events)
+            if run_workers:
+                consumers = _Consumers(broker, engine, stop, per_stage, embedder)
+            extraction = _Extraction(engine, broker, run, job, client, integration, settings, carried)
+            _wait_for_end(engine, run, timeout, interrupt.check, None if run_workers else broker,
+                          consumers, extraction)
+            extraction.join()
+            ended = True
+            _retention(engine, run)
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            with engine.begin() as conn:
+                broker.publish_status(jobs.fail(conn, run, reason))
+            if extraction is not None and not isinstance(exc, KeyboardInterrupt):
+                extraction.join(check=False)  # a step waiting for its parent sees the run end and returns
+            raise
+        finally:
+            client.close()
+            creds.close()
+            stop.set()
+            if consumers is not None:
+                consumers.join()
+            if unsubscribe is not None:
+                unsubscribe()
+            if ended and progress is not None:
+                _settle(progress, engine, run)
+            if own_broker:
+                broker.close()  # RabbitMQ: what was handed to the publisher is written before the process ends
     return _result(engine, tenant_row["name"], run, client, time.monotonic() - started)
 
 
@@ -419,8 +421,9 @@ class Stalled(TimeoutError):
     """The run cannot end by itself: nobody consumes a stage it waits on, or nothing moves."""
 
 
-def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remote: Broker | None = None,
-                  consumers: _Consumers | None = None, extraction: _Extraction | None = None) -> None:
+def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, interrupted: Callable[[], None],
+                  remote: Broker | None = None, consumers: _Consumers | None = None,
+                  extraction: _Extraction | None = None) -> None:
     """Poll the job until its run ended, keeping the heartbeat fresh meanwhile.
 
     A run must never wait for work that nobody can do. With `remote`, the stages run in other
@@ -430,7 +433,8 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
     recorded), a run whose counts have not moved for GHETL_STALL_TIMEOUT (15 min) ends FAILED
     too; its unfinished items are the next run's work (requests to GitHub and waits for its
     rate limit count as progress). With `consumers`, they run in this process, and their
-    failure ends the wait; likewise a failure of `extraction`, which runs meanwhile.
+    failure ends the wait; likewise a failure of `extraction`, which runs meanwhile. Ctrl-C and
+    SIGTERM are raised by `interrupted`, here between two polls (see interrupts.py).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     no_worker_after = config.env_float("GHETL_NO_WORKER_TIMEOUT", 600.0, minimum=0.1)
@@ -439,6 +443,7 @@ def _wait_for_end(engine: sa.Engine, run: jobs.Run, timeout: float | None, remot
     watch = _Unattended(remote) if remote is not None else None
     progress: tuple[Any, float] = (None, time.monotonic())
     while True:
+        interrupted()
         with engine.connect() as conn:
             job = jobs.job_by_id(conn, run.job_id)
             counts = jobs.item_counts(conn, run.run_id)

@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -442,8 +443,10 @@ def test_a_malformed_stored_api_url_is_one_line_and_starts_no_run(cli, tmp_path)
 
 
 def test_sigterm_fails_the_running_job_like_ctrl_c(cli, make_sandbox, tmp_path):
-    """cron, systemd and `timeout` stop a sync with SIGTERM: the job must not stay RUNNING."""
-    sb = make_sandbox(orgs={"acme": 50})
+    """cron, systemd and `timeout` stop a sync with SIGTERM: the job must not stay RUNNING, and
+    the sync stops without waiting for the page still on its way. The signal comes while page 1
+    is served and page 2 takes 20 s, so the run cannot have finished before the signal is acted on."""
+    sb = make_sandbox(orgs={"acme": 150})
     cli("init")
     cli("tenant", "add", "t1")
     cli("integration", "add", "--tenant", "t1", "--owner", "acme", "--api-url", sb.url)
@@ -451,16 +454,20 @@ def test_sigterm_fails_the_running_job_like_ctrl_c(cli, make_sandbox, tmp_path):
            "GITHUB_TOKEN": TOKEN}
     running: list[subprocess.Popen[str]] = []
     sb.inject("mutate", path=r"/(orgs|organizations)/", action=lambda _sb: running[0].send_signal(signal.SIGTERM))
+    sb.inject("delay", path=r"[?&]page=2", seconds=20)
+    started = time.monotonic()
     running.append(subprocess.Popen([sys.executable, "-m", "ghetl", "sync", "--tenant", "t1", "--quiet"], env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
 
     _, stderr = running[0].communicate(timeout=60)
 
+    assert time.monotonic() - started < 15
     assert running[0].returncode == 128 + signal.SIGTERM
     assert stderr.strip().splitlines()[-1] == "ghetl: interrupted (SIGTERM)"
     assert "Traceback" not in stderr
     [job] = json.loads(cli("jobs", "--json").stdout)
     assert (job["status"]["overall"], job["error_message"]) == ("FAILED", "interrupted")
+    sb.clear_faults()
     assert cli("sync", "--tenant", "t1", "--quiet").returncode == 0
 
 
