@@ -156,9 +156,10 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
 
-    from ghetl import db, migrate, tenants
-    from ghetl.rabbitmq import RabbitBroker
+    from ghetl import tenants
+    from ghetl.queue.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
+    from ghetl.store import db, migrate
     from tests.support import delete_queues, scratch_database
 
     prefix = f"chaos{uuid.uuid4().hex[:8]}"

@@ -63,9 +63,10 @@ def main() -> None:
     os.environ["GITHUB_TOKEN"] = "ghp_benchmarkToken0000000000000000000000"
     os.environ.pop("GHETL_EMBEDDER", None)
     with tempfile.TemporaryDirectory() as tmp, sandbox_process(args.repos) as api_url:
-        from ghetl import db, migrate, tenants
-        from ghetl.broker import MemoryBroker
-        from ghetl.sync import sync
+        from ghetl import tenants
+        from ghetl.pipeline.sync import sync
+        from ghetl.queue.broker import MemoryBroker
+        from ghetl.store import db, migrate
 
         engine = db.engine(f"sqlite:///{tmp}/bench.db")
         migrate.init(engine)

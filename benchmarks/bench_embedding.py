@@ -33,11 +33,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests.support
 from bench_embedded import sandbox_process
 
-from ghetl import db, embeddings, migrate, tenants
-from ghetl.broker import MemoryBroker
-from ghetl.search import search
-from ghetl.sync import SyncResult, sync
-from ghetl.workers import Pipeline
+from ghetl import embeddings, tenants
+from ghetl.pipeline.sync import SyncResult, sync
+from ghetl.pipeline.workers import Pipeline
+from ghetl.queue.broker import MemoryBroker
+from ghetl.store import db, migrate
+from ghetl.workbench.search import search
 from tests.support import scratch_database, wait_until
 
 PG_ADMIN_URL = os.environ.get("GHETL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")

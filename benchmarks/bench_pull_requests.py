@@ -46,9 +46,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, sandbox_process(args.repos, extra) as api_url:
         import httpx
 
-        from ghetl import db, migrate, tenants
-        from ghetl.broker import MemoryBroker
-        from ghetl.sync import sync
+        from ghetl import tenants
+        from ghetl.pipeline.sync import sync
+        from ghetl.queue.broker import MemoryBroker
+        from ghetl.store import db, migrate
 
         engine = db.engine(f"sqlite:///{tmp}/bench.db")
         migrate.init(engine)

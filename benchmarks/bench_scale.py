@@ -33,8 +33,9 @@ class Figures(NamedTuple):
 
 def embedded(repos: int) -> Figures:
     """`ghetl sync --full` on SQLite with the stages in its own threads."""
-    from ghetl import db, migrate, tenants
+    from ghetl import tenants
     from ghetl.sandbox import Sandbox
+    from ghetl.store import db, migrate
 
     with tempfile.TemporaryDirectory() as tmp, Sandbox(orgs={"bench": repos}, seed=3) as sandbox:
         warm(sandbox.url)

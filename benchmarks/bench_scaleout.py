@@ -236,10 +236,11 @@ def run_once(args: argparse.Namespace, py_spy: str | None, *, latency_ms: float 
             ))
         return proc
 
-    from ghetl import db, migrate, tenants
-    from ghetl.rabbitmq import RabbitBroker
+    from ghetl import tenants
+    from ghetl.queue.rabbitmq import RabbitBroker
     from ghetl.sandbox import Sandbox
     from ghetl.sandbox.sandbox import Latency
+    from ghetl.store import db, migrate
     from tests.support import delete_queues, scratch_database
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"

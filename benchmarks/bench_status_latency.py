@@ -28,16 +28,17 @@ import uuid
 
 from websockets.sync.client import connect
 
-from ghetl import db, migrate, tenants
-from ghetl.rabbitmq import RabbitBroker
-from ghetl.statusserver import StatusServer
+from ghetl import tenants
+from ghetl.queue.rabbitmq import RabbitBroker
+from ghetl.status.server import StatusServer
+from ghetl.store import db, migrate
 
 AMQP_URL = os.environ.get("GHETL_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 PUBLISHER = """
 import sys, time
-from ghetl.rabbitmq import RabbitBroker
-from ghetl.status import stage_event
+from ghetl.queue.rabbitmq import RabbitBroker
+from ghetl.status.events import stage_event
 url, prefix, tenant_id, events, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 broker = RabbitBroker(url, prefix)
 broker.declare()

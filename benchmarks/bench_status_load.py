@@ -71,7 +71,8 @@ def main() -> None:
 @contextlib.contextmanager
 def _load(url: str, env: dict[str, str], args: argparse.Namespace, figures: dict[str, Any]) -> Iterator[None]:
     """The status server, its clients and the other tenants' events, for as long as the sync runs."""
-    from ghetl import db, tenants
+    from ghetl import tenants
+    from ghetl.store import db
 
     engine = db.engine(url)
     with engine.begin() as conn:
@@ -130,8 +131,8 @@ def _publish_others(env: dict[str, str], others: list[tuple[int, str, str]], rat
                     stop: threading.Event) -> None:
     """Runs of the other tenants as their workers would announce them: each run a new `run_id`
     whose extraction circle turns running, then finished (two state changes)."""
-    from ghetl.rabbitmq import RabbitBroker
-    from ghetl.status import stage_event
+    from ghetl.queue.rabbitmq import RabbitBroker
+    from ghetl.status.events import stage_event
 
     broker = RabbitBroker(AMQP_URL, env["GHETL_QUEUE_PREFIX"])
     n = 0

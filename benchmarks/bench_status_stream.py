@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_embedded import sandbox_process
 from websockets.sync.client import connect
 
-from ghetl import db, migrate, tenants
-from ghetl.broker import MemoryBroker
-from ghetl.status import stage_event
-from ghetl.statusserver import StatusServer
-from ghetl.sync import sync
+from ghetl import tenants
+from ghetl.pipeline.sync import sync
+from ghetl.queue.broker import MemoryBroker
+from ghetl.status.events import stage_event
+from ghetl.status.server import StatusServer
+from ghetl.store import db, migrate
 
 
 def fresh(tmp: str, n: int, api_url: str) -> tuple[object, str]:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import bench_embedded
 
 if TYPE_CHECKING:
-    from ghetl.sync import SyncResult
+    from ghetl.pipeline.sync import SyncResult
 
 TOKENS = {"BENCH_A_GITHUB_TOKEN": "ghp_benchTokenA000000000000000000000000000",
           "BENCH_B_GITHUB_TOKEN": "ghp_benchTokenB000000000000000000000000000",
@@ -35,9 +35,10 @@ def sandbox_process(repos: int, limit: int, window: int) -> contextlib.AbstractC
 
 
 def run(names: list[str], args: argparse.Namespace) -> tuple[float, SyncResult]:
-    from ghetl import db, migrate, tenants
-    from ghetl.broker import MemoryBroker
-    from ghetl.sync import sync
+    from ghetl import tenants
+    from ghetl.pipeline.sync import sync
+    from ghetl.queue.broker import MemoryBroker
+    from ghetl.store import db, migrate
 
     with tempfile.TemporaryDirectory() as tmp, sandbox_process(args.repos, args.limit, args.window) as api_url:
         engine = db.engine(f"sqlite:///{tmp}/bench.db")

@@ -2,7 +2,7 @@
 
 The public API: set up with `init`, `add_tenant`, `add_integration`; run with `sync` (which
 raises `Disabled` for a disabled tenant or integration); keep the database lean with `prune`;
-look with `search` (and, in notebooks, `ghetl.frames`). Everything is configured by
+look with `search` (and, in notebooks, `ghetl.workbench.frames`). Everything is configured by
 environment variables (see `ghetl.config`), so the same code runs on SQLite in a notebook and
 on PostgreSQL + RabbitMQ with workers on other hosts.
 
@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "AlreadyRunning": "jobs",
+    "AlreadyRunning": "pipeline.jobs",
     "Disabled": "tenants",
     "NotFound": "tenants",
     "SettingsError": "settings",
-    "SyncResult": "sync",
+    "SyncResult": "pipeline.sync",
     "add_integration": "tenants",
     "add_tenant": "tenants",
-    "connect_broker": "broker",
-    "engine": "db",
-    "init": "migrate",
-    "prune": "prune",
-    "search": "search",
-    "sync": "sync",
+    "connect_broker": "queue.broker",
+    "engine": "store.db",
+    "init": "store.migrate",
+    "prune": "pipeline.prune",
+    "search": "workbench.search",
+    "sync": "pipeline.sync",
 }
 _RENAMED = {"connect_broker": "connect"}
 
@@ -52,15 +52,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .broker import connect as connect_broker
-    from .db import engine
-    from .jobs import AlreadyRunning
-    from .migrate import init
-    from .prune import prune
-    from .search import search
+    from .pipeline.jobs import AlreadyRunning
+    from .pipeline.prune import prune
+    from .pipeline.sync import SyncResult, sync
+    from .queue.broker import connect as connect_broker
     from .settings import SettingsError
-    from .sync import SyncResult, sync
+    from .store.db import engine
+    from .store.migrate import init
     from .tenants import Disabled, NotFound, add_integration, add_tenant
+    from .workbench.search import search
 
 
 def __getattr__(name: str) -> Any:

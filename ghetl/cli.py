@@ -22,12 +22,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import broker as broker_mod
-from . import config, db, jobs, logs, migrate, sandbox, tenants
+from . import config, logs, sandbox, tenants
 from .argtypes import days, port, positive_int, positive_seconds
 from .github import GitHubError
 from .github.credentials import APP_KEY_ENV_RULE, TOKEN_ENV_RULE, AuthConfig
+from .pipeline import jobs
+from .queue import broker as broker_mod
 from .settings import AUTH_KEY, SettingsError
+from .store import db, migrate
 
 log = logging.getLogger("ghetl")
 
@@ -151,8 +153,8 @@ def cmd_integration_set(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from .pipeline.sync import sync
     from .progress import StageBars
-    from .sync import sync
 
     bars = StageBars(enabled=not args.json and not args.quiet)
     try:
@@ -243,7 +245,7 @@ def _end_stale_runs(engine: sa.Engine) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .prune import prune
+    from .pipeline.prune import prune
 
     with _engine().begin() as conn:
         tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
@@ -261,7 +263,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _chosen_letters(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from . import deadletters
+    from .pipeline import deadletters
 
     with _engine().connect() as conn:
         tenant_id = tenants.get_tenant(conn, args.tenant)["id"] if args.tenant else None
@@ -304,7 +306,7 @@ def cmd_dead_letters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
-    from . import deadletters
+    from .pipeline import deadletters
 
     letters = _chosen_letters(args)
     broker = broker_mod.connect()
@@ -334,7 +336,7 @@ def cmd_dead_letters_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters_drop(args: argparse.Namespace) -> int:
-    from . import deadletters
+    from .pipeline import deadletters
 
     if not (args.id or args.tenant or args.all):
         raise ValueError("say which dead letters to drop: --id ID, --tenant T, or --all")
@@ -352,7 +354,7 @@ def cmd_dead_letters_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import search
+    from .workbench.search import search
 
     frame = search(args.tenant, args.text, limit=args.limit, engine=_engine(), entity=args.entity)
     if frame.empty:
@@ -372,7 +374,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     first message is taken: a worker that cannot do the work must not take it.
     """
     from .embeddings import get_embedder
-    from .workers import Pipeline
+    from .pipeline.workers import Pipeline
 
     stages = list(broker_mod.STAGE_QUEUES) if args.stage == "all" else [args.stage]
     broker = broker_mod.connect()
@@ -414,7 +416,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status_server(args: argparse.Namespace) -> int:
-    from .statusserver import StatusServer
+    from .status.server import StatusServer
 
     migrate.check_ready(_engine())
     broker = broker_mod.connect()

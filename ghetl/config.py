@@ -25,7 +25,7 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
 def default_database_path() -> Path:
     """The SQLite file used when GHETL_DATABASE_URL is unset: `data/ghetl.db` under the working directory."""
-    return Path.cwd() / "data" / "ghetl.db"
+    return Path.cwd() / "data" / "ghetl.store.db"
 
 
 def database_url() -> str:

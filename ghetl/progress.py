@@ -6,7 +6,7 @@ import sys
 import threading
 from typing import Any
 
-from .status import STAGES, Event
+from .status.events import STAGES, Event
 
 
 def _bar_class() -> tuple[type, bool]:

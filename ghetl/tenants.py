@@ -18,10 +18,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import config, jobs, steps
+from . import config, steps
 from . import settings as settings_mod
-from .db import etl_jobs, integrations, tenants
 from .github import credentials
+from .pipeline import jobs
+from .store.db import etl_jobs, integrations, tenants
 
 log = logging.getLogger(__name__)
 

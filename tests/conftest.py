@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, migrate, tenants
-from ghetl.broker import Broker, MemoryBroker
+from ghetl import tenants
+from ghetl.queue.broker import Broker, MemoryBroker
 from ghetl.sandbox import Sandbox
+from ghetl.store import db, migrate
 
 from .support import delete_queues, scratch_database, wait_until
 
@@ -54,7 +55,7 @@ class Backend:
 
     def sync(self, tenant: str, **kwargs: Any) -> Any:
         """Run a sync with this test's engine and broker, consumers in this process."""
-        from ghetl.sync import sync
+        from ghetl.pipeline.sync import sync
 
         kwargs.setdefault("run_workers", True)
         kwargs.setdefault("timeout", 120)
@@ -70,7 +71,7 @@ class Backend:
 
 
 def _embedded(tmp_path: Any) -> Iterator[Backend]:
-    url = f"sqlite:///{tmp_path / 'ghetl.db'}"
+    url = f"sqlite:///{tmp_path / 'ghetl.store.db'}"
     engine = db.engine(url)
     migrate.init(engine)
     yield Backend("embedded", url, "memory://", engine, MemoryBroker(), {"GHETL_DATABASE_URL": url})
@@ -90,7 +91,7 @@ def _scaleout() -> Iterator[Backend]:
         os.environ["GHETL_QUEUE_PREFIX"] = prefix
         engine = db.engine(url)
         migrate.init(engine)
-        from ghetl.rabbitmq import RabbitBroker
+        from ghetl.queue.rabbitmq import RabbitBroker
 
         try:
             broker = RabbitBroker(AMQP_URL)

@@ -11,7 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ghetl import broker as broker_mod
+from ghetl.queue import broker as broker_mod
 
 
 @contextlib.contextmanager

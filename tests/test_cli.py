@@ -68,7 +68,8 @@ def test_jobs_ends_a_run_whose_sync_process_died(cli, tmp_path):
 
     import sqlalchemy as sa
 
-    from ghetl import db, jobs
+    from ghetl.pipeline import jobs
+    from ghetl.store import db
 
     cli("init")
     cli("tenant", "add", "acme-corp")
@@ -142,7 +143,7 @@ def test_only_init_creates_the_default_database(tmp_path, command):
     result = subprocess.run([sys.executable, "-m", "ghetl", *command], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert "no database at" in one_line_error(result) and "run: ghetl init" in one_line_error(result)
-    assert not (tmp_path / "data" / "ghetl.db").exists()
+    assert not (tmp_path / "data" / "ghetl.store.db").exists()
 
 
 def test_no_room_for_the_default_database_is_one_line(cli, tmp_path):
@@ -478,7 +479,11 @@ def test_a_worker_host_runs_without_the_notebook_stack(tmp_path):
     code = (
         "import sys\n"
         f"for name in {blocked!r}: sys.modules[name] = None\n"
-        "from ghetl import cli, sync, workers, rabbitmq, statusserver, frames\n"
+        "from ghetl import cli\n"
+        "from ghetl.pipeline import sync, workers\n"
+        "from ghetl.queue import rabbitmq\n"
+        "from ghetl.status import server\n"
+        "from ghetl.workbench import frames\n"
         "sys.exit(cli.main(['init']))\n"
     )
     env = {**os.environ, "GHETL_DATABASE_URL": f"sqlite:///{tmp_path / 'worker.db'}"}

@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from ghetl import db, deadletters, embeddings, jobs, tenants, workers
-from ghetl.broker import MemoryBroker
-from ghetl.sync import sync
-from ghetl.workers import Pipeline
+from ghetl import embeddings, tenants
+from ghetl.pipeline import deadletters, jobs, workers
+from ghetl.pipeline.sync import sync
+from ghetl.pipeline.workers import Pipeline
+from ghetl.queue.broker import MemoryBroker
+from ghetl.store import db
 
 from .conftest import TOKEN, Backend, add_tenant, one_line_error
 from .support import wait_until

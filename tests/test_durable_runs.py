@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from ghetl import jobs, steps, tenants
-from ghetl.broker import MemoryBroker
-from ghetl.sync import Stalled
-from ghetl.workers import Pipeline
+from ghetl import steps, tenants
+from ghetl.pipeline import jobs
+from ghetl.pipeline.sync import Stalled
+from ghetl.pipeline.workers import Pipeline
+from ghetl.queue.broker import MemoryBroker
 
 from .conftest import TOKEN, Backend, add_tenant
 from .test_scaleout import rabbitmqctl

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from ghetl import embeddings, steps
-from ghetl.db import etl_jobs
+from ghetl.store.db import etl_jobs
 from tests.conftest import add_tenant
 
 GET_EMBEDDER = embeddings.get_embedder  # the real one, whatever a test patches in its place
@@ -169,7 +169,7 @@ def test_failed_embedding_is_retried_then_failed_without_vector(
 def test_switching_model_reembeds_and_never_mixes(
     backend: Any, make_sandbox: Any, token: str, use_embedder: Any
 ) -> None:
-    from ghetl.search import search
+    from ghetl.workbench.search import search
 
     sandbox = make_sandbox(orgs={"acme": 40}, seed=13)
     tenant = add_tenant(backend, sandbox)

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from ghetl.embeddings import HashingEmbedder
-from ghetl.workers import Pipeline
+from ghetl.pipeline.workers import Pipeline
 
 from .conftest import PG_ADMIN_URL, TOKEN, Backend, Workers, add_tenant
 from .support import wait_until
@@ -244,8 +244,8 @@ def test_an_item_that_kills_its_worker_fails_alone_and_the_run_ends(
 
 def test_a_delivery_longer_than_the_heartbeat_keeps_its_connection(scaleout: Backend) -> None:
     """A slow batch (minutes of re-embedding) must not look like a dead worker to RabbitMQ."""
-    from ghetl.broker import Outcome
-    from ghetl.rabbitmq import RabbitBroker
+    from ghetl.queue.broker import Outcome
+    from ghetl.queue.rabbitmq import RabbitBroker
 
     broker = RabbitBroker(scaleout.broker_url + "?heartbeat=1")
     broker.publish_raw("transform", b'{"slow": true}')

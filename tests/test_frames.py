@@ -1,4 +1,4 @@
-"""ghetl.frames on both back ends: each DataFrame says what the database holds and what GitHub sent."""
+"""ghetl.workbench.frames on both back ends: each DataFrame says what the database holds and what GitHub sent."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from ghetl import frames
 from ghetl.embeddings import get_embedder
+from ghetl.workbench import frames
 
 from .conftest import add_tenant
 

@@ -22,8 +22,7 @@ from dataclasses import replace
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, logs, tenants
-from ghetl.db import raw_extraction_data, repositories
+from ghetl import logs, tenants
 from ghetl.github import (
     GitHubClient,
     GitHubError,
@@ -33,6 +32,8 @@ from ghetl.github import (
     RateLimited,
     TokenRejected,
 )
+from ghetl.store import db
+from ghetl.store.db import raw_extraction_data, repositories
 
 from .conftest import TOKEN, add_tenant
 

@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 import ghetl
-from ghetl import jobs, tenants
-from ghetl.sync import sync
+from ghetl import tenants
+from ghetl.pipeline import jobs
+from ghetl.pipeline.sync import sync
 
 from .conftest import TOKEN, Backend, add_tenant, one_line_error
 

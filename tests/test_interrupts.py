@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from ghetl import interrupts
+from ghetl.pipeline import interrupts
 
 
 def test_a_signal_is_recorded_and_raised_at_check():

@@ -21,7 +21,9 @@ import papermill
 import pytest
 import sqlalchemy as sa
 
-from ghetl import embeddings, frames, migrate, tenants
+from ghetl import embeddings, tenants
+from ghetl.store import migrate
+from ghetl.workbench import frames
 
 from .conftest import AMQP_URL, TOKEN, add_tenant
 

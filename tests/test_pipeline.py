@@ -10,11 +10,12 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from ghetl import jobs, logs, tenants
-from ghetl.broker import MemoryBroker, Outcome, encode, max_attempts
-from ghetl.db import etl_jobs, raw_extraction_data, repositories
+from ghetl import logs, tenants
+from ghetl.pipeline import jobs
+from ghetl.pipeline.workers import Pipeline, database_unavailable
+from ghetl.queue.broker import MemoryBroker, Outcome, encode, max_attempts
 from ghetl.steps.repositories import deactivate
-from ghetl.workers import Pipeline, database_unavailable
+from ghetl.store.db import etl_jobs, raw_extraction_data, repositories
 
 from .conftest import add_tenant
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ghetl import db, tenants
-from ghetl.prune import due, prune
+from ghetl import tenants
+from ghetl.pipeline.prune import due, prune
+from ghetl.store import db
 
 from .conftest import Backend, add_tenant
 

@@ -15,9 +15,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl.db import pull_request_comments, pull_request_commits, pull_request_reviews, pull_requests, repositories
 from ghetl.sandbox import Sandbox
 from ghetl.steps import pull_requests as step
+from ghetl.store.db import (
+    pull_request_comments,
+    pull_request_commits,
+    pull_request_reviews,
+    pull_requests,
+    repositories,
+)
 
 from .conftest import Backend, add_tenant
 
@@ -382,7 +388,7 @@ def test_turned_off_pull_requests_cost_nothing(embedded: Backend, make_sandbox: 
 
 
 def test_flow_metrics_of_hand_checked_pull_requests(embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
-    from ghetl import frames
+    from ghetl.workbench import frames
 
     sb = prs_sandbox
     tenant = _with_pull_requests(embedded, sb)
@@ -420,7 +426,7 @@ def test_flow_metrics_of_hand_checked_pull_requests(embedded: Backend, prs_sandb
 
 
 def test_search_finds_pull_requests_by_meaning(embedded: Backend, prs_sandbox: Sandbox, token: str) -> None:
-    from ghetl.search import search
+    from ghetl.workbench.search import search
 
     sb = prs_sandbox
     tenant = _with_pull_requests(embedded, sb)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ghetl
-from ghetl import broker, db, jobs, records, status
+from ghetl import records
+from ghetl.pipeline import jobs
+from ghetl.queue import broker
+from ghetl.status import events as status
+from ghetl.store import db
 
 
 def test_the_run_time_tuples_are_the_literal_types_values() -> None:

@@ -8,7 +8,6 @@ CI=true an unreachable server fails the test instead of skipping it.
 from __future__ import annotations
 
 import fcntl
-import importlib
 import itertools
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl.rabbitmq import PublishRejected, RabbitBroker
+from ghetl.queue.rabbitmq import PublishRejected, RabbitBroker
 
 from .conftest import TOKEN, Backend, Workers, _unavailable, add_tenant
 from .support import delete_queues, wait_until
@@ -222,11 +221,11 @@ def test_sync_repeats_the_no_workers_warning_while_nobody_consumes(
     scaleout: Backend, sandbox: Any, token: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A sync without --timeout waits for workers forever: one warning at its start scrolls out of sight."""
-    sync_module = importlib.import_module("ghetl.sync")  # `ghetl.sync` is also the function the package exports
+    from ghetl.pipeline import sync as sync_module
     monkeypatch.setattr(sync_module, "CONSUMER_CHECK_SECONDS", 0.05)
     monkeypatch.setattr(sync_module, "UNATTENDED_REPEAT_SECONDS", 0.4)
     tenant = add_tenant(scaleout, sandbox)
-    caplog.set_level(logging.WARNING, logger="ghetl.sync")
+    caplog.set_level(logging.WARNING, logger="ghetl.pipeline.sync")
     with pytest.raises(TimeoutError):
         scaleout.sync(tenant, run_workers=False, timeout=1.5)
 
@@ -241,7 +240,7 @@ def test_a_step_waiting_for_its_parent_ends_with_the_run_when_nobody_transforms(
 ) -> None:
     """Pull requests wait for their repositories' transform: without workers it never comes, and
     the run must end as any run without workers does, not wait in the step's thread forever."""
-    from ghetl.sync import Stalled
+    from ghetl.pipeline.sync import Stalled
 
     monkeypatch.setenv("GHETL_NO_WORKER_TIMEOUT", "1")
     tenant = add_tenant(scaleout, sandbox, settings={"pull_requests": True})

@@ -13,8 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from ghetl import db, migrate, tenants
-from ghetl.db import embeddings, repositories
+from ghetl import tenants
+from ghetl.store import db, migrate
+from ghetl.store.db import embeddings, repositories
 
 from .conftest import Backend
 

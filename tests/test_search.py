@@ -17,7 +17,7 @@ import pytest
 from ghetl import embeddings
 from ghetl.cli import main
 from ghetl.sandbox.data import THEMES
-from ghetl.search import search
+from ghetl.workbench.search import search
 from tests.conftest import add_tenant
 from tests.test_embeddings import Counting, load_minilm
 

@@ -22,16 +22,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from ghetl import jobs
-from ghetl.status import job_event, stage_event
-from ghetl.statusserver import (
-    CircleGuard,
-    Limits,
-    StatusServer,
-    Subscription,
-    _job_states,
-    changes,
-)
+from ghetl.pipeline import jobs
+from ghetl.status.events import job_event, stage_event
+from ghetl.status.server import CircleGuard, Limits, StatusServer, Subscription, _job_states, changes
 
 from .conftest import TOKEN, Backend, Workers, _scaleout, add_tenant
 from .status_helpers import (
@@ -360,7 +353,7 @@ def test_a_replaced_key_cuts_off_the_connections_that_use_it(backend, sandbox, t
 
 def test_after_the_subscription_comes_back_every_client_gets_a_snapshot(scaleout, sandbox, token, monkeypatch):
     """A dropped RabbitMQ connection loses what was published until the queue is bound again."""
-    from ghetl import rabbitmq
+    from ghetl.queue import rabbitmq
 
     tenant = add_tenant(scaleout, sandbox)
     own, job = tenant_id(scaleout, tenant), scaleout.scalar("select id from etl_jobs")
@@ -444,7 +437,7 @@ def test_polled_changes_become_the_events_a_live_bus_would_have_sent():
 
 def test_stream_keys_never_reach_the_logs(embedded, sandbox, token, caplog):
     """Debug logging shows request lines and headers, of the server and of the notebook board."""
-    from ghetl.widgets import StatusBoard
+    from ghetl.workbench.widgets import StatusBoard
 
     caplog.set_level(logging.DEBUG, logger="websockets.ghetl")
     tenant = add_tenant(embedded, sandbox)

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ghetl import db, http_cache, jobs, steps
+from ghetl import steps
+from ghetl.pipeline import jobs
 from ghetl.steps import Batch, ExtractContext, RowContext, collect
 from ghetl.steps.repositories import parse_time
+from ghetl.store import db, http_cache
 
 from .conftest import Backend, add_tenant
 from .test_embeddings import vectors_by_model

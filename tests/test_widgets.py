@@ -9,8 +9,8 @@ import papermill
 import pytest
 
 from ghetl import tenants
-from ghetl.statusserver import StatusServer
-from ghetl.widgets import COLOURS, BoardModel, StatusBoard
+from ghetl.status.server import StatusServer
+from ghetl.workbench.widgets import COLOURS, BoardModel, StatusBoard
 
 from .conftest import add_tenant
 from .status_helpers import STAGES, STEP, stream_key

@@ -243,7 +243,7 @@ class Handler(BaseHTTPRequestHandler):
     def _graphql(self, sb: Sandbox, call: Call, token: str | None, app: tuple[bool, str] | None, body: bytes,
                  rid: str, record: dict) -> None:
         """POST /graphql: faults, then a token (GraphQL has no anonymous access), then the secondary limit."""
-        from . import graphql  # graphql-core is loaded by the first GraphQL request, never for REST
+        from . import graphql
 
         record = {**record, "resource": "graphql"}
         if self._injected_fault(sb, call, rid, record, GRAPHQL_FAULTS, self._graphql_fault):

@@ -24,9 +24,9 @@ How to add an entity (pull requests, issues, releases, ...):
      has `fetched_at`; `db.upsert(..., newest=(version column, "fetched_at"))` keeps a late
      older payload from replacing a newer row);
    - `EMBED_COLUMNS` and `embed_text(row) -> str`: what the embedding stage reads and embeds.
-2. Define its tables in `ghetl/db.py`, and write their Alembic revision in
-   `ghetl/migrations/versions/` (`alembic -c ghetl/migrations/alembic.ini revision
-   --autogenerate -m "<entity> tables"`, see `ghetl/migrate.py`); a test checks that a new
+2. Define its tables in `ghetl/store/db.py`, and write their Alembic revision in
+   `ghetl/store/migrations/versions/` (`alembic -c ghetl/store/migrations/alembic.ini revision
+   --autogenerate -m "<entity> tables"`, see `ghetl/store/migrate.py`); a test checks that a new
    database is exactly the tables in code.
 3. Add the module's name to `BUILTIN` below.
 
@@ -52,7 +52,7 @@ from typing import Any, TypedDict
 
 import sqlalchemy as sa
 
-from ..db import etl_jobs, raw_extraction_data
+from ..store.db import etl_jobs, raw_extraction_data
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from .. import http_cache
 from ..github import Page
 from ..github.fanout import concurrently
+from ..store import http_cache
 from . import ExtractContext
 
 log = logging.getLogger(__name__)

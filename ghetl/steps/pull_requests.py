@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .. import db
-from ..db import pull_request_comments, pull_request_commits, pull_request_reviews, pull_requests, repositories
 from ..github import QueryTimedOut
 from ..github.graphql import RATE_LIMIT_FIELDS, Result
+from ..store import db
+from ..store.db import pull_request_comments, pull_request_commits, pull_request_reviews, pull_requests, repositories
 from . import Batch, ExtractContext, ParentItem, RowContext, collect
 from .repositories import parse_time
 

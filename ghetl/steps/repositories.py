@@ -22,9 +22,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from .. import db, http_cache, tenants
-from ..db import repositories
+from .. import tenants
 from ..github import GitHubUnavailable
+from ..store import db, http_cache
+from ..store.db import repositories
 from . import Batch, ExtractContext, RowContext, collect
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-from ghetl.db import UTCDateTime, utcnow
+from ghetl.store.db import UTCDateTime, utcnow
 
 revision = "0004_github_pull_requests"
 down_revision = "0003_dead_letters"

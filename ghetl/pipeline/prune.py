@@ -30,9 +30,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import http_cache as http_cache_mod
-from . import settings as settings_mod
-from .db import etl_job_runs, etl_jobs, etl_run_counts, http_cache, integrations, raw_extraction_data, utcnow
+from .. import settings as settings_mod
+from ..store import http_cache as http_cache_mod
+from ..store.db import etl_job_runs, etl_jobs, etl_run_counts, http_cache, integrations, raw_extraction_data, utcnow
 
 DEFAULT_KEEP_RUNS = 5
 DEFAULT_OLDER_THAN_DAYS = 30.0
@@ -79,7 +79,7 @@ def due(conn: Connection, *, tenant_id: int | None = None) -> bool:
     return conn.execute(runs).first() is not None
 
 
-def _prunable_runs(keep_runs: int, cutoff: dt.datetime, tenant_id: int | None) -> sa.Select:
+def _prunable_runs(keep_runs: int, cutoff: dt.datetime, tenant_id: int | None) -> sa.Select[Any]:
     """Runs that are not retained: beyond their job's `keep_runs` newest, older than `cutoff`,
     ended, and not their job's current run (which its status and `ghetl jobs` describe, even if
     a host's clock made a later run look older)."""
@@ -96,7 +96,7 @@ def _prunable_runs(keep_runs: int, cutoff: dt.datetime, tenant_id: int | None) -
     return query if tenant_id is None else query.where(ranked.c.tenant_id == tenant_id)
 
 
-def _raw_to_delete(survivors: sa.Select, cutoff: dt.datetime, tenant_id: int | None) -> Any:
+def _raw_to_delete(survivors: sa.Select[Any], cutoff: dt.datetime, tenant_id: int | None) -> Any:
     raw = raw_extraction_data
     newest = sa.select(sa.func.max(raw.c.id)).group_by(raw.c.tenant_id, raw.c.integration_id, raw.c.entity_type,
                                                         raw.c.external_id)

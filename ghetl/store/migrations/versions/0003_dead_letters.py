@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from ghetl.db import UTCDateTime
+from ghetl.store.db import UTCDateTime
 
 revision = "0003_dead_letters"
 down_revision = "0002_github_repositories"

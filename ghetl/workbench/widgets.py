@@ -29,7 +29,7 @@ import ipywidgets as w
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from .status import PROTOCOL_LOG, STAGES
+from ..status.events import PROTOCOL_LOG, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class BoardModel:
             return
         step, stage = message["step"], message["stage"]
         if step not in job.steps:
-            from . import steps  # only for a step no snapshot named yet; a board need not load the schema
+            from .. import steps
 
             known = steps.registry().get(step)
             job.steps[step] = {"display_name": known.display_name if known else step,

@@ -59,11 +59,11 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from .. import config
+from ..logs import redact, safe_url
+from ..status.events import Event
 from . import broker as broker_mod
-from . import config
 from .broker import DeadLetter, Deliver, Outcome
-from .logs import redact, safe_url
-from .status import Event
 
 log = logging.getLogger(__name__)
 

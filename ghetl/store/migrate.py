@@ -1,8 +1,8 @@
 """The schema's versions: `ghetl init` upgrades any database to the newest one, keeping every row.
 
-Versions are Alembic revisions in `ghetl/migrations/versions/`, one per change, each step's
+Versions are Alembic revisions in `ghetl/store/migrations/versions/`, one per change, each step's
 tables in a revision of their own (`0002_github_repositories`); SQLite runs them in batch mode,
-since it cannot alter a constraint in place. Adding one: `alembic -c ghetl/migrations/alembic.ini
+since it cannot alter a constraint in place. Adding one: `alembic -c ghetl/store/migrations/alembic.ini
 revision --autogenerate -m "what changes"` against a database at the newest revision
 (GHETL_DATABASE_URL), then read and trim what it wrote.
 

@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from . import broker as broker_mod
-from . import deadletters, embeddings, jobs, steps
-from .broker import Broker, Outcome, PoisonMessage
-from .db import Unindexed, etl_jobs, raw_extraction_data, upsert, utcnow
-from .db import embeddings as embeddings_table
-from .logs import first_line, redact
-from .records import ItemStatus, QueueStage, is_queue_stage
+from .. import embeddings, steps
+from ..logs import first_line, redact
+from ..queue import broker as broker_mod
+from ..queue.broker import Broker, Outcome, PoisonMessage
+from ..records import ItemStatus, QueueStage, is_queue_stage
+from ..store.db import Unindexed, etl_jobs, raw_extraction_data, upsert, utcnow
+from ..store.db import embeddings as embeddings_table
+from . import deadletters, jobs
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import config, jobs
-from .db import raw_extraction_data
+from .. import config
+from ..store.db import raw_extraction_data
+from . import jobs
 
 raw = raw_extraction_data
 EXAMPLES = 5

@@ -1,4 +1,4 @@
-"""Alembic's entry point: runs the revisions on the connection `ghetl.migrate` hands over, or on
+"""Alembic's entry point: runs the revisions on the connection `ghetl.store.migrate` hands over, or on
 GHETL_DATABASE_URL when a developer runs the `alembic` command (autogenerate compares with
 `ghetl.db.metadata`)."""
 
@@ -7,11 +7,12 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from ghetl import config, db
+from ghetl import config
+from ghetl.store import db
 
 
 def run(connection: sa.Connection) -> None:
-    context.configure(connection=connection, target_metadata=db.metadata, user_module_prefix="ghetl.db.",
+    context.configure(connection=connection, target_metadata=db.metadata, user_module_prefix="ghetl.store.db.",
                       render_as_batch=connection.dialect.name == "sqlite")
     with context.begin_transaction():
         context.run_migrations()

@@ -87,13 +87,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request
 from websockets.typing import Subprotocol
 
-from . import jobs, tenants
-from .broker import Broker
-from .config import env_float
-from .db import tenants as tenants_table
-from .db import utcnow
-from .logs import redact
-from .status import PROTOCOL_LOG, STAGES, Event, job_event, stage_event
+from .. import tenants
+from ..config import env_float
+from ..logs import redact
+from ..pipeline import jobs
+from ..queue.broker import Broker
+from ..store.db import tenants as tenants_table
+from ..store.db import utcnow
+from .events import PROTOCOL_LOG, STAGES, Event, job_event, stage_event
 
 log = logging.getLogger(__name__)
 SUBPROTOCOL = Subprotocol("ghetl.status")

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import records
-from .records import Stage, StageStatus
+from .. import records
+from ..records import Stage, StageStatus
 
 log = logging.getLogger(__name__)
 

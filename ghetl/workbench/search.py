@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import sqlalchemy as sa
 
-from . import db, embeddings, tenants
-from .db import embeddings as embeddings_table
-from .db import pull_requests, repositories
+from .. import embeddings, tenants
+from ..store import db
+from ..store.db import embeddings as embeddings_table
+from ..store.db import pull_requests, repositories
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -18,14 +18,16 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from . import broker as broker_mod
-from . import config, db, embeddings, frames, logs, migrate, tenants
-from . import settings as settings_mod
-from .github import GitHubClient, GitHubError
-from .progress import StageBars
-from .sandbox import Sandbox
-from .steps import repositories as repositories_step
-from .sync import SyncResult, sync
+from .. import config, embeddings, logs, tenants
+from .. import settings as settings_mod
+from ..github import GitHubClient, GitHubError
+from ..pipeline.sync import SyncResult, sync
+from ..progress import StageBars
+from ..queue import broker as broker_mod
+from ..sandbox import Sandbox
+from ..steps import repositories as repositories_step
+from ..store import db, migrate
+from . import frames
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +363,7 @@ class _LiveBoard:
             return None
         from IPython.display import display
 
-        from .statusserver import StatusServer
+        from ..status.server import StatusServer
 
         url = os.environ.get("GHETL_STATUS_URL")
         server = None if url else StatusServer(db.engine(), broker, port=0).start()

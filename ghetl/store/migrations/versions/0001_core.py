@@ -8,10 +8,12 @@ database (before Alembic, `ghetl_schema` version 1 to 4) is brought to this shap
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-from ghetl.db import JSON, OVERALL_STATES, RAW_FILLFACTOR, UTCDateTime, utcnow
+from ghetl.store.db import JSON, OVERALL_STATES, RAW_FILLFACTOR, UTCDateTime, utcnow
 
 revision = "0001_core"
 down_revision = None
@@ -21,7 +23,7 @@ depends_on = None
 meta = sa.MetaData()
 
 
-def _timestamps() -> list[sa.Column]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [
         sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
         sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
@@ -194,7 +196,7 @@ def upgrade() -> None:
     bind = op.get_bind()
     meta.create_all(bind)
     if bind.dialect.name == "postgresql":
-        from ghetl.migrate import tune_raw_storage
+        from ghetl.store.migrate import tune_raw_storage
 
         tune_raw_storage(bind)
 

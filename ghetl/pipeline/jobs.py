@@ -24,11 +24,11 @@ import psutil
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import steps
-from .db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
-from .logs import redact
-from .records import QUEUE_STAGES, QueueStage, Stage, StageStatus
-from .status import STAGES, Event, job_event, stage_event
+from .. import steps
+from ..logs import redact
+from ..records import QUEUE_STAGES, QueueStage, Stage, StageStatus
+from ..status.events import STAGES, Event, job_event, stage_event
+from ..store.db import dialect_insert, etl_job_runs, etl_jobs, etl_run_counts, utcnow
 
 log = logging.getLogger(__name__)
 

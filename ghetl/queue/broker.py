@@ -6,7 +6,7 @@ flags, forwarded unchanged from stage to stage. A message in the single-item sha
 spec (the fields at top level, no `items`) is accepted too.
 
 Brokers only move bytes. What a delivery means (ack, retry later, dead-letter) is decided by
-`ghetl.workers.deliver`, so the in-process broker and RabbitMQ behave the same.
+`ghetl.pipeline.workers.deliver`, so the in-process broker and RabbitMQ behave the same.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import config
-from .records import QUEUE_STAGES
-from .status import Event, StatusBus
+from .. import config
+from ..records import QUEUE_STAGES
+from ..status.events import Event, StatusBus
 
 log = logging.getLogger(__name__)
 

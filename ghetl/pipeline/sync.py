@@ -17,20 +17,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 import sqlalchemy as sa
 
-from . import broker as broker_mod
-from . import carryover, config, db, http_cache, interrupts, jobs, steps, tenants
-from . import settings as settings_mod
-from .broker import Broker, MemoryBroker
-from .db import raw_extraction_data, utcnow
-from .github import GitHubClient, GitHubError, Policy, credentials
-from .logs import safe_url
+from .. import config, steps, tenants
+from .. import settings as settings_mod
+from ..github import GitHubClient, GitHubError, Policy, credentials
+from ..logs import safe_url
+from ..queue import broker as broker_mod
+from ..queue.broker import Broker, MemoryBroker
+from ..records import Overall
+from ..status.events import Event, stage_event
+from ..store import db, http_cache
+from ..store.db import raw_extraction_data, utcnow
+from . import carryover, interrupts, jobs
 from .prune import due as retention_due
 from .prune import prune
-from .records import Overall
-from .status import Event, stage_event
 
 if TYPE_CHECKING:
-    from .embeddings import Embedder
+    from ..embeddings import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +288,7 @@ def _check_consumers(per_stage: tuple[int, int]) -> Embedder:
     Imported here, since a sync on RabbitMQ leaves the stages to `ghetl worker` processes and
     need not load numpy and the embedder.
     """
-    from .embeddings import get_embedder
+    from ..embeddings import get_embedder
 
     broker_mod.check_settings()
     return get_embedder()

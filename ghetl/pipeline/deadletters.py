@@ -28,11 +28,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from . import broker as broker_mod
+from ..logs import first_line, redact
+from ..queue import broker as broker_mod
+from ..queue.broker import Broker, MemoryBroker, Outcome, PoisonMessage
+from ..store.db import Unindexed, dead_letters, raw_extraction_data, tenants
 from . import jobs
-from .broker import Broker, MemoryBroker, Outcome, PoisonMessage
-from .db import Unindexed, dead_letters, raw_extraction_data, tenants
-from .logs import first_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def record(engine: Engine, stage: str, body: bytes, message: dict[str, Any] | No
            "step": message.get("step"), "stage": stage, "body": body, "reason": redact(reason), "attempts": attempts}
     try:
         with engine.begin() as conn:
-            return conn.execute(dead_letters.insert().values(**row).returning(dead_letters.c.id)).scalar_one()
+            return int(conn.execute(dead_letters.insert().values(**row).returning(dead_letters.c.id)).scalar_one())
     except sa.exc.SQLAlchemyError as exc:
         log.error("could not keep a dead-lettered %s message in the database (%s); only the broker has it",
                   stage, first_line(exc))

@@ -17,16 +17,17 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from . import db, steps, tenants
-from .db import etl_job_runs, etl_jobs, raw_extraction_data
-from .db import pull_request_comments as comments_table
-from .db import pull_request_commits as commits_table
-from .db import pull_request_reviews as reviews_table
-from .db import pull_requests as pull_requests_table
-from .db import repositories as repositories_table
-from .db import tenants as tenants_table
-from .status import STAGES
-from .sync import SyncResult
+from .. import steps, tenants
+from ..pipeline.sync import SyncResult
+from ..status.events import STAGES
+from ..store import db
+from ..store.db import etl_job_runs, etl_jobs, raw_extraction_data
+from ..store.db import pull_request_comments as comments_table
+from ..store.db import pull_request_commits as commits_table
+from ..store.db import pull_request_reviews as reviews_table
+from ..store.db import pull_requests as pull_requests_table
+from ..store.db import repositories as repositories_table
+from ..store.db import tenants as tenants_table
 
 DEFAULT_ENTITY = "github_repositories"
 RAW_META = ["raw_id", "run_id", "external_id", "processing_status", "extracted_at"]
@@ -290,7 +291,7 @@ def _two_runs(conn: sa.Connection, tenant_id: int, before: str | None, after: st
     for run_id in (before, after):
         if run_id is not None and run_id not in ids:
             raise LookupError(
-                f"tenant {tenant_id} has no run '{run_id}'; see ghetl.frames.runs(tenant) for its run ids"
+                f"tenant {tenant_id} has no run '{run_id}'; see ghetl.workbench.frames.runs(tenant) for its run ids"
             )
     second = ids.index(after) if after is not None else len(ids) - 1
     first = ids.index(before) if before is not None else second - 1

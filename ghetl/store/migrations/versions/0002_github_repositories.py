@@ -8,10 +8,12 @@ database (before Alembic, `ghetl_schema` version 1 to 4) is brought to this shap
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
-from ghetl.db import JSON, UTCDateTime, utcnow
+from ghetl.store.db import JSON, UTCDateTime, utcnow
 
 revision = "0002_github_repositories"
 down_revision = "0001_core"
@@ -27,7 +29,7 @@ sa.Table("integrations", meta, sa.Column("id", sa.Integer, primary_key=True), sa
 _OF_INTEGRATION = (["tenant_id", "integration_id"], ["integrations.tenant_id", "integrations.id"])
 
 
-def _timestamps() -> list[sa.Column]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [
         sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
         sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),

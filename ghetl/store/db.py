@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
-from . import config, logs, records
+from .. import config, logs, records
 
 RAW_FILLFACTOR = 50
 OVERALL_STATES = records.OVERALL_STATES  # ("READY", "RUNNING", "FINISHED", "FAILED")

@@ -1,1 +1,0 @@
-"""ghetl's Alembic revisions (`versions/`); `ghetl.migrate` runs them."""

@@ -1,0 +1,1 @@
+"""ghetl's Alembic revisions (`versions/`); `ghetl.store.migrate` runs them."""
