@@ -179,7 +179,7 @@ def test_an_item_that_keeps_failing_is_retried_then_dead_lettered_and_the_run_fi
 
 CRASHING_WORKER = """
 import os, sys
-from ghetl import workers
+from ghetl.pipeline import workers
 
 handle = workers.Pipeline.handle
 
